@@ -32,8 +32,9 @@ impl Device {
     /// Adds a new device, serves its queues with `target` and starts it;
     /// returns once `/dev/ublkbN` exists.
     pub fn create(opts: &DeviceOptions, target: Arc<dyn Target>) -> Result<Device> {
-        check_control()?;
+        // Bad input is reported as such even where the driver is missing.
         opts.validate(kernel_max_queues())?;
+        check_control()?;
 
         let ctrl = UblkCtrlBuilder::default()
             .name(target.kind())

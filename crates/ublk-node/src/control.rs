@@ -1,0 +1,100 @@
+//! Queries and commands that need no queue, run off the JavaScript thread.
+
+use napi::bindgen_prelude::AsyncTask;
+use napi::{Env, Task};
+use napi_derive::napi;
+
+use crate::args::u32_arg;
+use crate::device::stop_owned_device;
+use crate::errors::to_napi;
+use crate::info::{DeviceInfo, KernelFeatures};
+
+pub struct ListDevices;
+
+impl Task for ListDevices {
+    type Output = Vec<ublk_core::DeviceInfo>;
+    type JsValue = Vec<DeviceInfo>;
+
+    fn compute(&mut self) -> napi::Result<Self::Output> {
+        ublk_core::control::list_devices().map_err(to_napi)
+    }
+
+    fn resolve(&mut self, _: Env, out: Self::Output) -> napi::Result<Self::JsValue> {
+        Ok(out.into_iter().map(DeviceInfo::from).collect())
+    }
+}
+
+/// Every ublk device on this machine, whoever serves it.
+#[napi(ts_return_type = "Promise<Array<DeviceInfo>>")]
+pub fn list_devices() -> AsyncTask<ListDevices> {
+    AsyncTask::new(ListDevices)
+}
+
+pub struct ReadDeviceInfo {
+    id: Result<u32, napi::Error>,
+}
+
+impl Task for ReadDeviceInfo {
+    type Output = ublk_core::DeviceInfo;
+    type JsValue = DeviceInfo;
+
+    fn compute(&mut self) -> napi::Result<Self::Output> {
+        let id = std::mem::replace(&mut self.id, Ok(0))?;
+        ublk_core::control::device_info(id).map_err(to_napi)
+    }
+
+    fn resolve(&mut self, _: Env, out: Self::Output) -> napi::Result<Self::JsValue> {
+        Ok(out.into())
+    }
+}
+
+/// One device's info, read from the kernel.
+#[napi(ts_return_type = "Promise<DeviceInfo>")]
+pub fn device_info(id: f64) -> AsyncTask<ReadDeviceInfo> {
+    AsyncTask::new(ReadDeviceInfo {
+        id: u32_arg("id", id),
+    })
+}
+
+pub struct DeleteDevice {
+    id: Result<u32, napi::Error>,
+}
+
+impl Task for DeleteDevice {
+    type Output = ();
+    type JsValue = ();
+
+    fn compute(&mut self) -> napi::Result<()> {
+        let id = std::mem::replace(&mut self.id, Ok(0))?;
+        // A device served by this process is stopped through its owner,
+        // so its queue threads are joined instead of left waiting.
+        if stop_owned_device(id)? {
+            return Ok(());
+        }
+        ublk_core::control::delete_device(id).map_err(to_napi)
+    }
+
+    fn resolve(&mut self, _: Env, _: ()) -> napi::Result<()> {
+        Ok(())
+    }
+}
+
+/// Stops and deletes a device by id.
+#[napi(ts_return_type = "Promise<void>")]
+pub fn delete_device(id: f64) -> AsyncTask<DeleteDevice> {
+    AsyncTask::new(DeleteDevice {
+        id: u32_arg("id", id),
+    })
+}
+
+/// What the running kernel's ublk driver supports.
+#[napi]
+pub fn kernel_features() -> napi::Result<KernelFeatures> {
+    let features = ublk_core::control::kernel_features().map_err(to_napi)?;
+    Ok(KernelFeatures {
+        names: features.names,
+        mask: features.mask.into(),
+        max_queues: ublk_core::kernel_max_queues() as u32,
+        max_depth: ublk_core::MAX_DEPTH as u32,
+    })
+}

@@ -1,0 +1,271 @@
+//! `createDevice` and the device handle JavaScript holds.
+//!
+//! Devices served by this process are kept in a registry so that
+//! `deleteDevice(id)` stops them through their owner, and so that they are
+//! stopped when the JavaScript environment that created them shuts down:
+//! a process that exits leaves no device behind.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use napi::bindgen_prelude::AsyncTask;
+use napi::{Env, Task};
+use napi_derive::napi;
+use ublk_core::Device;
+
+use crate::args::{integer, u16_arg, u32_arg};
+use crate::errors::to_napi;
+use crate::info::DeviceInfo;
+
+type Slot = Arc<Mutex<Option<Device>>>;
+
+static OWNED: LazyLock<Mutex<HashMap<u32, Slot>>> = LazyLock::new(Default::default);
+
+thread_local! {
+    /// Devices created from this thread's JavaScript environment, stopped by
+    /// its cleanup hook; `None` until the hook is registered.
+    static ENV_DEVICES: RefCell<Option<Vec<Slot>>> = const { RefCell::new(None) };
+}
+
+/// Stops a device this process serves; `Ok(false)` if it serves none with
+/// that id.
+pub fn stop_owned_device(id: u32) -> napi::Result<bool> {
+    let slot = OWNED.lock().unwrap().get(&id).cloned();
+    match slot {
+        Some(slot) => stop_slot(id, &slot),
+        None => Ok(false),
+    }
+}
+
+/// Stops the device in `slot`, if it still runs. Ids are reused once a
+/// device is deleted, so the registry entry goes only if it is this slot's.
+fn stop_slot(id: u32, slot: &Slot) -> napi::Result<bool> {
+    let mut guard = slot.lock().unwrap();
+    let Some(mut dev) = guard.take() else {
+        return Ok(false);
+    };
+    {
+        let mut owned = OWNED.lock().unwrap();
+        if owned.get(&id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            owned.remove(&id);
+        }
+    }
+    dev.stop().map(|_| true).map_err(to_napi)
+}
+
+#[napi(object)]
+pub struct NativeDeviceOptions {
+    /// Built-in target kind: "null".
+    pub target: String,
+    /// Capacity in bytes, a multiple of the logical block size.
+    pub size: f64,
+    /// 512 (default), 1024, 2048 or 4096.
+    pub logical_block_size: Option<f64>,
+    /// Hardware queues, default 1.
+    pub queues: Option<f64>,
+    /// IOs in flight per queue, default 64.
+    pub depth: Option<f64>,
+    /// Largest single IO in bytes, default 512 KiB.
+    pub max_io_bytes: Option<f64>,
+    /// Device id to ask for; default: the driver picks.
+    pub id: Option<f64>,
+}
+
+fn core_options(opts: &NativeDeviceOptions) -> napi::Result<ublk_core::DeviceOptions> {
+    let defaults = ublk_core::DeviceOptions::default();
+    Ok(ublk_core::DeviceOptions {
+        id: opts.id.map(|v| u32_arg("id", v)).transpose()?,
+        size: integer("size", opts.size, u64::MAX)?,
+        logical_block_size: opts
+            .logical_block_size
+            .map(|v| u32_arg("logicalBlockSize", v))
+            .transpose()?
+            .unwrap_or(defaults.logical_block_size),
+        queues: opts
+            .queues
+            .map(|v| u16_arg("queues", v))
+            .transpose()?
+            .unwrap_or(defaults.queues),
+        depth: opts
+            .depth
+            .map(|v| u16_arg("depth", v))
+            .transpose()?
+            .unwrap_or(defaults.depth),
+        max_io_bytes: opts
+            .max_io_bytes
+            .map(|v| u32_arg("maxIoBytes", v))
+            .transpose()?
+            .unwrap_or(defaults.max_io_bytes),
+    })
+}
+
+pub struct CreateDevice {
+    request: Option<napi::Result<(ublk_core::DeviceOptions, String)>>,
+}
+
+impl Task for CreateDevice {
+    type Output = (Device, String);
+    type JsValue = NativeDevice;
+
+    fn compute(&mut self) -> napi::Result<Self::Output> {
+        let (opts, kind) = self.request.take().expect("compute runs once")?;
+        let target = ublk_core::builtin_target(&kind).map_err(to_napi)?;
+        let dev = Device::create(&opts, target).map_err(to_napi)?;
+        Ok((dev, kind))
+    }
+
+    fn resolve(&mut self, _: Env, (dev, target): Self::Output) -> napi::Result<NativeDevice> {
+        let id = dev.id();
+        let handle = NativeDevice {
+            id,
+            block_path: dev.block_path(),
+            char_path: dev.char_path(),
+            target,
+            slot: Arc::new(Mutex::new(Some(dev))),
+        };
+        OWNED.lock().unwrap().insert(id, handle.slot.clone());
+        ENV_DEVICES.with(|slots| {
+            if let Some(slots) = slots.borrow_mut().as_mut() {
+                slots.retain(|s| s.lock().unwrap().is_some());
+                slots.push(handle.slot.clone());
+            }
+        });
+        Ok(handle)
+    }
+}
+
+/// Adds a device served by a built-in target and starts it; resolves once
+/// its block device exists.
+#[napi(ts_return_type = "Promise<NativeDevice>")]
+pub fn create_device(env: Env, options: NativeDeviceOptions) -> AsyncTask<CreateDevice> {
+    register_env_cleanup(&env);
+    let request = core_options(&options).map(|opts| (opts, options.target));
+    AsyncTask::new(CreateDevice {
+        request: Some(request),
+    })
+}
+
+fn register_env_cleanup(env: &Env) {
+    ENV_DEVICES.with(|slots| {
+        let mut slots = slots.borrow_mut();
+        if slots.is_some() {
+            return;
+        }
+        let registered = env.add_env_cleanup_hook((), |_| {
+            let slots = ENV_DEVICES.with(|s| s.borrow_mut().take().unwrap_or_default());
+            for slot in slots {
+                let id = slot.lock().unwrap().as_ref().map(|d| d.id());
+                if let Some(id) = id {
+                    let _ = stop_slot(id, &slot);
+                }
+            }
+        });
+        if registered.is_ok() {
+            *slots = Some(Vec::new());
+        }
+    });
+}
+
+/// A started device served by this process.
+#[napi]
+pub struct NativeDevice {
+    id: u32,
+    block_path: String,
+    char_path: String,
+    target: String,
+    slot: Slot,
+}
+
+#[napi]
+impl NativeDevice {
+    #[napi(getter)]
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// `/dev/ublkbN`
+    #[napi(getter)]
+    pub fn block_path(&self) -> String {
+        self.block_path.clone()
+    }
+
+    /// `/dev/ublkcN`
+    #[napi(getter)]
+    pub fn char_path(&self) -> String {
+        self.char_path.clone()
+    }
+
+    #[napi(getter)]
+    pub fn target(&self) -> String {
+        self.target.clone()
+    }
+
+    /// True once `stop()` completed, or the device was deleted by id.
+    #[napi(getter)]
+    pub fn stopped(&self) -> bool {
+        self.slot.lock().unwrap().is_none()
+    }
+
+    /// The device as the kernel describes it now.
+    #[napi(ts_return_type = "Promise<DeviceInfo>")]
+    pub fn info(&self) -> AsyncTask<OwnedDeviceInfo> {
+        AsyncTask::new(OwnedDeviceInfo {
+            slot: self.slot.clone(),
+            id: self.id,
+        })
+    }
+
+    /// Stops the device and deletes it; resolves when it is gone. Calling it
+    /// again resolves at once.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn stop(&self) -> AsyncTask<StopDevice> {
+        AsyncTask::new(StopDevice {
+            id: self.id,
+            slot: self.slot.clone(),
+        })
+    }
+}
+
+pub struct OwnedDeviceInfo {
+    slot: Slot,
+    id: u32,
+}
+
+impl Task for OwnedDeviceInfo {
+    type Output = ublk_core::DeviceInfo;
+    type JsValue = DeviceInfo;
+
+    fn compute(&mut self) -> napi::Result<Self::Output> {
+        let guard = self.slot.lock().unwrap();
+        match guard.as_ref() {
+            Some(dev) => dev.info().map_err(to_napi),
+            None => Err(to_napi(ublk_core::Error::new(
+                libc::ENODEV,
+                format!("ublk device {} was stopped", self.id),
+            ))),
+        }
+    }
+
+    fn resolve(&mut self, _: Env, out: Self::Output) -> napi::Result<DeviceInfo> {
+        Ok(out.into())
+    }
+}
+
+pub struct StopDevice {
+    id: u32,
+    slot: Slot,
+}
+
+impl Task for StopDevice {
+    type Output = ();
+    type JsValue = ();
+
+    fn compute(&mut self) -> napi::Result<()> {
+        stop_slot(self.id, &self.slot).map(|_| ())
+    }
+
+    fn resolve(&mut self, _: Env, _: ()) -> napi::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+import { constants } from 'node:os'
+
+/**
+ * Every failure of this library: `code` is the errno's name (`'EINVAL'`,
+ * `'ENODEV'`, ...) and `errno` its number, as with Node's own system errors.
+ */
+export class UblkError extends Error {
+  readonly code: string
+  readonly errno: number
+
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options)
+    this.name = 'UblkError'
+    this.code = code
+    this.errno = errnoNumber(code)
+  }
+}
+
+function errnoNumber(code: string): number {
+  const table = constants.errno as Record<string, number | undefined>
+  return table[code] ?? 0
+}
+
+const ERRNO_PREFIX = /^(E[A-Z0-9]+): ([\s\S]*)$/
+
+/** napi-rs's own argument errors: a value of the wrong type reached the binding. */
+const NAPI_ARGUMENT_CODES = new Set([
+  'InvalidArg',
+  'ObjectExpected',
+  'StringExpected',
+  'NumberExpected',
+  'BooleanExpected',
+  'ArrayExpected',
+  'FunctionExpected',
+  'BigintExpected',
+])
+
+/**
+ * Turns an error from the native binding into a `UblkError`. The binding
+ * sends the errno as a `"CODE: message"` prefix; argument-type errors raised
+ * by napi-rs itself become `EINVAL`.
+ */
+export function toUblkError(err: unknown): UblkError {
+  if (err instanceof UblkError) return err
+  if (err instanceof Error) {
+    const match = ERRNO_PREFIX.exec(err.message)
+    if (match) return new UblkError(match[1]!, match[2]!, { cause: err })
+    const napiCode = (err as { code?: unknown }).code
+    if (typeof napiCode === 'string' && NAPI_ARGUMENT_CODES.has(napiCode)) {
+      return new UblkError('EINVAL', err.message, { cause: err })
+    }
+    return new UblkError('EIO', err.message, { cause: err })
+  }
+  return new UblkError('EIO', String(err))
+}
+
+/** Runs a call into the binding, rethrowing its failure as a `UblkError`. */
+export async function native<T>(call: () => Promise<T> | T): Promise<T> {
+  try {
+    return await call()
+  } catch (err) {
+    throw toUblkError(err)
+  }
+}

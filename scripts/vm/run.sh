@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Usage: scripts/vm/run.sh [--] CMD [ARG...]
+# Boots the test VM (a Debian kernel with ublk, see README.md beside this file), runs CMD
+# in it as root in the host's file system (read-only, with writable scratch space) and in
+# the caller's working directory, streams its output, powers off and exits with CMD's
+# exit code: 124 if the VM timed out, 125 if it stopped without an exit code.
+#
+# Environment: UBLK_VM_KERNEL, UBLK_VM_CACHE, ... (setup.sh), and
+#   UBLK_VM_TIMEOUT  wall-clock seconds before qemu is killed (default 1500)
+#   UBLK_VM_MEM      guest memory (default 4G)      UBLK_VM_CPUS  guest CPUs (default 2)
+#   UBLK_VM_ACCEL    kvm | tcg (default: kvm when /dev/kvm is usable, else tcg)
+#   UBLK_VM_OUT_DIR  a host directory shared writable at the same path in the guest
+#   UBLK_VM_ENV      more variable names to pass to CMD (space separated)
+#   UBLK_VM_DMESG    1: print the guest's kernel log after CMD
+#   UBLK_VM_APPEND   more kernel command line arguments
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+if [[ ${1:-} == -- ]]; then shift; fi
+if (($# == 0)); then
+  echo "usage: $0 [--] CMD [ARG...]" >&2
+  exit 2
+fi
+
+timeout_s=${UBLK_VM_TIMEOUT:-1500}
+[[ $timeout_s =~ ^[0-9]+$ ]] || { echo "[vm] error: UBLK_VM_TIMEOUT must be seconds" >&2; exit 2; }
+
+kdir=$(bash "$here/setup.sh" | tail -n1)
+[[ -f $kdir/vmlinuz && -f $kdir/initrd.gz ]] || { echo "[vm] error: setup.sh gave no kernel" >&2; exit 1; }
+abi=$(<"$kdir/kernel-version")
+
+# Single-quotes a word for sh.
+q() { local s=$1; printf "'%s'" "${s//\'/\'\\\'\'}"; }
+
+ctl=$(mktemp -d "${TMPDIR:-/tmp}/ublk-vm.XXXXXX")
+qemu_pid=
+sleep_pid=
+# shellcheck disable=SC2317 # called by the EXIT trap
+cleanup() {
+  if [[ -n $qemu_pid ]]; then kill "$qemu_pid" 2>/dev/null || true; fi
+  if [[ -n $sleep_pid ]]; then kill "$sleep_pid" 2>/dev/null || true; fi
+  rm -rf "$ctl"
+}
+trap cleanup EXIT
+trap 'echo "[vm] interrupted" >&2; exit 130' INT TERM
+
+# PATH: the host's node first, then the usual directories, then the caller's PATH.
+path=
+add_path() {
+  case ":$path:" in *":$1:"*) ;; *) path=${path:+$path:}$1 ;; esac
+}
+if node=$(command -v node 2>/dev/null); then add_path "$(dirname "$node")"; fi
+for d in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do add_path "$d"; done
+IFS=: read -r -a host_path <<<"${PATH:-}"
+for d in "${host_path[@]}"; do [[ $d == /* ]] && add_path "$d"; done
+
+read -r -a extra_env <<<"${UBLK_VM_ENV:-}"
+{
+  echo "# written by scripts/vm/run.sh"
+  echo "export PATH=$(q "$path")"
+  echo "export HOME=/root"
+  if [[ -t 1 ]]; then echo "export TERM=$(q "${TERM:-vt100}")"; else echo "export TERM=dumb"; fi
+  echo "export UBLK_VM_GUEST=1"
+  for name in $(compgen -e); do
+    pass=
+    case $name in
+      UBLK_*|AVA_*|CI|FORCE_COLOR|NO_COLOR|NODE_OPTIONS|LANG|LC_*|TZ) pass=1 ;;
+    esac
+    for e in "${extra_env[@]}"; do [[ $name == "$e" ]] && pass=1; done
+    if [[ -n $pass ]]; then echo "export $name=$(q "${!name}")"; fi
+  done
+  echo "cd $(q "$PWD") || exit 126"
+  printf 'exec'
+  for a in "$@"; do printf ' %s' "$(q "$a")"; done
+  printf '\n'
+} >"$ctl/cmd.sh"
+
+out_dir=${UBLK_VM_OUT_DIR:-}
+if [[ -n $out_dir ]]; then
+  mkdir -p "$out_dir"
+  out_dir=$(cd "$out_dir" && pwd -P)
+fi
+{
+  echo "out_dir=$(q "$out_dir")"
+  if [[ -t 1 ]]; then echo "tty=1"; else echo "tty="; fi
+  if [[ ${UBLK_VM_DMESG:-0} == 1 ]]; then echo "dmesg=1"; else echo "dmesg="; fi
+} >"$ctl/vm.conf"
+
+case ${UBLK_VM_ACCEL:-} in
+  kvm) accel=(-accel kvm) ;;
+  tcg) accel=(-accel tcg) ;;
+  '')
+    if [[ -r /dev/kvm && -w /dev/kvm ]]; then accel=(-accel kvm -accel tcg); else accel=(-accel tcg); fi ;;
+  *) echo "[vm] error: UBLK_VM_ACCEL must be kvm or tcg" >&2; exit 2 ;;
+esac
+
+virtfs() { printf 'local,path=%s,mount_tag=%s,security_model=none%s' "${1//,/,,}" "$2" "${3:-}"; }
+qemu=(qemu-system-x86_64 -M q35 "${accel[@]}" -cpu max -smp "${UBLK_VM_CPUS:-2}"
+  -m "${UBLK_VM_MEM:-4G}" -nographic -no-reboot -nic none
+  -kernel "$kdir/vmlinuz" -initrd "$kdir/initrd.gz"
+  -append "console=ttyS0 panic=-1 quiet loglevel=3 ${UBLK_VM_APPEND:-}"
+  -virtfs "$(virtfs / hostroot ,readonly=on,multidevs=remap)"
+  -virtfs "$(virtfs "$ctl" ctl)")
+if [[ -n $out_dir ]]; then qemu+=(-virtfs "$(virtfs "$out_dir" out)"); fi
+
+echo "[vm] booting $abi (${accel[1]}), timeout ${timeout_s}s" >&2
+start=$SECONDS
+# stdin is not the terminal: qemu leaves it alone and Ctrl-C stops qemu.
+"${qemu[@]}" </dev/null &
+qemu_pid=$!
+sleep "$timeout_s" &
+sleep_pid=$!
+
+done_pid=
+wait -n -p done_pid "$qemu_pid" "$sleep_pid" || true
+timed_out=
+if [[ $done_pid == "$sleep_pid" ]]; then
+  sleep_pid=
+  timed_out=1
+  kill "$qemu_pid" 2>/dev/null || true
+  for _ in $(seq 20); do kill -0 "$qemu_pid" 2>/dev/null || break; sleep 0.5; done
+  kill -9 "$qemu_pid" 2>/dev/null || true
+fi
+qemu_status=0
+wait "$qemu_pid" || qemu_status=$?
+qemu_pid=
+
+if [[ -n $timed_out ]]; then
+  echo "[vm] error: timed out after ${timeout_s}s (UBLK_VM_TIMEOUT); killed qemu" >&2
+  exit 124
+fi
+if [[ ! -s $ctl/rc ]]; then
+  echo "[vm] error: the VM stopped after $((SECONDS - start))s without an exit code" \
+    "(kernel panic or crash?); qemu exit status $qemu_status" >&2
+  exit 125
+fi
+rc=$(<"$ctl/rc")
+exit "$rc"
