@@ -144,8 +144,8 @@ pub fn list_devices() -> Result<Vec<DeviceInfo>> {
 }
 
 fn open_existing(id: u32) -> Result<UblkCtrl> {
-    check_control()?;
     check_device_id(id)?;
+    check_control()?;
     UblkCtrl::new_simple(id as i32).map_err(|e| {
         let err = Error::from_ublk(format!("ublk device {id}"), e);
         if matches!(err.errno(), libc::ENODEV | libc::ENOENT) {

@@ -1,0 +1,42 @@
+// Reads what the kernel itself says about a block device, independent of
+// this library's own view.
+import { existsSync, readdirSync, readFileSync } from 'node:fs'
+import { basename } from 'node:path'
+
+export interface BlockDeviceFacts {
+  sizeBytes: number
+  logicalBlockSize: number
+  physicalBlockSize: number
+  hwQueues: number
+  maxSectorsKb: number
+}
+
+export function sysfsBlock(devPath: string): BlockDeviceFacts {
+  const dir = `/sys/block/${basename(devPath)}`
+  const read = (file: string): number => Number(readFileSync(`${dir}/${file}`, 'utf8').trim())
+  return {
+    sizeBytes: read('size') * 512,
+    logicalBlockSize: read('queue/logical_block_size'),
+    physicalBlockSize: read('queue/physical_block_size'),
+    hwQueues: readdirSync(`${dir}/mq`).length,
+    maxSectorsKb: read('queue/max_sectors_kb'),
+  }
+}
+
+/** True once neither the block nor the char device node exists. */
+export function deviceGone(id: number): boolean {
+  return (
+    !existsSync(`/dev/ublkb${id}`) &&
+    !existsSync(`/dev/ublkc${id}`) &&
+    !existsSync(`/sys/block/ublkb${id}`) &&
+    !existsSync(`/sys/class/ublk-char/ublkc${id}`)
+  )
+}
+
+export function requireUblk(): void {
+  if (!existsSync('/dev/ublk-control')) {
+    throw new Error(
+      'these tests need a kernel with ublk (/dev/ublk-control); `npm test` runs them in a VM that has one',
+    )
+  }
+}
