@@ -15,6 +15,7 @@ stty -onlcr 2>/dev/null
 
 halt() {
   sync
+  echo 0 >/proc/sys/kernel/printk # no "reboot: Power down"
   poweroff -f
   sleep 10
 }

@@ -8,7 +8,7 @@
 # Environment: UBLK_VM_KERNEL, UBLK_VM_CACHE, ... (setup.sh), and
 #   UBLK_VM_TIMEOUT  wall-clock seconds before qemu is killed (default 1500)
 #   UBLK_VM_MEM      guest memory (default 4G)      UBLK_VM_CPUS  guest CPUs (default 2)
-#   UBLK_VM_ACCEL    kvm | tcg (default: kvm when /dev/kvm is usable, else tcg)
+#   UBLK_VM_ACCEL    kvm | tcg (default: kvm when /dev/kvm boots a guest, else tcg)
 #   UBLK_VM_OUT_DIR  a host directory shared writable at the same path in the guest
 #   UBLK_VM_ENV      more variable names to pass to CMD (space separated)
 #   UBLK_VM_DMESG    1: print the guest's kernel log after CMD
@@ -87,17 +87,45 @@ fi
   if [[ ${UBLK_VM_DMESG:-0} == 1 ]]; then echo "dmesg=1"; else echo "dmesg="; fi
 } >"$ctl/vm.conf"
 
+# KVM only where it really boots a guest: some machines have a /dev/kvm whose guests die
+# at once ("KVM internal error"), so a short probe decides, once per host boot.
+kvm_works() {
+  [[ -r /dev/kvm && -w /dev/kvm ]] || return 1
+  local probe key status=0
+  probe="$(dirname "$kdir")/kvm-probe"
+  key="$(uname -r) $(cat /proc/sys/kernel/random/boot_id 2>/dev/null || true)"
+  if [[ -f $probe && $(head -n1 "$probe") == "$key" ]]; then
+    [[ $(tail -n1 "$probe") == ok ]]
+    return
+  fi
+  timeout -k 2 20 qemu-system-x86_64 -M q35 -accel kvm -cpu max -m 512M -nographic \
+    -no-reboot -nic none "${firmware[@]}" -kernel "$kdir/vmlinuz" -initrd "$kdir/initrd.gz" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=0 rdinit=/bin/poweroff -- -f" \
+    </dev/null >/dev/null 2>&1 || status=$?
+  if ((status == 0)); then
+    printf '%s\nok\n' "$key" >"$probe"
+  else
+    printf '%s\nbroken\n' "$key" >"$probe"
+    echo "[vm] /dev/kvm does not boot a guest here; using tcg" >&2
+  fi
+  return "$status"
+}
+
+# qboot (from qemu-system-data) boots at once and prints nothing; SeaBIOS would clear
+# the terminal.
+firmware=()
+if [[ -f /usr/share/qemu/qboot.rom ]]; then firmware=(-bios qboot.rom); fi
+
 case ${UBLK_VM_ACCEL:-} in
   kvm) accel=(-accel kvm) ;;
   tcg) accel=(-accel tcg) ;;
-  '')
-    if [[ -r /dev/kvm && -w /dev/kvm ]]; then accel=(-accel kvm -accel tcg); else accel=(-accel tcg); fi ;;
+  '') if kvm_works; then accel=(-accel kvm); else accel=(-accel tcg); fi ;;
   *) echo "[vm] error: UBLK_VM_ACCEL must be kvm or tcg" >&2; exit 2 ;;
 esac
 
 virtfs() { printf 'local,path=%s,mount_tag=%s,security_model=none%s' "${1//,/,,}" "$2" "${3:-}"; }
 qemu=(qemu-system-x86_64 -M q35 "${accel[@]}" -cpu max -smp "${UBLK_VM_CPUS:-2}"
-  -m "${UBLK_VM_MEM:-4G}" -nographic -no-reboot -nic none
+  -m "${UBLK_VM_MEM:-4G}" -nographic -no-reboot -nic none "${firmware[@]}"
   -kernel "$kdir/vmlinuz" -initrd "$kdir/initrd.gz"
   -append "console=ttyS0 panic=-1 quiet loglevel=3 ${UBLK_VM_APPEND:-}"
   -virtfs "$(virtfs / hostroot ,readonly=on,multidevs=remap)"

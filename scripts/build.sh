@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Builds the native addon (release) and compiles the TypeScript layer.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+npx napi build --platform --release \
+  --manifest-path crates/ublk-node/Cargo.toml \
+  --package-json-path package.json \
+  --output-dir .
+npx tsc -p tsconfig.build.json

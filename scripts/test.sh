@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Everything `npm test` runs, in order: Rust checks and unit tests, the
+# addon build and its generated-file drift check, TypeScript checks, the
+# host tests, then the real-device tests on a kernel with ublk (natively
+# when this kernel has /dev/ublk-control, otherwise in the test VM).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "dependencies"
+bash scripts/ensure-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "cargo test"
+cargo test --workspace --quiet
+
+step "build the addon and the TypeScript layer"
+bash scripts/build.sh
+
+step "generated bindings are up to date"
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  if ! git diff --exit-code -- index.js index.d.ts; then
+    echo "index.js / index.d.ts changed when rebuilt: commit the regenerated files" >&2
+    exit 1
+  fi
+fi
+
+step "tsc --noEmit"
+npx tsc --noEmit -p tsconfig.json
+
+step "host tests (ava)"
+npx ava __test__/*.test.ts
+
+step "real-device tests (ava)"
+device_tests=(npx ava --concurrency=1 __test__/device/)
+if [[ -e /dev/ublk-control ]]; then
+  echo "this kernel has ublk: running natively on $(uname -r)"
+  "${device_tests[@]}"
+else
+  echo "no ublk on this kernel ($(uname -r)): running in the test VM"
+  bash scripts/vm/run.sh -- "${device_tests[@]}"
+fi
