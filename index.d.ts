@@ -97,3 +97,9 @@ export interface NativeDeviceOptions {
   /** Device id to ask for; default: the driver picks. */
   id?: number
 }
+
+/**
+ * Stops every device this process serves, synchronously. For exit
+ * handlers: `process.exit()` skips the environment cleanup hooks.
+ */
+export declare function stopAllDevices(): void

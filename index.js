@@ -841,3 +841,4 @@ module.exports.deleteDevice = nativeBinding.deleteDevice
 module.exports.deviceInfo = nativeBinding.deviceInfo
 module.exports.kernelFeatures = nativeBinding.kernelFeatures
 module.exports.listDevices = nativeBinding.listDevices
+module.exports.stopAllDevices = nativeBinding.stopAllDevices

@@ -73,6 +73,19 @@ export class Device {
   }
 }
 
+let exitHandlerInstalled = false
+
+/**
+ * `process.exit()` ends the process without the addon's environment
+ * cleanup, so devices are also stopped from an 'exit' listener: a process
+ * that exits leaves no device behind.
+ */
+function stopDevicesOnExit(): void {
+  if (exitHandlerInstalled) return
+  exitHandlerInstalled = true
+  process.on('exit', () => binding.stopAllDevices())
+}
+
 /** Adds a device, starts serving it, and resolves once `/dev/ublkbN` exists. */
 export async function createDevice(options: DeviceOptions): Promise<Device> {
   if (typeof options !== 'object' || options === null) {
@@ -81,6 +94,7 @@ export async function createDevice(options: DeviceOptions): Promise<Device> {
   if (typeof options.target !== 'string') {
     throw new UblkError('EINVAL', 'options.target must name a target, e.g. "null"')
   }
+  stopDevicesOnExit()
   const nativeDevice = await native(() => binding.createDevice(options))
   return new Device(nativeDevice)
 }

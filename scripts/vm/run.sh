@@ -10,6 +10,8 @@
 #   UBLK_VM_MEM      guest memory (default 4G)      UBLK_VM_CPUS  guest CPUs (default 2)
 #   UBLK_VM_ACCEL    kvm | tcg (default: kvm when /dev/kvm boots a guest, else tcg)
 #   UBLK_VM_OUT_DIR  a host directory shared writable at the same path in the guest
+#   UBLK_VM_OVERLAY  host directories (space separated; / for all) made writable in the
+#                    guest; what is written there is dropped at power-off
 #   UBLK_VM_ENV      more variable names to pass to CMD (space separated)
 #   UBLK_VM_DMESG    1: print the guest's kernel log after CMD
 #   UBLK_VM_APPEND   more kernel command line arguments
@@ -38,12 +40,16 @@ qemu_pid=
 sleep_pid=
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
-  if [[ -n $qemu_pid ]]; then kill "$qemu_pid" 2>/dev/null || true; fi
+  if [[ -n $qemu_pid ]]; then
+    kill "$qemu_pid" 2>/dev/null || true
+    wait "$qemu_pid" 2>/dev/null || true
+  fi
   if [[ -n $sleep_pid ]]; then kill "$sleep_pid" 2>/dev/null || true; fi
   rm -rf "$ctl"
 }
 trap cleanup EXIT
-trap 'echo "[vm] interrupted" >&2; exit 130' INT TERM
+trap 'echo "[vm] interrupted" >&2; exit 130' INT
+trap 'echo "[vm] terminated" >&2; exit 143' TERM
 
 # PATH: the host's node first, then the usual directories, then the caller's PATH.
 path=
@@ -55,12 +61,14 @@ for d in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do add_pa
 IFS=: read -r -a host_path <<<"${PATH:-}"
 for d in "${host_path[@]}"; do [[ $d == /* ]] && add_path "$d"; done
 
+host_tty=
+if [[ -t 1 ]]; then host_tty=1; fi
 read -r -a extra_env <<<"${UBLK_VM_ENV:-}"
 {
   echo "# written by scripts/vm/run.sh"
   echo "export PATH=$(q "$path")"
   echo "export HOME=/root"
-  if [[ -t 1 ]]; then echo "export TERM=$(q "${TERM:-vt100}")"; else echo "export TERM=dumb"; fi
+  if [[ -n $host_tty ]]; then echo "export TERM=$(q "${TERM:-vt100}")"; else echo "export TERM=dumb"; fi
   echo "export UBLK_VM_GUEST=1"
   for name in $(compgen -e); do
     pass=
@@ -81,9 +89,17 @@ if [[ -n $out_dir ]]; then
   mkdir -p "$out_dir"
   out_dir=$(cd "$out_dir" && pwd -P)
 fi
+# Host directories made writable in the guest (writes are dropped at power-off).
+overlays=()
+read -r -a wanted_overlays <<<"${UBLK_VM_OVERLAY:-}"
+for d in "${wanted_overlays[@]}"; do
+  d=$(cd "$d" && pwd -P) || { echo "[vm] error: UBLK_VM_OVERLAY: no directory $d" >&2; exit 2; }
+  overlays+=("$d")
+done
 {
   echo "out_dir=$(q "$out_dir")"
-  if [[ -t 1 ]]; then echo "tty=1"; else echo "tty="; fi
+  echo "overlays=$(q "${overlays[*]}")"
+  echo "tty=$host_tty"
   if [[ ${UBLK_VM_DMESG:-0} == 1 ]]; then echo "dmesg=1"; else echo "dmesg="; fi
 } >"$ctl/vm.conf"
 
@@ -98,7 +114,7 @@ kvm_works() {
     [[ $(tail -n1 "$probe") == ok ]]
     return
   fi
-  timeout -k 2 20 qemu-system-x86_64 -M q35 -accel kvm -cpu max -m 512M -nographic \
+  timeout -k 2 10 qemu-system-x86_64 -M q35 -accel kvm -cpu max -m 512M -nographic \
     -no-reboot -nic none "${firmware[@]}" -kernel "$kdir/vmlinuz" -initrd "$kdir/initrd.gz" \
     -append "console=ttyS0 panic=-1 quiet loglevel=0 rdinit=/bin/poweroff -- -f" \
     </dev/null >/dev/null 2>&1 || status=$?

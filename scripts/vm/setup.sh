@@ -53,8 +53,8 @@ install_host_packages() {
   [[ $(id -u) == 0 ]] || die "missing packages (${missing[*]}); run this as root once"
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >&2
-  apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+  apt-get -o DPkg::Lock::Timeout=300 update -q >&2
+  apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "${missing[@]}" >&2
 }
 
 # The Debian archive the machine's own apt sources use (not the security archive).
@@ -238,7 +238,10 @@ choose_kernel() {
   fi
   if [[ $suite == trixie-backports ]]; then
     log "no kernel from trixie-backports; falling back to trixie's"
-    if abi=$(resolve_suite trixie) && ensure_kernel "$abi"; then return; fi
+    if abi=$(resolve_suite trixie) && ensure_kernel "$abi"; then
+      printf '%s\n' "$abi" >"$pointer"
+      return
+    fi
   fi
   die "cannot get a kernel from $suite"
 }
@@ -275,27 +278,39 @@ ko_cat() {
   esac
 }
 
-# The depends= entry of a module's .modinfo (read to the end: no SIGPIPE under pipefail).
-ko_depends() {
-  ko_cat "$1" | tr '\0' '\n' |
-    LC_ALL=C awk '!found && /^depends=/ { found = 1; sub(/^depends=/, ""); gsub(/,/, " "); print }'
+# The modules a .ko needs, from its .modinfo: the names in depends= (hard dependencies),
+# then "soft:NAME" for each name in softdep= (read to the end: no SIGPIPE under pipefail).
+ko_needs() {
+  ko_cat "$1" | tr '\0' '\n' | LC_ALL=C awk '
+    !dep && /^depends=/ { dep = 1; sub(/^depends=/, ""); n = split($0, d, ","); for (i = 1; i <= n; i++) print d[i] }
+    /^softdep=/ { sub(/^softdep=/, ""); n = split($0, w, " "); for (i = 1; i <= n; i++) if (w[i] !~ /:$/) print "soft:" w[i] }'
 }
 
-# Adds module $1 and (first) its dependencies to load_order. $2: required|wanted|dep.
+# Adds module $1 and (first) what it needs to load_order. $2: required|wanted|dep|soft.
 add_module() {
-  local name dep deps
+  local name need
   name=$(norm "$1")
+  # A soft dependency may name an alias: crypto-crc32c is crc32c_generic (or crc32c).
+  if [[ $2 == soft && -z ${ko_path[$name]:-} && $name == crypto_* ]]; then
+    name=${name#crypto_}
+    [[ -n ${ko_path[$name]:-} ]] || name=${name}_generic
+  fi
   [[ -z ${visited[$name]:-} ]] || return 0
   visited[$name]=1
   if [[ -z ${ko_path[$name]:-} ]]; then
     [[ -n ${builtin[$name]:-} ]] && return 0
     case $2 in
+      soft) return 0 ;;
       wanted) log "warning: kernel has no module $1; skipping it"; return 0 ;;
       *) die "kernel $abi has no module $1 (neither a .ko nor built in)" ;;
     esac
   fi
-  deps=$(ko_depends "${ko_path[$name]}")
-  for dep in $deps; do add_module "$dep" dep; done
+  while read -r need; do
+    case $need in
+      soft:*) add_module "${need#soft:}" soft ;;
+      ?*) add_module "$need" dep ;;
+    esac
+  done < <(ko_needs "${ko_path[$name]}")
   load_order+=("$name")
 }
 

@@ -2,6 +2,7 @@
 //! devices exist, what one of them looks like, what the kernel supports,
 //! and deleting a device.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use libublk::ctrl::UblkCtrl;
@@ -86,6 +87,23 @@ pub struct KernelFeatures {
     pub names: Vec<String>,
 }
 
+/// libublk sends control commands through a thread-local io_uring that it
+/// sets up only where a control handle is created; a handle used from
+/// another thread (stop from a worker pool, say) needs one there too.
+pub(crate) fn ensure_control_ring() -> Result<()> {
+    libublk::ublk_init_ctrl_task_ring(|ring| {
+        if ring.is_none() {
+            *ring = Some(
+                io_uring::IoUring::<io_uring::squeue::Entry128>::builder()
+                    .build(32)
+                    .map_err(libublk::UblkError::IOError)?,
+            );
+        }
+        Ok(())
+    })
+    .map_err(|e| Error::from_ublk("set up the ublk control ring", e))
+}
+
 /// Opens the control device once, to tell "driver missing" from
 /// "not allowed" before any command is built.
 pub fn check_control() -> Result<()> {
@@ -135,6 +153,11 @@ pub fn list_ids() -> Result<Vec<u32>> {
     Ok(ids)
 }
 
+/// Whether the driver knows a device with this id, live or not.
+pub fn device_exists(id: u32) -> bool {
+    Path::new(&format!("/sys/class/ublk-char/ublkc{id}")).exists()
+}
+
 /// Every ublk device with its info; a device deleted while listing is left out.
 pub fn list_devices() -> Result<Vec<DeviceInfo>> {
     Ok(list_ids()?
@@ -143,13 +166,22 @@ pub fn list_devices() -> Result<Vec<DeviceInfo>> {
         .collect())
 }
 
+fn no_such_device(id: u32) -> Error {
+    Error::new(libc::ENODEV, format!("no ublk device with id {id}"))
+}
+
 fn open_existing(id: u32) -> Result<UblkCtrl> {
     check_device_id(id)?;
     check_control()?;
+    // Asking libublk about an id that does not exist makes it print to
+    // stderr; sysfs answers the same question quietly.
+    if !Path::new(&format!("/sys/class/ublk-char/ublkc{id}")).exists() {
+        return Err(no_such_device(id));
+    }
     UblkCtrl::new_simple(id as i32).map_err(|e| {
         let err = Error::from_ublk(format!("ublk device {id}"), e);
         if matches!(err.errno(), libc::ENODEV | libc::ENOENT) {
-            Error::new(libc::ENODEV, format!("no ublk device with id {id}"))
+            no_such_device(id)
         } else {
             err
         }
@@ -163,6 +195,7 @@ pub fn device_info(id: u32) -> Result<DeviceInfo> {
 }
 
 pub(crate) fn info_from_ctrl(ctrl: &UblkCtrl) -> Result<DeviceInfo> {
+    ensure_control_ring()?;
     let _ = ctrl.read_dev_info();
     let info = ctrl.dev_info();
     let mut params = sys::ublk_params {
@@ -210,7 +243,7 @@ pub fn delete_device(id: u32) -> Result<()> {
     ctrl.del_dev().map(|_| ()).map_err(|e| {
         let err = Error::from_ublk(format!("delete ublk device {id}"), e);
         if err.errno() == libc::ENODEV {
-            Error::new(libc::ENODEV, format!("no ublk device with id {id}"))
+            no_such_device(id)
         } else {
             err
         }

@@ -14,7 +14,7 @@ use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::UblkDev;
 use libublk::{sys, UblkFlags};
 
-use crate::control::{check_control, info_from_ctrl, DeviceInfo};
+use crate::control::{check_control, ensure_control_ring, info_from_ctrl, DeviceInfo};
 use crate::error::{Error, Result};
 use crate::options::{kernel_max_queues, DeviceOptions};
 use crate::target::Target;
@@ -35,6 +35,17 @@ impl Device {
         // Bad input is reported as such even where the driver is missing.
         opts.validate(kernel_max_queues())?;
         check_control()?;
+        // libublk deletes the device with the requested id when adding
+        // fails, even if that device is another one already running: an id
+        // in use must never reach it.
+        if let Some(id) = opts.id {
+            if crate::control::device_exists(id) {
+                return Err(Error::new(
+                    libc::EEXIST,
+                    format!("a ublk device with id {id} already exists"),
+                ));
+            }
+        }
 
         let ctrl = UblkCtrlBuilder::default()
             .name(target.kind())
@@ -187,6 +198,7 @@ impl Device {
 
     fn shutdown(&mut self) -> Result<()> {
         self.stopped = true;
+        ensure_control_ring()?;
         // ENODEV: somebody deleted it already, which is the goal anyway.
         let stop = self.ctrl.kill_dev();
         for handle in self.queues.drain(..) {

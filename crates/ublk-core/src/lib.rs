@@ -8,6 +8,7 @@ pub mod control;
 mod device;
 mod error;
 mod features;
+pub mod js_numbers;
 mod options;
 mod target;
 pub mod targets;

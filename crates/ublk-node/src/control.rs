@@ -4,10 +4,10 @@ use napi::bindgen_prelude::AsyncTask;
 use napi::{Env, Task};
 use napi_derive::napi;
 
-use crate::args::u32_arg;
 use crate::device::stop_owned_device;
-use crate::errors::to_napi;
+use crate::errors::{guard, to_napi};
 use crate::info::{DeviceInfo, KernelFeatures};
+use ublk_core::js_numbers::u32_arg;
 
 pub struct ListDevices;
 
@@ -16,7 +16,9 @@ impl Task for ListDevices {
     type JsValue = Vec<DeviceInfo>;
 
     fn compute(&mut self) -> napi::Result<Self::Output> {
-        ublk_core::control::list_devices().map_err(to_napi)
+        guard("list devices", || {
+            ublk_core::control::list_devices().map_err(to_napi)
+        })
     }
 
     fn resolve(&mut self, _: Env, out: Self::Output) -> napi::Result<Self::JsValue> {
@@ -39,8 +41,10 @@ impl Task for ReadDeviceInfo {
     type JsValue = DeviceInfo;
 
     fn compute(&mut self) -> napi::Result<Self::Output> {
-        let id = std::mem::replace(&mut self.id, Ok(0))?;
-        ublk_core::control::device_info(id).map_err(to_napi)
+        guard("read device info", || {
+            let id = std::mem::replace(&mut self.id, Ok(0))?;
+            ublk_core::control::device_info(id).map_err(to_napi)
+        })
     }
 
     fn resolve(&mut self, _: Env, out: Self::Output) -> napi::Result<Self::JsValue> {
@@ -52,7 +56,7 @@ impl Task for ReadDeviceInfo {
 #[napi(ts_return_type = "Promise<DeviceInfo>")]
 pub fn device_info(id: f64) -> AsyncTask<ReadDeviceInfo> {
     AsyncTask::new(ReadDeviceInfo {
-        id: u32_arg("id", id),
+        id: u32_arg("id", id).map_err(to_napi),
     })
 }
 
@@ -65,13 +69,15 @@ impl Task for DeleteDevice {
     type JsValue = ();
 
     fn compute(&mut self) -> napi::Result<()> {
-        let id = std::mem::replace(&mut self.id, Ok(0))?;
-        // A device served by this process is stopped through its owner,
-        // so its queue threads are joined instead of left waiting.
-        if stop_owned_device(id)? {
-            return Ok(());
-        }
-        ublk_core::control::delete_device(id).map_err(to_napi)
+        guard("delete device", || {
+            let id = std::mem::replace(&mut self.id, Ok(0))?;
+            // A device served by this process is stopped through its owner,
+            // so its queue threads are joined instead of left waiting.
+            if stop_owned_device(id)? {
+                return Ok(());
+            }
+            ublk_core::control::delete_device(id).map_err(to_napi)
+        })
     }
 
     fn resolve(&mut self, _: Env, _: ()) -> napi::Result<()> {
@@ -83,7 +89,7 @@ impl Task for DeleteDevice {
 #[napi(ts_return_type = "Promise<void>")]
 pub fn delete_device(id: f64) -> AsyncTask<DeleteDevice> {
     AsyncTask::new(DeleteDevice {
-        id: u32_arg("id", id),
+        id: u32_arg("id", id).map_err(to_napi),
     })
 }
 

@@ -14,9 +14,9 @@ use napi::{Env, Task};
 use napi_derive::napi;
 use ublk_core::Device;
 
-use crate::args::{integer, u16_arg, u32_arg};
-use crate::errors::to_napi;
+use crate::errors::{guard, to_napi};
 use crate::info::DeviceInfo;
+use ublk_core::js_numbers::{integer, u16_arg, u32_arg};
 
 type Slot = Arc<Mutex<Option<Device>>>;
 
@@ -54,6 +54,21 @@ fn stop_slot(id: u32, slot: &Slot) -> napi::Result<bool> {
     dev.stop().map(|_| true).map_err(to_napi)
 }
 
+/// Stops every device this process serves, synchronously. For exit
+/// handlers: `process.exit()` skips the environment cleanup hooks.
+#[napi]
+pub fn stop_all_devices() {
+    let slots: Vec<(u32, Slot)> = OWNED
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, slot)| (*id, slot.clone()))
+        .collect();
+    for (id, slot) in slots {
+        let _ = stop_slot(id, &slot);
+    }
+}
+
 #[napi(object)]
 pub struct NativeDeviceOptions {
     /// Built-in target kind: "null".
@@ -72,7 +87,7 @@ pub struct NativeDeviceOptions {
     pub id: Option<f64>,
 }
 
-fn core_options(opts: &NativeDeviceOptions) -> napi::Result<ublk_core::DeviceOptions> {
+fn core_options(opts: &NativeDeviceOptions) -> ublk_core::Result<ublk_core::DeviceOptions> {
     let defaults = ublk_core::DeviceOptions::default();
     Ok(ublk_core::DeviceOptions {
         id: opts.id.map(|v| u32_arg("id", v)).transpose()?,
@@ -109,10 +124,12 @@ impl Task for CreateDevice {
     type JsValue = NativeDevice;
 
     fn compute(&mut self) -> napi::Result<Self::Output> {
-        let (opts, kind) = self.request.take().expect("compute runs once")?;
-        let target = ublk_core::builtin_target(&kind).map_err(to_napi)?;
-        let dev = Device::create(&opts, target).map_err(to_napi)?;
-        Ok((dev, kind))
+        guard("create device", || {
+            let (opts, kind) = self.request.take().expect("compute runs once")?;
+            let target = ublk_core::builtin_target(&kind).map_err(to_napi)?;
+            let dev = Device::create(&opts, target).map_err(to_napi)?;
+            Ok((dev, kind))
+        })
     }
 
     fn resolve(&mut self, _: Env, (dev, target): Self::Output) -> napi::Result<NativeDevice> {
@@ -140,7 +157,9 @@ impl Task for CreateDevice {
 #[napi(ts_return_type = "Promise<NativeDevice>")]
 pub fn create_device(env: Env, options: NativeDeviceOptions) -> AsyncTask<CreateDevice> {
     register_env_cleanup(&env);
-    let request = core_options(&options).map(|opts| (opts, options.target));
+    let request = core_options(&options)
+        .map(|opts| (opts, options.target))
+        .map_err(to_napi);
     AsyncTask::new(CreateDevice {
         request: Some(request),
     })
@@ -237,14 +256,16 @@ impl Task for OwnedDeviceInfo {
     type JsValue = DeviceInfo;
 
     fn compute(&mut self) -> napi::Result<Self::Output> {
-        let guard = self.slot.lock().unwrap();
-        match guard.as_ref() {
-            Some(dev) => dev.info().map_err(to_napi),
-            None => Err(to_napi(ublk_core::Error::new(
-                libc::ENODEV,
-                format!("ublk device {} was stopped", self.id),
-            ))),
-        }
+        guard("read device info", || {
+            let guard = self.slot.lock().unwrap();
+            match guard.as_ref() {
+                Some(dev) => dev.info().map_err(to_napi),
+                None => Err(to_napi(ublk_core::Error::new(
+                    libc::ENODEV,
+                    format!("ublk device {} was stopped", self.id),
+                ))),
+            }
+        })
     }
 
     fn resolve(&mut self, _: Env, out: Self::Output) -> napi::Result<DeviceInfo> {
@@ -262,7 +283,7 @@ impl Task for StopDevice {
     type JsValue = ();
 
     fn compute(&mut self) -> napi::Result<()> {
-        stop_slot(self.id, &self.slot).map(|_| ())
+        guard("stop device", || stop_slot(self.id, &self.slot).map(|_| ()))
     }
 
     fn resolve(&mut self, _: Env, _: ()) -> napi::Result<()> {

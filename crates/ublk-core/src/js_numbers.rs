@@ -1,13 +1,17 @@
-//! JavaScript numbers are doubles: every integer that crosses the boundary
-//! is checked here, so 1.5, -1, NaN or 2**64 become EINVAL instead of being
+//! Integers that arrive as doubles, as every JavaScript number does: each is
+//! checked here, so 1.5, -1, NaN or 2**64 become EINVAL instead of being
 //! truncated or wrapped into something the kernel would act on.
 
-use crate::errors::invalid;
+use crate::error::{Error, Result};
+
+fn invalid(message: String) -> Error {
+    Error::invalid(message)
+}
 
 /// Largest integer a double holds exactly (`Number.MAX_SAFE_INTEGER`).
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
 
-pub fn integer(name: &str, value: f64, max: u64) -> napi::Result<u64> {
+pub fn integer(name: &str, value: f64, max: u64) -> Result<u64> {
     let limit = (max as f64).min(MAX_SAFE_INTEGER);
     if !value.is_finite() || value.fract() != 0.0 || value < 0.0 || value > limit {
         return Err(invalid(format!(
@@ -18,11 +22,11 @@ pub fn integer(name: &str, value: f64, max: u64) -> napi::Result<u64> {
     Ok(value as u64)
 }
 
-pub fn u16_arg(name: &str, value: f64) -> napi::Result<u16> {
+pub fn u16_arg(name: &str, value: f64) -> Result<u16> {
     integer(name, value, u16::MAX as u64).map(|v| v as u16)
 }
 
-pub fn u32_arg(name: &str, value: f64) -> napi::Result<u32> {
+pub fn u32_arg(name: &str, value: f64) -> Result<u32> {
     integer(name, value, u32::MAX as u64).map(|v| v as u32)
 }
 
@@ -38,7 +42,8 @@ mod tests {
         assert_eq!(u16_arg("depth", 64.0).unwrap(), 64);
         assert!(integer("size", 2f64.powi(60), u64::MAX).is_err());
         assert_eq!(integer("size", 1073741824.0, u64::MAX).unwrap(), 1 << 30);
-        let msg = u32_arg("id", -3.0).unwrap_err().reason;
-        assert!(msg.starts_with("EINVAL: id must be an integer"), "{msg}");
+        let err = u32_arg("id", -3.0).unwrap_err();
+        assert_eq!(err.code(), "EINVAL");
+        assert!(err.message().starts_with("id must be an integer"), "{err}");
     }
 }
