@@ -93,6 +93,9 @@ impl Device {
             target.kind().to_string(),
             |dev| {
                 set_basic_params(dev, opts);
+                let ring_depth = target.ring_depth(opts.depth);
+                dev.tgt.sq_depth = ring_depth;
+                dev.tgt.cq_depth = ring_depth;
                 target.configure(&mut dev.tgt.params).map_err(|e| {
                     configure_error = Some(e);
                     libublk::UblkError::InvalidVal

@@ -4,6 +4,7 @@
 //! [`Target`], one thread and one io_uring per queue; [`control`] answers
 //! questions about devices and the kernel that need no queue.
 
+pub mod bridge;
 pub mod control;
 mod device;
 mod error;

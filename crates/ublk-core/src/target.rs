@@ -26,6 +26,12 @@ pub trait Target: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Entries of each queue's io_uring for a queue of `depth` IOs; targets
+    /// that submit their own backend IO on the ring need more.
+    fn ring_depth(&self, depth: u16) -> u16 {
+        depth
+    }
+
     /// Serves queue `qid` on the calling thread until the device stops.
     /// Called once per queue, each on its own thread; [`open_queue`] does
     /// the set-up every target needs.

@@ -1,0 +1,401 @@
+//! The loop one queue thread runs for a bridged target.
+//!
+//! Each CQE is an IO command from the driver, the inbox's eventfd firing,
+//! or a backend operation finishing. New IOs and finished backend
+//! operations are collected and handed to the application once per reap.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, squeue, types};
+use libublk::io::{UblkDev, UblkIOCtx, UblkQueue};
+use libublk::{BufDesc, UblkIORes};
+
+use super::backing::{BackingFile, BackingFiles};
+use super::{BackendKind, BackendRequest, Batch, BatchSink, IoRequest, IoResult, QueueShared};
+use crate::error::Result;
+use crate::target::open_queue;
+
+const OP_WAKE: u32 = 1;
+const OP_BACKEND: u32 = 2;
+const OP_CANCEL: u32 = 3;
+/// Largest errno the kernel uses; anything more negative is not an errno.
+const MAX_ERRNO: i32 = 4095;
+
+#[derive(Default, Clone, Copy)]
+struct TagState {
+    seq: u32,
+    length: u32,
+    with_app: bool,
+    backend_inflight: u32,
+    /// A result that waits for the tag's backend operations to finish,
+    /// so the buffer is not reused while the kernel still writes into it.
+    deferred: Option<i32>,
+}
+
+struct InflightBackend {
+    id: u32,
+    tag: Option<u16>,
+    /// Keeps the fd open until the kernel is done with it.
+    _file: Arc<BackingFile>,
+}
+
+struct QueueState {
+    qid: u16,
+    shared: Arc<QueueShared>,
+    sink: Arc<dyn BatchSink>,
+    files: Arc<BackingFiles>,
+    stopping: Arc<AtomicBool>,
+    cancelled: bool,
+    tags: Vec<TagState>,
+    backend: Vec<Option<InflightBackend>>,
+    free_slots: Vec<u32>,
+    /// The eventfd read lands here; boxed so its address stays put.
+    wake_buf: Box<u64>,
+    wake_armed: bool,
+    out: Batch,
+}
+
+pub(crate) fn serve(
+    qid: u16,
+    dev: &UblkDev,
+    shared: Arc<QueueShared>,
+    sink: Arc<dyn BatchSink>,
+    files: Arc<BackingFiles>,
+    stopping: Arc<AtomicBool>,
+) -> Result<()> {
+    let queue = open_queue(qid, dev, &shared.buffers)?;
+    let depth = shared.depth() as usize;
+    let mut state = QueueState {
+        qid,
+        shared,
+        sink,
+        files,
+        stopping,
+        cancelled: false,
+        tags: vec![TagState::default(); depth],
+        backend: Vec::new(),
+        free_slots: Vec::new(),
+        wake_buf: Box::new(0),
+        wake_armed: false,
+        out: Batch {
+            qid,
+            ..Default::default()
+        },
+    };
+    state.arm_wake(&queue);
+    queue.wait_and_handle_io(|q, tag, ctx| state.on_cqe(q, tag, ctx));
+    state.drain(&queue);
+    Ok(())
+}
+
+/// libublk packs 16 bits of tag and, after its 32-bit shift, 8 bits of
+/// target data into a target IO's user_data: room for 2^24 slots.
+const MAX_SLOTS: usize = 1 << 24;
+
+fn target_user_data(op: u32, slot: u32) -> u64 {
+    UblkIOCtx::build_user_data((slot & 0xffff) as u16, op, (slot >> 16) & 0xff, true)
+}
+
+fn slot_of(user_data: u64) -> u32 {
+    ((user_data & 0xffff) | (((user_data >> 24) & 0xff) << 16)) as u32
+}
+
+impl QueueState {
+    fn on_cqe(&mut self, q: &UblkQueue, tag: u16, ctx: &UblkIOCtx) {
+        if !ctx.is_tgt_io() {
+            self.on_new_io(q, tag);
+        } else {
+            let user_data = ctx.user_data();
+            match UblkIOCtx::user_data_to_op(user_data) {
+                OP_WAKE => {
+                    self.wake_armed = false;
+                    self.on_wake(q);
+                }
+                OP_BACKEND => self.on_backend_done(q, slot_of(user_data), ctx.result()),
+                _ => {}
+            }
+        }
+        if ctx.is_last_cqe() {
+            self.flush(q);
+        }
+    }
+
+    fn on_new_io(&mut self, q: &UblkQueue, tag: u16) {
+        let iod = q.get_iod(tag);
+        let length = iod.nr_sectors << 9;
+        if self.stopping.load(Ordering::Relaxed) {
+            self.tags[tag as usize].length = length;
+            self.complete(q, tag, -libc::EIO);
+            return;
+        }
+        let st = &mut self.tags[tag as usize];
+        st.seq = st.seq.wrapping_add(1);
+        st.length = length;
+        st.with_app = true;
+        st.deferred = None;
+        self.out.ios.push(IoRequest {
+            tag,
+            seq: st.seq,
+            op: (iod.op_flags & 0xff) as u8,
+            flags: iod.op_flags >> 8,
+            offset: iod.start_sector << 9,
+            length,
+        });
+    }
+
+    fn complete(&mut self, q: &UblkQueue, tag: u16, result: i32) {
+        self.tags[tag as usize].with_app = false;
+        let buf = BufDesc::Slice(self.shared.buffers[tag as usize].as_slice());
+        // Fails only on a buffer/flag mismatch, which this loop never makes.
+        let _ = q.complete_io_cmd_unified(tag, buf, Ok(UblkIORes::Result(result)));
+    }
+
+    fn on_wake(&mut self, q: &UblkQueue) {
+        let pending = self.shared.inbox.take();
+        for r in pending.results {
+            self.on_result(q, r);
+        }
+        for req in pending.requests {
+            self.submit_backend(q, req);
+        }
+        if self.stopping.load(Ordering::SeqCst) && !self.cancelled {
+            self.cancelled = true;
+            for tag in 0..self.tags.len() as u16 {
+                let st = &mut self.tags[tag as usize];
+                if !st.with_app {
+                    continue;
+                }
+                if st.backend_inflight > 0 {
+                    st.deferred = Some(-libc::EIO);
+                } else {
+                    self.complete(q, tag, -libc::EIO);
+                }
+            }
+        }
+        self.arm_wake(q);
+    }
+
+    fn on_result(&mut self, q: &UblkQueue, r: IoResult) {
+        let Some(st) = self.tags.get_mut(r.tag as usize) else {
+            return;
+        };
+        // A late or repeated answer for an IO that is already completed
+        // (timed out, cancelled) must not complete the tag's next IO.
+        if !st.with_app || st.seq != r.seq || st.deferred.is_some() {
+            return;
+        }
+        let result = if r.result < -MAX_ERRNO || r.result > st.length as i32 {
+            -libc::EIO
+        } else {
+            r.result
+        };
+        if st.backend_inflight > 0 {
+            st.deferred = Some(result);
+        } else {
+            self.complete(q, r.tag, result);
+        }
+    }
+
+    fn submit_backend(&mut self, q: &UblkQueue, req: BackendRequest) {
+        let sqe = match self.build_backend_sqe(&req) {
+            Ok(sqe) => sqe,
+            Err(errno) => {
+                self.out.backend.push((req.id, -errno));
+                return;
+            }
+        };
+        let Some(file) = self.files.get(req.file) else {
+            self.out.backend.push((req.id, -libc::EBADF));
+            return;
+        };
+        let uses_buffer = matches!(req.kind, BackendKind::Read | BackendKind::Write);
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None if self.backend.len() >= MAX_SLOTS => {
+                self.out.backend.push((req.id, -libc::EAGAIN));
+                return;
+            }
+            None => {
+                self.backend.push(None);
+                (self.backend.len() - 1) as u32
+            }
+        };
+        self.backend[slot as usize] = Some(InflightBackend {
+            id: req.id,
+            tag: uses_buffer.then_some(req.tag),
+            _file: file,
+        });
+        if uses_buffer {
+            self.tags[req.tag as usize].backend_inflight += 1;
+        }
+        if let Err(e) = q.ublk_submit_sqe_sync(sqe.user_data(target_user_data(OP_BACKEND, slot))) {
+            log::error!("queue {}: submit backend op: {e}", self.qid);
+            self.on_backend_done(q, slot, -libc::EIO);
+        }
+    }
+
+    /// Checks a request against the file table and the IO's buffer; the
+    /// application's numbers never become a pointer without passing here.
+    fn build_backend_sqe(&self, req: &BackendRequest) -> std::result::Result<squeue::Entry, i32> {
+        let file = self.files.get(req.file).ok_or(libc::EBADF)?;
+        let fd = types::Fd(file.raw_fd());
+        req.file_offset
+            .checked_add(req.length as u64)
+            .filter(|end| *end <= i64::MAX as u64)
+            .ok_or(libc::EINVAL)?;
+        Ok(match req.kind {
+            BackendKind::Read | BackendKind::Write => {
+                let st = self.tags.get(req.tag as usize).ok_or(libc::EINVAL)?;
+                if !st.with_app || st.deferred.is_some() {
+                    return Err(libc::ESTALE);
+                }
+                let in_buffer = (req.buf_offset as usize)
+                    .checked_add(req.length as usize)
+                    .is_some_and(|e| e <= self.shared.buf_bytes);
+                if req.length == 0 || !in_buffer {
+                    return Err(libc::EINVAL);
+                }
+                // SAFETY: the range was checked to lie inside the tag's
+                // buffer, which outlives the ring (held by `shared`).
+                let ptr = unsafe {
+                    self.shared.buffers[req.tag as usize]
+                        .as_mut_ptr()
+                        .add(req.buf_offset as usize)
+                };
+                if req.kind == BackendKind::Read {
+                    opcode::Read::new(fd, ptr, req.length)
+                        .offset(req.file_offset)
+                        .build()
+                } else {
+                    if file.read_only {
+                        return Err(libc::EROFS);
+                    }
+                    opcode::Write::new(fd, ptr, req.length)
+                        .offset(req.file_offset)
+                        .build()
+                }
+            }
+            BackendKind::Fsync => opcode::Fsync::new(fd).build(),
+            BackendKind::Fdatasync => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+            BackendKind::Fallocate(mode) => {
+                if file.read_only {
+                    return Err(libc::EROFS);
+                }
+                if req.length == 0 {
+                    return Err(libc::EINVAL);
+                }
+                opcode::Fallocate::new(fd, req.length as u64)
+                    .offset(req.file_offset)
+                    .mode(mode)
+                    .build()
+            }
+        })
+    }
+
+    fn on_backend_done(&mut self, q: &UblkQueue, slot: u32, result: i32) {
+        let Some(op) = self.backend.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
+        self.free_slots.push(slot);
+        self.out.backend.push((op.id, result));
+        if let Some(tag) = op.tag {
+            let st = &mut self.tags[tag as usize];
+            st.backend_inflight -= 1;
+            if st.backend_inflight == 0 {
+                if let Some(r) = st.deferred.take() {
+                    self.complete(q, tag, r);
+                }
+            }
+        }
+    }
+
+    fn arm_wake(&mut self, q: &UblkQueue) {
+        if self.wake_armed {
+            return;
+        }
+        let sqe = opcode::Read::new(
+            types::Fd(self.shared.inbox.eventfd()),
+            (&mut *self.wake_buf as *mut u64).cast(),
+            8,
+        )
+        .build()
+        .user_data(target_user_data(OP_WAKE, 0));
+        if q.ublk_submit_sqe_sync(sqe).is_ok() {
+            self.wake_armed = true;
+        }
+    }
+
+    fn flush(&mut self, q: &UblkQueue) {
+        if self.out.is_empty() {
+            return;
+        }
+        let batch = std::mem::replace(
+            &mut self.out,
+            Batch {
+                qid: self.qid,
+                ..Default::default()
+            },
+        );
+        if let Err(batch) = self.sink.deliver(batch) {
+            // Nobody is listening any more: fail the IOs rather than hold them.
+            for io in batch.ios {
+                self.complete(q, io.tag, -libc::EIO);
+            }
+        }
+    }
+
+    /// After the queue went down: cancel the eventfd read and wait for the
+    /// backend operations still in the ring, whose buffers and wake slot
+    /// must not be released while the kernel may still write to them.
+    fn drain(&mut self, q: &UblkQueue) {
+        if self.wake_armed {
+            let cancel = opcode::AsyncCancel::new(target_user_data(OP_WAKE, 0))
+                .build()
+                .user_data(target_user_data(OP_CANCEL, 0));
+            let _ = q.ublk_submit_sqe_sync(cancel);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (self.wake_armed || self.backend.iter().any(Option::is_some))
+            && Instant::now() < deadline
+        {
+            let mut done = Vec::new();
+            libublk::io::with_task_io_ring_mut(|ring| {
+                let ts = types::Timespec::new().nsec(100_000_000);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                let _ = ring.submitter().submit_with_args(1, &args);
+                done.extend(ring.completion().map(|cqe| (cqe.user_data(), cqe.result())));
+            });
+            for (user_data, result) in done {
+                match UblkIOCtx::user_data_to_op(user_data) {
+                    OP_WAKE => self.wake_armed = false,
+                    OP_BACKEND => self.on_backend_done(q, slot_of(user_data), result),
+                    _ => {}
+                }
+            }
+        }
+        if self.wake_armed || self.backend.iter().any(Option::is_some) {
+            log::error!(
+                "queue {}: backend operations did not finish in 10 s",
+                self.qid
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_survive_the_user_data_round_trip() {
+        for slot in [0u32, 1, 0xffff, 0x1_0000, (MAX_SLOTS - 1) as u32] {
+            let ud = target_user_data(OP_BACKEND, slot);
+            assert_eq!(slot_of(ud), slot);
+            assert_eq!(UblkIOCtx::user_data_to_op(ud), OP_BACKEND);
+        }
+    }
+}
