@@ -11,6 +11,14 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 
 /** A started device served by this process. */
 export declare class NativeDevice {
+  /**
+   * Hands IO results (`[tag, seq, result]*`) and backend requests
+   * (`[id, kind, mode, file, tag, bufOffset, length, fileOffset]*`) to
+   * queue `queue`, after detaching the completed IOs' buffers.
+   */
+  post(queue: number, results: Float64Array, requests: Float64Array, detach: Array<ArrayBuffer | null>): void
+  /** Opens a backing file for this device's backend IO. */
+  openBacking(path: string, direct: boolean, readOnly: boolean): Promise<NativeBackingFile>
   get id(): number
   /** `/dev/ublkbN` */
   get blockPath(): string
@@ -27,6 +35,13 @@ export declare class NativeDevice {
    */
   stop(): Promise<void>
 }
+
+/**
+ * Adds a device served by JavaScript: `onBatch(queue, ios, buffers,
+ * backendResults)` is called once per ring reap; answers go back through
+ * `NativeDevice.post`.
+ */
+export declare function createBridgedDevice(options: NativeDeviceOptions, capabilities: NativeCapabilities, onBatch: (queue: number, ios: Float64Array, buffers: Array<ArrayBuffer | null>, backend: Float64Array) => void): Promise<NativeDevice>
 
 /**
  * Adds a device served by a built-in target and starts it; resolves once
@@ -80,6 +95,23 @@ export interface KernelFeatures {
 
 /** Every ublk device on this machine, whoever serves it. */
 export declare function listDevices(): Promise<Array<DeviceInfo>>
+
+export interface NativeBackingFile {
+  index: number
+  size: number
+  direct: boolean
+  readOnly: boolean
+  blockDevice: boolean
+}
+
+/** What a JS target can do; decides the device's parameters. */
+export interface NativeCapabilities {
+  readOnly: boolean
+  flush: boolean
+  fua: boolean
+  discard: boolean
+  writeZeroes: boolean
+}
 
 export interface NativeDeviceOptions {
   /** Built-in target kind: "null". */

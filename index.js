@@ -836,6 +836,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.NativeDevice = nativeBinding.NativeDevice
+module.exports.createBridgedDevice = nativeBinding.createBridgedDevice
 module.exports.createDevice = nativeBinding.createDevice
 module.exports.deleteDevice = nativeBinding.deleteDevice
 module.exports.deviceInfo = nativeBinding.deviceInfo

@@ -9,16 +9,49 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
-use napi::bindgen_prelude::AsyncTask;
+use std::sync::OnceLock;
+
+use napi::bindgen_prelude::{AsyncTask, Float64Array, Function, JsValue, Unknown};
 use napi::{Env, Task};
 use napi_derive::napi;
 use ublk_core::Device;
 
+use crate::bridge::{
+    batch_to_js, decode_requests, decode_results, detach_all, BatchFn, Bridged, JsBatch, JsSink,
+};
 use crate::errors::{guard, to_napi};
 use crate::info::DeviceInfo;
+use ublk_core::bridge::{
+    BackingFile, BackingFiles, Batch, BridgeTarget, Capabilities, QueueShared,
+};
 use ublk_core::js_numbers::{integer, u16_arg, u32_arg};
 
-type Slot = Arc<Mutex<Option<Device>>>;
+/// A running device and, for JS targets, the bridge that serves it.
+pub struct Served {
+    dev: Device,
+    bridged: Option<Arc<Bridged>>,
+}
+
+impl Served {
+    fn id(&self) -> u32 {
+        self.dev.id()
+    }
+
+    /// Fails what JS still holds (stop must not wait for it), stops the
+    /// device, then lets go of the JS handler.
+    fn stop(mut self) -> ublk_core::Result<()> {
+        if let Some(b) = &self.bridged {
+            b.shut();
+        }
+        let res = self.dev.stop();
+        if let Some(b) = &self.bridged {
+            b.release();
+        }
+        res
+    }
+}
+
+type Slot = Arc<Mutex<Option<Served>>>;
 
 static OWNED: LazyLock<Mutex<HashMap<u32, Slot>>> = LazyLock::new(Default::default);
 
@@ -42,7 +75,7 @@ pub fn stop_owned_device(id: u32) -> napi::Result<bool> {
 /// device is deleted, so the registry entry goes only if it is this slot's.
 fn stop_slot(id: u32, slot: &Slot) -> napi::Result<bool> {
     let mut guard = slot.lock().unwrap();
-    let Some(mut dev) = guard.take() else {
+    let Some(served) = guard.take() else {
         return Ok(false);
     };
     {
@@ -51,7 +84,7 @@ fn stop_slot(id: u32, slot: &Slot) -> napi::Result<bool> {
             owned.remove(&id);
         }
     }
-    dev.stop().map(|_| true).map_err(to_napi)
+    served.stop().map(|_| true).map_err(to_napi)
 }
 
 /// Stops every device this process serves, synchronously. For exit
@@ -117,6 +150,7 @@ fn core_options(opts: &NativeDeviceOptions) -> ublk_core::Result<ublk_core::Devi
 
 pub struct CreateDevice {
     request: Option<napi::Result<(ublk_core::DeviceOptions, String)>>,
+    bridged: Option<Arc<Bridged>>,
 }
 
 impl Task for CreateDevice {
@@ -126,20 +160,32 @@ impl Task for CreateDevice {
     fn compute(&mut self) -> napi::Result<Self::Output> {
         guard("create device", || {
             let (opts, kind) = self.request.take().expect("compute runs once")?;
-            let target = ublk_core::builtin_target(&kind).map_err(to_napi)?;
+            let target: Arc<dyn ublk_core::Target> = match &self.bridged {
+                Some(b) => b.target.clone(),
+                None => ublk_core::builtin_target(&kind).map_err(to_napi)?,
+            };
             let dev = Device::create(&opts, target).map_err(to_napi)?;
             Ok((dev, kind))
         })
     }
 
+    fn reject(&mut self, _: Env, err: napi::Error) -> napi::Result<Self::JsValue> {
+        if let Some(b) = &self.bridged {
+            b.release();
+        }
+        Err(err)
+    }
+
     fn resolve(&mut self, _: Env, (dev, target): Self::Output) -> napi::Result<NativeDevice> {
         let id = dev.id();
+        let bridged = self.bridged.take();
         let handle = NativeDevice {
             id,
             block_path: dev.block_path(),
             char_path: dev.char_path(),
             target,
-            slot: Arc::new(Mutex::new(Some(dev))),
+            bridged: bridged.clone(),
+            slot: Arc::new(Mutex::new(Some(Served { dev, bridged }))),
         };
         OWNED.lock().unwrap().insert(id, handle.slot.clone());
         ENV_DEVICES.with(|slots| {
@@ -162,7 +208,73 @@ pub fn create_device(env: Env, options: NativeDeviceOptions) -> AsyncTask<Create
         .map_err(to_napi);
     AsyncTask::new(CreateDevice {
         request: Some(request),
+        bridged: None,
     })
+}
+
+/// What a JS target can do; decides the device's parameters.
+#[napi(object)]
+pub struct NativeCapabilities {
+    pub read_only: bool,
+    pub flush: bool,
+    pub fua: bool,
+    pub discard: bool,
+    pub write_zeroes: bool,
+}
+
+/// Adds a device served by JavaScript: `onBatch(queue, ios, buffers,
+/// backendResults)` is called once per ring reap; answers go back through
+/// `NativeDevice.post`.
+#[napi(
+    ts_args_type = "options: NativeDeviceOptions, capabilities: NativeCapabilities, onBatch: (queue: number, ios: Float64Array, buffers: Array<ArrayBuffer | null>, backend: Float64Array) => void",
+    ts_return_type = "Promise<NativeDevice>"
+)]
+pub fn create_bridged_device(
+    env: Env,
+    options: NativeDeviceOptions,
+    capabilities: NativeCapabilities,
+    on_batch: Function<'_, JsBatch, ()>,
+) -> napi::Result<AsyncTask<CreateDevice>> {
+    register_env_cleanup(&env);
+    let opts = core_options(&options).map_err(to_napi)?;
+    opts.validate(ublk_core::kernel_max_queues())
+        .map_err(to_napi)?;
+    let queues: Arc<OnceLock<Vec<Arc<QueueShared>>>> = Arc::new(OnceLock::new());
+    let cb_queues = queues.clone();
+    let func: BatchFn = on_batch
+        .build_threadsafe_function::<Batch>()
+        .build_callback(move |ctx| {
+            batch_to_js(
+                &ctx.env,
+                cb_queues.get().map_or(&[], Vec::as_slice),
+                ctx.value,
+            )
+        })?;
+    let sink = Arc::new(JsSink::new(func));
+    let caps = Capabilities {
+        read_only: capabilities.read_only,
+        flush: capabilities.flush,
+        fua: capabilities.fua,
+        discard: capabilities.discard,
+        write_zeroes: capabilities.write_zeroes,
+    };
+    let target = BridgeTarget::new(
+        options.target.clone(),
+        caps,
+        sink.clone(),
+        opts.queues,
+        opts.depth,
+        opts.max_io_bytes,
+    )
+    .map_err(to_napi)?;
+    let _ = queues.set(target.queues().to_vec());
+    Ok(AsyncTask::new(CreateDevice {
+        request: Some(Ok((opts, options.target))),
+        bridged: Some(Arc::new(Bridged {
+            target: Arc::new(target),
+            sink,
+        })),
+    }))
 }
 
 fn register_env_cleanup(env: &Env) {
@@ -174,7 +286,7 @@ fn register_env_cleanup(env: &Env) {
         let registered = env.add_env_cleanup_hook((), |_| {
             let slots = ENV_DEVICES.with(|s| s.borrow_mut().take().unwrap_or_default());
             for slot in slots {
-                let id = slot.lock().unwrap().as_ref().map(|d| d.id());
+                let id = slot.lock().unwrap().as_ref().map(Served::id);
                 if let Some(id) = id {
                     let _ = stop_slot(id, &slot);
                 }
@@ -193,11 +305,65 @@ pub struct NativeDevice {
     block_path: String,
     char_path: String,
     target: String,
+    bridged: Option<Arc<Bridged>>,
     slot: Slot,
 }
 
 #[napi]
 impl NativeDevice {
+    /// Hands IO results (`[tag, seq, result]*`) and backend requests
+    /// (`[id, kind, mode, file, tag, bufOffset, length, fileOffset]*`) to
+    /// queue `queue`, after detaching the completed IOs' buffers.
+    #[napi(
+        ts_args_type = "queue: number, results: Float64Array, requests: Float64Array, detach: Array<ArrayBuffer | null>"
+    )]
+    pub fn post(
+        &self,
+        env: Env,
+        queue: u32,
+        results: Float64Array,
+        requests: Float64Array,
+        detach: Unknown<'_>,
+    ) -> napi::Result<()> {
+        let bridged = self.bridged.as_ref().ok_or_else(|| {
+            to_napi(ublk_core::Error::invalid(
+                "this device is not served by JavaScript",
+            ))
+        })?;
+        let shared = bridged
+            .target
+            .queue(queue as u16)
+            .ok_or_else(|| to_napi(ublk_core::Error::invalid(format!("no queue {queue}"))))?;
+        let results = decode_results(&results)?;
+        let requests = decode_requests(&requests)?;
+        // Detach first: once the queue thread has the result, the buffer
+        // belongs to the tag's next IO.
+        detach_all(&env, detach.raw())?;
+        shared.inbox.post(&results, &requests);
+        Ok(())
+    }
+
+    /// Opens a backing file for this device's backend IO.
+    #[napi(ts_return_type = "Promise<NativeBackingFile>")]
+    pub fn open_backing(
+        &self,
+        path: String,
+        direct: bool,
+        read_only: bool,
+    ) -> napi::Result<AsyncTask<OpenBacking>> {
+        let bridged = self.bridged.as_ref().ok_or_else(|| {
+            to_napi(ublk_core::Error::invalid(
+                "this device is not served by JavaScript",
+            ))
+        })?;
+        Ok(AsyncTask::new(OpenBacking {
+            files: bridged.target.files().clone(),
+            path,
+            direct,
+            read_only,
+        }))
+    }
+
     #[napi(getter)]
     pub fn id(&self) -> u32 {
         self.id
@@ -246,6 +412,45 @@ impl NativeDevice {
     }
 }
 
+#[napi(object)]
+pub struct NativeBackingFile {
+    pub index: u32,
+    pub size: f64,
+    pub direct: bool,
+    pub read_only: bool,
+    pub block_device: bool,
+}
+
+pub struct OpenBacking {
+    files: Arc<BackingFiles>,
+    path: String,
+    direct: bool,
+    read_only: bool,
+}
+
+impl Task for OpenBacking {
+    type Output = (u32, Arc<BackingFile>);
+    type JsValue = NativeBackingFile;
+
+    fn compute(&mut self) -> napi::Result<Self::Output> {
+        guard("open backing file", || {
+            self.files
+                .open(&self.path, self.direct, self.read_only)
+                .map_err(to_napi)
+        })
+    }
+
+    fn resolve(&mut self, _: Env, (index, f): Self::Output) -> napi::Result<NativeBackingFile> {
+        Ok(NativeBackingFile {
+            index,
+            size: f.size as f64,
+            direct: f.direct,
+            read_only: f.read_only,
+            block_device: f.block_device,
+        })
+    }
+}
+
 pub struct OwnedDeviceInfo {
     slot: Slot,
     id: u32,
@@ -259,7 +464,7 @@ impl Task for OwnedDeviceInfo {
         guard("read device info", || {
             let guard = self.slot.lock().unwrap();
             match guard.as_ref() {
-                Some(dev) => dev.info().map_err(to_napi),
+                Some(served) => served.dev.info().map_err(to_napi),
                 None => Err(to_napi(ublk_core::Error::new(
                     libc::ENODEV,
                     format!("ublk device {} was stopped", self.id),

@@ -6,6 +6,7 @@
 // napi-derive registers no exports and every exported item looks unused.
 #![cfg_attr(test, allow(dead_code))]
 
+mod bridge;
 mod control;
 mod device;
 mod errors;
