@@ -9,8 +9,8 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
-/** A started device served by this process. */
-export declare class NativeDevice {
+/** The JavaScript side of a device served by JavaScript. */
+export declare class NativeBridge {
   /**
    * Hands IO results (`[tag, seq, result]*`) and backend requests
    * (`[id, kind, mode, file, tag, bufOffset, length, fileOffset]*`) to
@@ -19,6 +19,12 @@ export declare class NativeDevice {
   post(queue: number, results: Float64Array, requests: Float64Array, detach: Array<ArrayBuffer | null>): void
   /** Opens a backing file for this device's backend IO. */
   openBacking(path: string, direct: boolean, readOnly: boolean): Promise<NativeBackingFile>
+  /** Releases the batch handler of a bridge that will not be started. */
+  close(): void
+}
+
+/** A started device served by this process. */
+export declare class NativeDevice {
   get id(): number
   /** `/dev/ublkbN` */
   get blockPath(): string
@@ -37,11 +43,11 @@ export declare class NativeDevice {
 }
 
 /**
- * Adds a device served by JavaScript: `onBatch(queue, ios, buffers,
- * backendResults)` is called once per ring reap; answers go back through
- * `NativeDevice.post`.
+ * Prepares a device served by JavaScript: `onBatch(queue, ios, buffers,
+ * backendResults)` is called once per ring reap, answers go back through
+ * `NativeBridge.post`. Start it with `startBridgedDevice`.
  */
-export declare function createBridgedDevice(options: NativeDeviceOptions, capabilities: NativeCapabilities, onBatch: (queue: number, ios: Float64Array, buffers: Array<ArrayBuffer | null>, backend: Float64Array) => void): Promise<NativeDevice>
+export declare function createBridge(options: NativeDeviceOptions, capabilities: NativeCapabilities, onBatch: (queue: number, ios: Float64Array, buffers: Array<ArrayBuffer | null>, backend: Float64Array) => void): NativeBridge
 
 /**
  * Adds a device served by a built-in target and starts it; resolves once
@@ -129,6 +135,12 @@ export interface NativeDeviceOptions {
   /** Device id to ask for; default: the driver picks. */
   id?: number
 }
+
+/**
+ * Starts a device prepared by `createBridge`; resolves once its block
+ * device exists. IOs may reach `onBatch` before that.
+ */
+export declare function startBridgedDevice(bridge: NativeBridge): Promise<NativeDevice>
 
 /**
  * Stops every device this process serves, synchronously. For exit

@@ -835,11 +835,13 @@ function __napiStampBindingTarget(exportsObject, target) {
 // linked import resolves to `undefined`.
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
+module.exports.NativeBridge = nativeBinding.NativeBridge
 module.exports.NativeDevice = nativeBinding.NativeDevice
-module.exports.createBridgedDevice = nativeBinding.createBridgedDevice
+module.exports.createBridge = nativeBinding.createBridge
 module.exports.createDevice = nativeBinding.createDevice
 module.exports.deleteDevice = nativeBinding.deleteDevice
 module.exports.deviceInfo = nativeBinding.deviceInfo
 module.exports.kernelFeatures = nativeBinding.kernelFeatures
 module.exports.listDevices = nativeBinding.listDevices
+module.exports.startBridgedDevice = nativeBinding.startBridgedDevice
 module.exports.stopAllDevices = nativeBinding.stopAllDevices

@@ -1,7 +1,9 @@
 import binding = require('./binding.js')
+import { Dispatcher } from './dispatch.js'
 import { native, UblkError } from './errors.js'
+import type { BackingFile, Target, TargetContext } from './target.js'
 
-import type { DeviceInfo, KernelFeatures, NativeDevice } from '../index.js'
+import type { DeviceInfo, KernelFeatures, NativeBridge, NativeDevice } from '../index.js'
 
 export type { DeviceInfo, KernelFeatures }
 
@@ -9,8 +11,8 @@ export type { DeviceInfo, KernelFeatures }
 export type BuiltinTarget = 'null'
 
 export interface DeviceOptions {
-  /** What serves the device's IO. */
-  target: BuiltinTarget
+  /** What serves the device's IO: a built-in Rust target or a TypeScript one. */
+  target: BuiltinTarget | Target
   /** Capacity in bytes; a whole number of logical blocks. */
   size: number
   /** 512 (default), 1024, 2048 or 4096. */
@@ -23,15 +25,25 @@ export interface DeviceOptions {
   maxIoBytes?: number
   /** Device id to ask for; by default the kernel picks the lowest free one. */
   id?: number
+  /** TypeScript targets: fail an IO not completed within this many ms (default 30000; 0: never). */
+  ioTimeoutMs?: number
+}
+
+interface Served {
+  dispatcher: Dispatcher
+  target: Target
 }
 
 /** A started ublk device served by this process. */
 export class Device {
   readonly #native: NativeDevice
+  readonly #served: Served | undefined
+  #stopping: Promise<void> | undefined
 
   /** @internal use `createDevice()` */
-  constructor(nativeDevice: NativeDevice) {
+  constructor(nativeDevice: NativeDevice, served?: Served) {
     this.#native = nativeDevice
+    this.#served = served
   }
 
   /** The kernel's device id: the N in `/dev/ublkbN`. */
@@ -63,9 +75,20 @@ export class Device {
     return native(() => this.#native.info())
   }
 
-  /** Stops the device and deletes it; resolves once it is gone. Idempotent. */
+  /**
+   * Stops the device and deletes it; resolves once it is gone. IOs a
+   * TypeScript target has not completed are failed, so this never waits
+   * for the target. Idempotent.
+   */
   stop(): Promise<void> {
-    return native(() => this.#native.stop())
+    this.#stopping ??= this.#stop()
+    return this.#stopping
+  }
+
+  async #stop(): Promise<void> {
+    this.#served?.dispatcher.shutdown()
+    await native(() => this.#native.stop())
+    await this.#served?.target.close?.()
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -91,12 +114,66 @@ export async function createDevice(options: DeviceOptions): Promise<Device> {
   if (typeof options !== 'object' || options === null) {
     throw new UblkError('EINVAL', 'createDevice needs an options object')
   }
-  if (typeof options.target !== 'string') {
-    throw new UblkError('EINVAL', 'options.target must name a target, e.g. "null"')
+  if (typeof options.target !== 'string' && (typeof options.target !== 'object' || options.target === null)) {
+    throw new UblkError('EINVAL', 'options.target must be a built-in target name ("null") or a target object')
   }
   stopDevicesOnExit()
-  const nativeDevice = await native(() => binding.createDevice(options))
+  if (typeof options.target === 'object' && options.target !== null) {
+    return createServedDevice(options, options.target)
+  }
+  const { target, ...rest } = options
+  const nativeDevice = await native(() => binding.createDevice({ ...rest, target }))
   return new Device(nativeDevice)
+}
+
+function capabilitiesOf(target: Target) {
+  if (typeof target.read !== 'function') {
+    throw new UblkError('EINVAL', 'a target needs at least a read(io) method')
+  }
+  return {
+    readOnly: typeof target.write !== 'function',
+    flush: typeof target.flush === 'function',
+    fua: target.fua === true && typeof target.write === 'function',
+    discard: typeof target.discard === 'function',
+    writeZeroes: typeof target.writeZeroes === 'function',
+  }
+}
+
+async function createServedDevice(options: DeviceOptions, target: Target): Promise<Device> {
+  const { target: _target, ioTimeoutMs = 30_000, ...geometry } = options
+  if (typeof ioTimeoutMs !== 'number' || !(ioTimeoutMs >= 0)) {
+    throw new UblkError('EINVAL', `ioTimeoutMs must be a number of milliseconds >= 0, got ${String(ioTimeoutMs)}`)
+  }
+  const capabilities = capabilitiesOf(target)
+  let dispatcher: Dispatcher | undefined
+  const bridge: NativeBridge = await native(() =>
+    binding.createBridge({ ...geometry, target: target.name ?? 'typescript' }, capabilities, (q, ios, bufs, backend) =>
+      dispatcher?.onBatch(q, ios, bufs, backend),
+    ),
+  )
+  dispatcher = new Dispatcher(target, {
+    queues: geometry.queues ?? 1,
+    depth: geometry.depth ?? 64,
+    ioTimeoutMs,
+  })
+  dispatcher.attach(bridge)
+  try {
+    await target.open?.(contextFor(bridge))
+  } catch (err) {
+    bridge.close()
+    throw err
+  }
+  const nativeDevice = await native(() => binding.startBridgedDevice(bridge))
+  return new Device(nativeDevice, { dispatcher, target })
+}
+
+function contextFor(bridge: NativeBridge): TargetContext {
+  return {
+    async openFile(path, opts = {}): Promise<BackingFile> {
+      const f = await native(() => bridge.openBacking(path, opts.direct ?? true, opts.readOnly ?? false))
+      return { path, index: f.index, size: f.size, direct: f.direct, readOnly: f.readOnly, blockDevice: f.blockDevice }
+    },
+  }
 }
 
 /** Every ublk device on this machine, whoever serves it. */

@@ -9,6 +9,7 @@ export interface BlockDeviceFacts {
   physicalBlockSize: number
   hwQueues: number
   maxSectorsKb: number
+  discardMaxBytes: number
 }
 
 export function sysfsBlock(devPath: string): BlockDeviceFacts {
@@ -20,6 +21,7 @@ export function sysfsBlock(devPath: string): BlockDeviceFacts {
     physicalBlockSize: read('queue/physical_block_size'),
     hwQueues: readdirSync(`${dir}/mq`).length,
     maxSectorsKb: read('queue/max_sectors_kb'),
+    discardMaxBytes: read('queue/discard_max_bytes'),
   }
 }
 

@@ -184,7 +184,6 @@ impl Task for CreateDevice {
             block_path: dev.block_path(),
             char_path: dev.char_path(),
             target,
-            bridged: bridged.clone(),
             slot: Arc::new(Mutex::new(Some(Served { dev, bridged }))),
         };
         OWNED.lock().unwrap().insert(id, handle.slot.clone());
@@ -222,20 +221,17 @@ pub struct NativeCapabilities {
     pub write_zeroes: bool,
 }
 
-/// Adds a device served by JavaScript: `onBatch(queue, ios, buffers,
-/// backendResults)` is called once per ring reap; answers go back through
-/// `NativeDevice.post`.
+/// Prepares a device served by JavaScript: `onBatch(queue, ios, buffers,
+/// backendResults)` is called once per ring reap, answers go back through
+/// `NativeBridge.post`. Start it with `startBridgedDevice`.
 #[napi(
-    ts_args_type = "options: NativeDeviceOptions, capabilities: NativeCapabilities, onBatch: (queue: number, ios: Float64Array, buffers: Array<ArrayBuffer | null>, backend: Float64Array) => void",
-    ts_return_type = "Promise<NativeDevice>"
+    ts_args_type = "options: NativeDeviceOptions, capabilities: NativeCapabilities, onBatch: (queue: number, ios: Float64Array, buffers: Array<ArrayBuffer | null>, backend: Float64Array) => void"
 )]
-pub fn create_bridged_device(
-    env: Env,
+pub fn create_bridge(
     options: NativeDeviceOptions,
     capabilities: NativeCapabilities,
     on_batch: Function<'_, JsBatch, ()>,
-) -> napi::Result<AsyncTask<CreateDevice>> {
-    register_env_cleanup(&env);
+) -> napi::Result<NativeBridge> {
     let opts = core_options(&options).map_err(to_napi)?;
     opts.validate(ublk_core::kernel_max_queues())
         .map_err(to_napi)?;
@@ -268,13 +264,101 @@ pub fn create_bridged_device(
     )
     .map_err(to_napi)?;
     let _ = queues.set(target.queues().to_vec());
-    Ok(AsyncTask::new(CreateDevice {
-        request: Some(Ok((opts, options.target))),
-        bridged: Some(Arc::new(Bridged {
+    Ok(NativeBridge {
+        bridged: Arc::new(Bridged {
             target: Arc::new(target),
             sink,
-        })),
+        }),
+        opts,
+        kind: options.target,
+        started: false,
+    })
+}
+
+/// Starts a device prepared by `createBridge`; resolves once its block
+/// device exists. IOs may reach `onBatch` before that.
+#[napi(ts_return_type = "Promise<NativeDevice>")]
+pub fn start_bridged_device(
+    env: Env,
+    bridge: &mut NativeBridge,
+) -> napi::Result<AsyncTask<CreateDevice>> {
+    if bridge.started {
+        return Err(to_napi(ublk_core::Error::new(
+            libc::EALREADY,
+            "this bridge was already started",
+        )));
+    }
+    bridge.started = true;
+    register_env_cleanup(&env);
+    Ok(AsyncTask::new(CreateDevice {
+        request: Some(Ok((bridge.opts.clone(), bridge.kind.clone()))),
+        bridged: Some(bridge.bridged.clone()),
     }))
+}
+
+/// The JavaScript side of a device served by JavaScript.
+#[napi]
+pub struct NativeBridge {
+    bridged: Arc<Bridged>,
+    opts: ublk_core::DeviceOptions,
+    kind: String,
+    started: bool,
+}
+
+#[napi]
+impl NativeBridge {
+    /// Hands IO results (`[tag, seq, result]*`) and backend requests
+    /// (`[id, kind, mode, file, tag, bufOffset, length, fileOffset]*`) to
+    /// queue `queue`, after detaching the completed IOs' buffers.
+    #[napi(
+        ts_args_type = "queue: number, results: Float64Array, requests: Float64Array, detach: Array<ArrayBuffer | null>"
+    )]
+    pub fn post(
+        &self,
+        env: Env,
+        queue: u32,
+        results: Float64Array,
+        requests: Float64Array,
+        detach: Unknown<'_>,
+    ) -> napi::Result<()> {
+        let bridged = &self.bridged;
+        let shared = bridged
+            .target
+            .queue(queue as u16)
+            .ok_or_else(|| to_napi(ublk_core::Error::invalid(format!("no queue {queue}"))))?;
+        let results = decode_results(&results)?;
+        let requests = decode_requests(&requests)?;
+        // Detach first: once the queue thread has the result, the buffer
+        // belongs to the tag's next IO.
+        detach_all(&env, detach.raw())?;
+        shared.inbox.post(&results, &requests);
+        Ok(())
+    }
+
+    /// Opens a backing file for this device's backend IO.
+    #[napi(ts_return_type = "Promise<NativeBackingFile>")]
+    pub fn open_backing(
+        &self,
+        path: String,
+        direct: bool,
+        read_only: bool,
+    ) -> napi::Result<AsyncTask<OpenBacking>> {
+        let bridged = &self.bridged;
+        Ok(AsyncTask::new(OpenBacking {
+            files: bridged.target.files().clone(),
+            path,
+            direct,
+            read_only,
+        }))
+    }
+
+    /// Releases the batch handler of a bridge that will not be started.
+    #[napi]
+    pub fn close(&self) {
+        if !self.started {
+            self.bridged.release();
+        }
+    }
 }
 
 fn register_env_cleanup(env: &Env) {
@@ -305,65 +389,11 @@ pub struct NativeDevice {
     block_path: String,
     char_path: String,
     target: String,
-    bridged: Option<Arc<Bridged>>,
     slot: Slot,
 }
 
 #[napi]
 impl NativeDevice {
-    /// Hands IO results (`[tag, seq, result]*`) and backend requests
-    /// (`[id, kind, mode, file, tag, bufOffset, length, fileOffset]*`) to
-    /// queue `queue`, after detaching the completed IOs' buffers.
-    #[napi(
-        ts_args_type = "queue: number, results: Float64Array, requests: Float64Array, detach: Array<ArrayBuffer | null>"
-    )]
-    pub fn post(
-        &self,
-        env: Env,
-        queue: u32,
-        results: Float64Array,
-        requests: Float64Array,
-        detach: Unknown<'_>,
-    ) -> napi::Result<()> {
-        let bridged = self.bridged.as_ref().ok_or_else(|| {
-            to_napi(ublk_core::Error::invalid(
-                "this device is not served by JavaScript",
-            ))
-        })?;
-        let shared = bridged
-            .target
-            .queue(queue as u16)
-            .ok_or_else(|| to_napi(ublk_core::Error::invalid(format!("no queue {queue}"))))?;
-        let results = decode_results(&results)?;
-        let requests = decode_requests(&requests)?;
-        // Detach first: once the queue thread has the result, the buffer
-        // belongs to the tag's next IO.
-        detach_all(&env, detach.raw())?;
-        shared.inbox.post(&results, &requests);
-        Ok(())
-    }
-
-    /// Opens a backing file for this device's backend IO.
-    #[napi(ts_return_type = "Promise<NativeBackingFile>")]
-    pub fn open_backing(
-        &self,
-        path: String,
-        direct: bool,
-        read_only: bool,
-    ) -> napi::Result<AsyncTask<OpenBacking>> {
-        let bridged = self.bridged.as_ref().ok_or_else(|| {
-            to_napi(ublk_core::Error::invalid(
-                "this device is not served by JavaScript",
-            ))
-        })?;
-        Ok(AsyncTask::new(OpenBacking {
-            files: bridged.target.files().clone(),
-            path,
-            direct,
-            read_only,
-        }))
-    }
-
     #[napi(getter)]
     pub fn id(&self) -> u32 {
         self.id

@@ -1,0 +1,309 @@
+// Runs a TypeScript target: turns each batch from a queue thread into
+// calls of the target's methods, and sends results and backend requests
+// back in one native call per tick.
+import { constants } from 'node:os'
+
+import { UblkError } from './errors.js'
+import type { BackingFile, Io, IoOp, Target } from './target.js'
+
+import type { NativeBridge } from '../index.js'
+
+const ERRNO = constants.errno as Record<string, number | undefined>
+const EIO = ERRNO.EIO ?? 5
+const ETIMEDOUT = ERRNO.ETIMEDOUT ?? 110
+const EOPNOTSUPP = ERRNO.EOPNOTSUPP ?? 95
+const ECANCELED = ERRNO.ECANCELED ?? 125
+
+/** `UBLK_IO_OP_*` codes as the kernel sends them. */
+const OP_BY_CODE: Array<IoOp | undefined> = ['read', 'write', 'flush', 'discard', undefined, 'writeZeroes']
+/** `UBLK_IO_F_FUA` (bit 13 of op_flags), after the op byte is shifted out. */
+const FLAG_FUA = 1 << 5
+
+/** Floats per entry in the native tables (see crates/ublk-node/src/bridge.rs). */
+const IO_FIELDS = 6
+const BACKEND_RESULT_FIELDS = 2
+
+const enum BackendKind {
+  Read = 0,
+  Write = 1,
+  Fsync = 2,
+  Fdatasync = 3,
+  Fallocate = 4,
+}
+
+const EMPTY = new Uint8Array(0)
+
+/** The errno (positive) an error from a target stands for. */
+export function errnoOf(err: unknown): number {
+  const code = (err as { code?: unknown } | null)?.code
+  if (typeof code === 'string') {
+    const n = ERRNO[code]
+    if (n !== undefined) return n
+  }
+  return EIO
+}
+
+function backendError(result: number, what: string): UblkError {
+  const errno = -result
+  const code = Object.keys(ERRNO).find((k) => ERRNO[k] === errno) ?? 'EIO'
+  return new UblkError(code, `${what} failed: ${code}`)
+}
+
+interface Outstanding {
+  seq: number
+  buffer: ArrayBuffer | null
+  deadline: number
+}
+
+interface PendingBackend {
+  resolve(result: number): void
+  reject(err: Error): void
+  what: string
+}
+
+class QueueOutbox {
+  results: number[] = []
+  requests: number[] = []
+  detach: Array<ArrayBuffer | null> = []
+
+  get empty(): boolean {
+    return this.results.length === 0 && this.requests.length === 0 && this.detach.length === 0
+  }
+}
+
+class IoRequest implements Io {
+  readonly buffer: Uint8Array
+
+  constructor(
+    private readonly dispatcher: Dispatcher,
+    readonly queue: number,
+    readonly tag: number,
+    readonly op: IoOp,
+    readonly offset: number,
+    readonly length: number,
+    readonly fua: boolean,
+    data: ArrayBuffer | null,
+  ) {
+    this.buffer = data ? new Uint8Array(data) : EMPTY
+  }
+
+  readFrom(file: BackingFile, fileOffset: number, bufOffset = 0, length = this.length - bufOffset): Promise<number> {
+    return this.dispatcher.backend(this.queue, BackendKind.Read, 0, file, this.tag, bufOffset, length, fileOffset, 'read')
+  }
+
+  writeTo(file: BackingFile, fileOffset: number, bufOffset = 0, length = this.length - bufOffset): Promise<number> {
+    return this.dispatcher.backend(this.queue, BackendKind.Write, 0, file, this.tag, bufOffset, length, fileOffset, 'write')
+  }
+
+  async fsync(file: BackingFile): Promise<void> {
+    await this.dispatcher.backend(this.queue, BackendKind.Fsync, 0, file, this.tag, 0, 0, 0, 'fsync')
+  }
+
+  async fdatasync(file: BackingFile): Promise<void> {
+    await this.dispatcher.backend(this.queue, BackendKind.Fdatasync, 0, file, this.tag, 0, 0, 0, 'fdatasync')
+  }
+
+  async fallocate(file: BackingFile, mode: number, offset: number, length: number): Promise<void> {
+    await this.dispatcher.backend(this.queue, BackendKind.Fallocate, mode, file, this.tag, 0, length, offset, 'fallocate')
+  }
+}
+
+export interface DispatcherOptions {
+  queues: number
+  depth: number
+  /** Fail an IO the target has not completed after this many ms. */
+  ioTimeoutMs: number
+}
+
+/** Serves one device's IOs with a target; one per device. */
+export class Dispatcher {
+  #bridge: NativeBridge | undefined
+  readonly #target: Target
+  readonly #outstanding: Array<Array<Outstanding | undefined>>
+  readonly #outboxes: QueueOutbox[]
+  readonly #pending = new Map<number, PendingBackend>()
+  readonly #timeoutMs: number
+  #nextBackendId = 1
+  #flushScheduled = false
+  #stopping = false
+  #timer: NodeJS.Timeout | undefined
+
+  constructor(target: Target, options: DispatcherOptions) {
+    this.#target = target
+    this.#timeoutMs = options.ioTimeoutMs
+    this.#outstanding = Array.from({ length: options.queues }, () => new Array(options.depth))
+    this.#outboxes = Array.from({ length: options.queues }, () => new QueueOutbox())
+    if (Number.isFinite(this.#timeoutMs) && this.#timeoutMs > 0) {
+      const period = Math.max(10, Math.min(1000, this.#timeoutMs / 4))
+      this.#timer = setInterval(() => this.#expire(), period)
+      this.#timer.unref()
+    }
+  }
+
+  attach(bridge: NativeBridge): void {
+    this.#bridge = bridge
+  }
+
+  /** The native batch handler; never throws back into native code. */
+  onBatch = (queue: number, ios: Float64Array, buffers: Array<ArrayBuffer | null>, backend: Float64Array): void => {
+    try {
+      for (let i = 0; i < backend.length; i += BACKEND_RESULT_FIELDS) {
+        this.#settleBackend(backend[i]!, backend[i + 1]!)
+      }
+      const now = Date.now()
+      for (let i = 0, n = 0; i < ios.length; i += IO_FIELDS, n++) {
+        this.#start(queue, ios, i, buffers[n] ?? null, now)
+      }
+    } catch (err) {
+      // A bug here must not take the process down; the IOs time out.
+      process.emitWarning(`ublk dispatch failed: ${String(err)}`)
+    }
+  }
+
+  #start(queue: number, ios: Float64Array, i: number, data: ArrayBuffer | null, now: number): void {
+    const tag = ios[i]!
+    const seq = ios[i + 1]!
+    const opCode = ios[i + 2]!
+    const flags = ios[i + 3]!
+    const op = OP_BY_CODE[opCode]
+    const entry: Outstanding = { seq, buffer: data, deadline: now + this.#timeoutMs }
+    this.#outstanding[queue]![tag] = entry
+    if (this.#stopping) {
+      this.#finish(queue, tag, entry, -ECANCELED)
+      return
+    }
+    const handler = op && this.#target[op]
+    if (!op || !handler) {
+      this.#finish(queue, tag, entry, -EOPNOTSUPP)
+      return
+    }
+    const length = ios[i + 5]!
+    const io = new IoRequest(this, queue, tag, op, ios[i + 4]!, length, (flags & FLAG_FUA) !== 0, data)
+    const success = op === 'read' || op === 'write' ? length : 0
+    let outcome: Promise<void> | void
+    try {
+      outcome = handler.call(this.#target, io)
+    } catch (err) {
+      this.#finish(queue, tag, entry, -errnoOf(err))
+      return
+    }
+    if (outcome && typeof (outcome as Promise<void>).then === 'function') {
+      ;(outcome as Promise<void>).then(
+        () => this.#finish(queue, tag, entry, success),
+        (err: unknown) => this.#finish(queue, tag, entry, -errnoOf(err)),
+      )
+    } else {
+      this.#finish(queue, tag, entry, success)
+    }
+  }
+
+  /** Completes an IO once: late answers (after a timeout or stop) are dropped. */
+  #finish(queue: number, tag: number, entry: Outstanding, result: number): void {
+    const slots = this.#outstanding[queue]!
+    if (slots[tag] !== entry) return
+    slots[tag] = undefined
+    const out = this.#outboxes[queue]!
+    out.results.push(tag, entry.seq, result)
+    out.detach.push(entry.buffer)
+    this.#scheduleFlush()
+  }
+
+  backend(
+    queue: number,
+    kind: BackendKind,
+    mode: number,
+    file: BackingFile,
+    tag: number,
+    bufOffset: number,
+    length: number,
+    fileOffset: number,
+    what: string,
+  ): Promise<number> {
+    if (this.#stopping) {
+      return Promise.reject(new UblkError('ECANCELED', `${what}: the device is stopping`))
+    }
+    const id = this.#nextBackendId
+    this.#nextBackendId = id >= 0xffffffff ? 1 : id + 1
+    return new Promise<number>((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject, what: `${what} of ${file.path}` })
+      this.#outboxes[queue]!.requests.push(id, kind, mode, file.index, tag, bufOffset, length, fileOffset)
+      this.#scheduleFlush()
+    })
+  }
+
+  #settleBackend(id: number, result: number): void {
+    const pending = this.#pending.get(id)
+    if (!pending) return
+    this.#pending.delete(id)
+    if (result < 0) pending.reject(backendError(result, pending.what))
+    else pending.resolve(result)
+  }
+
+  #scheduleFlush(): void {
+    if (this.#flushScheduled) return
+    this.#flushScheduled = true
+    queueMicrotask(() => this.#flush())
+  }
+
+  #flush(): void {
+    this.#flushScheduled = false
+    const bridge = this.#bridge
+    if (!bridge) {
+      // Not attached yet: answers wait for the next flush.
+      return
+    }
+    for (let q = 0; q < this.#outboxes.length; q++) {
+      const out = this.#outboxes[q]!
+      if (out.empty) continue
+      const { results, requests, detach } = out
+      this.#outboxes[q] = new QueueOutbox()
+      try {
+        bridge.post(q, Float64Array.from(results), Float64Array.from(requests), detach)
+      } catch (err) {
+        // Malformed requests (a bad offset or length from the target) are
+        // refused as a whole; fail them rather than leave them pending.
+        for (let i = 0; i < requests.length; i += 8) {
+          this.#settleBackend(requests[i]!, -errnoOf(err))
+        }
+        if (results.length) bridge.post(q, Float64Array.from(results), new Float64Array(0), detach)
+      }
+    }
+  }
+
+  /** Sends anything queued before the bridge was attached. */
+  flushNow(): void {
+    this.#flush()
+  }
+
+  #expire(): void {
+    const now = Date.now()
+    for (let q = 0; q < this.#outstanding.length; q++) {
+      const slots = this.#outstanding[q]!
+      for (let tag = 0; tag < slots.length; tag++) {
+        const entry = slots[tag]
+        if (entry && entry.deadline <= now) this.#finish(q, tag, entry, -ETIMEDOUT)
+      }
+    }
+  }
+
+  /**
+   * Before the device stops: IOs the target still holds are failed (their
+   * buffers detached now), new ones are refused, backend requests rejected.
+   */
+  shutdown(): void {
+    this.#stopping = true
+    if (this.#timer) clearInterval(this.#timer)
+    for (let q = 0; q < this.#outstanding.length; q++) {
+      const slots = this.#outstanding[q]!
+      for (let tag = 0; tag < slots.length; tag++) {
+        const entry = slots[tag]
+        if (entry) this.#finish(q, tag, entry, -ECANCELED)
+      }
+    }
+    this.#flush()
+    for (const [id, pending] of this.#pending) {
+      this.#pending.delete(id)
+      pending.reject(new UblkError('ECANCELED', `${pending.what}: the device stopped`))
+    }
+  }
+}

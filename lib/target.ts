@@ -1,0 +1,74 @@
+// What a block device written in TypeScript implements.
+
+/** The IO operations a target can receive. */
+export type IoOp = 'read' | 'write' | 'flush' | 'discard' | 'writeZeroes'
+
+/** A file opened for backend IO on the device's queue rings. */
+export interface BackingFile {
+  readonly path: string
+  readonly size: number
+  /** Opened with O_DIRECT (falls back to buffered IO where refused). */
+  readonly direct: boolean
+  readonly readOnly: boolean
+  readonly blockDevice: boolean
+  /** @internal index in the device's file table */
+  readonly index: number
+}
+
+/** `fallocate(2)` modes the backend accepts. */
+export const FALLOC_FL_KEEP_SIZE = 0x01
+export const FALLOC_FL_PUNCH_HOLE = 0x02
+export const FALLOC_FL_ZERO_RANGE = 0x10
+
+/** One IO from the kernel. Complete it by returning (or resolving). */
+export interface Io {
+  readonly op: IoOp
+  /** Byte offset on the device. */
+  readonly offset: number
+  /** Bytes; 0 for flush. */
+  readonly length: number
+  /** Write with Force Unit Access: durable before it completes. */
+  readonly fua: boolean
+  /** Which hardware queue it came on. */
+  readonly queue: number
+  /**
+   * The IO's data, no copy: fill it for a read, read it for a write. Empty
+   * for other operations. Detached once the IO completes: keep a copy, not
+   * the view.
+   */
+  readonly buffer: Uint8Array
+  /** Reads `length` bytes of `file` at `fileOffset` into this IO's buffer at `bufOffset`. */
+  readFrom(file: BackingFile, fileOffset: number, bufOffset?: number, length?: number): Promise<number>
+  /** Writes this IO's buffer (from `bufOffset`, `length` bytes) to `file` at `fileOffset`. */
+  writeTo(file: BackingFile, fileOffset: number, bufOffset?: number, length?: number): Promise<number>
+  fsync(file: BackingFile): Promise<void>
+  fdatasync(file: BackingFile): Promise<void>
+  fallocate(file: BackingFile, mode: number, offset: number, length: number): Promise<void>
+}
+
+/** Opens backing files before the device starts. */
+export interface TargetContext {
+  openFile(path: string, options?: { direct?: boolean; readOnly?: boolean }): Promise<BackingFile>
+}
+
+/**
+ * A block device implementation. `read` is required; a target without
+ * `write` is read-only; `flush`, `discard` and `writeZeroes` are advertised
+ * to the kernel only when present. A throw or rejection fails the IO with
+ * EIO, or with the errno named by the error's `code` (e.g. 'ENOSPC').
+ */
+export interface Target {
+  /** Shown as the device's target kind. */
+  readonly name?: string
+  /** Called once before the device starts, e.g. to open backing files. */
+  open?(ctx: TargetContext): Promise<void> | void
+  read(io: Io): Promise<void> | void
+  write?(io: Io): Promise<void> | void
+  flush?(io: Io): Promise<void> | void
+  discard?(io: Io): Promise<void> | void
+  writeZeroes?(io: Io): Promise<void> | void
+  /** Honour FUA on writes (the kernel then sends it instead of a flush). */
+  readonly fua?: boolean
+  /** Called after the device stopped. */
+  close?(): Promise<void> | void
+}
