@@ -120,8 +120,10 @@ export interface NativeCapabilities {
 }
 
 export interface NativeDeviceOptions {
-  /** Built-in target kind: "null". */
+  /** Built-in target kind: "null" or "loop". */
   target: string
+  /** Backing file or block device of a "loop" target. */
+  path?: string
   /** Capacity in bytes, a multiple of the logical block size. */
   size: number
   /** 512 (default), 1024, 2048 or 4096. */

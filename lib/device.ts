@@ -1,6 +1,6 @@
 import binding = require('./binding.js')
 import { Dispatcher } from './dispatch.js'
-import { native, UblkError } from './errors.js'
+import { native, toUblkError, UblkError } from './errors.js'
 import type { BackingFile, Target, TargetContext } from './target.js'
 
 import type { DeviceInfo, KernelFeatures, NativeBridge, NativeDevice } from '../index.js'
@@ -8,13 +8,15 @@ import type { DeviceInfo, KernelFeatures, NativeBridge, NativeDevice } from '../
 export type { DeviceInfo, KernelFeatures }
 
 /** Targets implemented in Rust inside the addon. */
-export type BuiltinTarget = 'null'
+export type BuiltinTarget = 'null' | 'loop'
 
 export interface DeviceOptions {
   /** What serves the device's IO: a built-in Rust target or a TypeScript one. */
   target: BuiltinTarget | Target
   /** Capacity in bytes; a whole number of logical blocks. */
   size: number
+  /** Backing file or block device of the built-in 'loop' target. */
+  path?: string
   /** 512 (default), 1024, 2048 or 4096. */
   logicalBlockSize?: number
   /** Hardware queues, each served by its own thread and io_uring. Default 1. */
@@ -140,7 +142,7 @@ function capabilitiesOf(target: Target) {
 }
 
 async function createServedDevice(options: DeviceOptions, target: Target): Promise<Device> {
-  const { target: _target, ioTimeoutMs = 30_000, ...geometry } = options
+  const { target: _target, ioTimeoutMs = 30_000, path: _path, ...geometry } = options
   if (typeof ioTimeoutMs !== 'number' || !(ioTimeoutMs >= 0)) {
     throw new UblkError('EINVAL', `ioTimeoutMs must be a number of milliseconds >= 0, got ${String(ioTimeoutMs)}`)
   }
@@ -158,17 +160,18 @@ async function createServedDevice(options: DeviceOptions, target: Target): Promi
   })
   dispatcher.attach(bridge)
   try {
-    await target.open?.(contextFor(bridge))
+    await target.open?.(contextFor(bridge, geometry.size))
   } catch (err) {
     bridge.close()
-    throw err
+    throw toUblkError(err)
   }
   const nativeDevice = await native(() => binding.startBridgedDevice(bridge))
   return new Device(nativeDevice, { dispatcher, target })
 }
 
-function contextFor(bridge: NativeBridge): TargetContext {
+function contextFor(bridge: NativeBridge, size: number): TargetContext {
   return {
+    size,
     async openFile(path, opts = {}): Promise<BackingFile> {
       const f = await native(() => bridge.openBacking(path, opts.direct ?? true, opts.readOnly ?? false))
       return { path, index: f.index, size: f.size, direct: f.direct, readOnly: f.readOnly, blockDevice: f.blockDevice }

@@ -46,6 +46,9 @@ export function toUblkError(err: unknown): UblkError {
     const match = ERRNO_PREFIX.exec(err.message)
     if (match) return new UblkError(match[1]!, match[2]!, { cause: err })
     const napiCode = (err as { code?: unknown }).code
+    if (typeof napiCode === 'string' && /^E[A-Z0-9]+$/.test(napiCode)) {
+      return new UblkError(napiCode, err.message, { cause: err })
+    }
     if (typeof napiCode === 'string' && NAPI_ARGUMENT_CODES.has(napiCode)) {
       return new UblkError('EINVAL', err.message, { cause: err })
     }

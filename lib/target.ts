@@ -48,6 +48,8 @@ export interface Io {
 
 /** Opens backing files before the device starts. */
 export interface TargetContext {
+  /** The device's size in bytes. */
+  readonly size: number
   openFile(path: string, options?: { direct?: boolean; readOnly?: boolean }): Promise<BackingFile>
 }
 

@@ -51,6 +51,11 @@ export function loopTarget(path: string, options: LoopOptions = {}): Target {
     name: 'loop-ts',
     async open(ctx) {
       file = await ctx.openFile(path, { direct: options.direct ?? true, readOnly: options.readOnly ?? false })
+      if (file.size < ctx.size) {
+        throw Object.assign(new Error(`${path} holds ${file.size} bytes, less than the device's ${ctx.size}`), {
+          code: 'EINVAL',
+        })
+      }
     },
     read,
     fua: true,

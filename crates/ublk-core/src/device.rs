@@ -269,12 +269,15 @@ fn set_basic_params(dev: &mut UblkDev, opts: &DeviceOptions) {
     };
 }
 
-/// The Rust targets this crate ships, by kind name.
-pub fn builtin_target(kind: &str) -> Result<Arc<dyn Target>> {
-    match kind {
-        "null" => Ok(Arc::new(crate::targets::NullTarget)),
-        other => Err(Error::invalid(format!(
-            "unknown target {other:?}; built-in targets: null"
+/// The Rust targets this crate ships, by kind name; `backing` is the file
+/// or block device of a `loop` target.
+pub fn builtin_target(kind: &str, backing: Option<&str>) -> Result<Arc<dyn Target>> {
+    match (kind, backing) {
+        ("null", _) => Ok(Arc::new(crate::targets::NullTarget)),
+        ("loop", Some(path)) => Ok(Arc::new(crate::targets::LoopTarget::open(path, true)?)),
+        ("loop", None) => Err(Error::invalid("the loop target needs a backing file path")),
+        (other, _) => Err(Error::invalid(format!(
+            "unknown target {other:?}; built-in targets: null, loop"
         ))),
     }
 }
@@ -285,9 +288,12 @@ mod tests {
 
     #[test]
     fn unknown_target_is_einval() {
-        let err = builtin_target("raid7").err().unwrap();
+        let err = builtin_target("raid7", None).err().unwrap();
         assert_eq!(err.code(), "EINVAL");
         assert!(err.message().contains("raid7"));
-        assert!(builtin_target("null").is_ok());
+        assert!(builtin_target("null", None).is_ok());
+        assert_eq!(builtin_target("loop", None).err().unwrap().code(), "EINVAL");
+        let missing = builtin_target("loop", Some("/nonexistent/disk.img"));
+        assert_eq!(missing.err().unwrap().code(), "ENOENT");
     }
 }

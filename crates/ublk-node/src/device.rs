@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use napi::bindgen_prelude::{AsyncTask, Float64Array, Function, JsValue, Unknown};
@@ -104,8 +105,10 @@ pub fn stop_all_devices() {
 
 #[napi(object)]
 pub struct NativeDeviceOptions {
-    /// Built-in target kind: "null".
+    /// Built-in target kind: "null" or "loop".
     pub target: String,
+    /// Backing file or block device of a "loop" target.
+    pub path: Option<String>,
     /// Capacity in bytes, a multiple of the logical block size.
     pub size: f64,
     /// 512 (default), 1024, 2048 or 4096.
@@ -150,6 +153,7 @@ fn core_options(opts: &NativeDeviceOptions) -> ublk_core::Result<ublk_core::Devi
 
 pub struct CreateDevice {
     request: Option<napi::Result<(ublk_core::DeviceOptions, String)>>,
+    path: Option<String>,
     bridged: Option<Arc<Bridged>>,
 }
 
@@ -162,7 +166,7 @@ impl Task for CreateDevice {
             let (opts, kind) = self.request.take().expect("compute runs once")?;
             let target: Arc<dyn ublk_core::Target> = match &self.bridged {
                 Some(b) => b.target.clone(),
-                None => ublk_core::builtin_target(&kind).map_err(to_napi)?,
+                None => ublk_core::builtin_target(&kind, self.path.as_deref()).map_err(to_napi)?,
             };
             let dev = Device::create(&opts, target).map_err(to_napi)?;
             Ok((dev, kind))
@@ -207,6 +211,7 @@ pub fn create_device(env: Env, options: NativeDeviceOptions) -> AsyncTask<Create
         .map_err(to_napi);
     AsyncTask::new(CreateDevice {
         request: Some(request),
+        path: options.path,
         bridged: None,
     })
 }
@@ -271,7 +276,7 @@ pub fn create_bridge(
         }),
         opts,
         kind: options.target,
-        started: false,
+        started: AtomicBool::new(false),
     })
 }
 
@@ -280,18 +285,18 @@ pub fn create_bridge(
 #[napi(ts_return_type = "Promise<NativeDevice>")]
 pub fn start_bridged_device(
     env: Env,
-    bridge: &mut NativeBridge,
+    bridge: &NativeBridge,
 ) -> napi::Result<AsyncTask<CreateDevice>> {
-    if bridge.started {
+    if bridge.started.swap(true, Ordering::SeqCst) {
         return Err(to_napi(ublk_core::Error::new(
             libc::EALREADY,
             "this bridge was already started",
         )));
     }
-    bridge.started = true;
     register_env_cleanup(&env);
     Ok(AsyncTask::new(CreateDevice {
         request: Some(Ok((bridge.opts.clone(), bridge.kind.clone()))),
+        path: None,
         bridged: Some(bridge.bridged.clone()),
     }))
 }
@@ -302,7 +307,7 @@ pub struct NativeBridge {
     bridged: Arc<Bridged>,
     opts: ublk_core::DeviceOptions,
     kind: String,
-    started: bool,
+    started: AtomicBool,
 }
 
 #[napi]
@@ -355,7 +360,7 @@ impl NativeBridge {
     /// Releases the batch handler of a bridge that will not be started.
     #[napi]
     pub fn close(&self) {
-        if !self.started {
+        if !self.started.load(Ordering::SeqCst) {
             self.bridged.release();
         }
     }

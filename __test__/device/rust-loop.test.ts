@@ -1,0 +1,55 @@
+// The Rust loop target: the yardstick the TypeScript loop is measured against.
+import { createHash } from 'node:crypto'
+import { readFileSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs'
+
+import test from 'ava'
+
+import { createDevice, loopTarget } from '../../lib/index.ts'
+
+import { rejectsWithCode } from '../helpers/errors.ts'
+import { fio } from '../helpers/fio.ts'
+import { requireUblk } from '../helpers/kernel.ts'
+import { sh } from '../helpers/shell.ts'
+
+const MiB = 1 << 20
+
+test.before(() => requireUblk())
+
+function scratchFile(name: string, size: number): string {
+  const file = `/tmp/ublk-${name}-${process.pid}.img`
+  writeFileSync(file, '')
+  truncateSync(file, size)
+  return file
+}
+
+for (const { bs, iodepth, queues } of [
+  { bs: '4k', iodepth: 32, queues: 1 },
+  { bs: '128k', iodepth: 8, queues: 2 },
+]) {
+  test.serial(`Rust loop: fio crc32c verify, bs ${bs}, QD ${iodepth}, ${queues} queue(s); the file equals the device`, async (t) => {
+    const file = scratchFile('rloop', 32 * MiB)
+    const dev = await createDevice({ target: 'loop', path: file, size: 32 * MiB, queues })
+    try {
+      const r = await fio(dev.path, { rw: 'randwrite', bs, iodepth, size: '32M', verify: 'crc32c' })
+      t.is(r.errors, 0)
+      t.true(r.readIos > 0)
+      const fromDevice = (await sh('sha256sum', [dev.path])).stdout.split(' ')[0]
+      t.is(fromDevice, createHash('sha256').update(readFileSync(file)).digest('hex'))
+    } finally {
+      await dev.stop()
+      unlinkSync(file)
+    }
+  })
+}
+
+test.serial('loop targets refuse a device larger than the backing file', async (t) => {
+  const file = scratchFile('small', 4 * MiB)
+  try {
+    await rejectsWithCode(t, createDevice({ target: 'loop', path: file, size: 8 * MiB }), 'EINVAL', /larger than the backing file/)
+    await rejectsWithCode(t, createDevice({ target: loopTarget(file), size: 8 * MiB }), 'EINVAL', /less than the device/)
+    await rejectsWithCode(t, createDevice({ target: 'loop', size: 8 * MiB }), 'EINVAL', /needs a backing file/)
+    await rejectsWithCode(t, createDevice({ target: 'loop', path: '/nonexistent.img', size: 8 * MiB }), 'ENOENT')
+  } finally {
+    unlinkSync(file)
+  }
+})
