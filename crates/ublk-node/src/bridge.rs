@@ -274,5 +274,6 @@ impl Bridged {
 
     pub fn release(&self) {
         self.sink.close();
+        self.target.files().close_all();
     }
 }

@@ -27,7 +27,7 @@ impl BackingFile {
 
 #[derive(Default)]
 pub struct BackingFiles {
-    files: RwLock<Vec<Arc<BackingFile>>>,
+    files: RwLock<Vec<Option<Arc<BackingFile>>>>,
 }
 
 impl BackingFiles {
@@ -75,12 +75,21 @@ impl BackingFiles {
             block_device,
         });
         let mut files = self.files.write().unwrap();
-        files.push(backing.clone());
+        files.push(Some(backing.clone()));
         Ok(((files.len() - 1) as u32, backing))
     }
 
     pub fn get(&self, index: u32) -> Option<Arc<BackingFile>> {
-        self.files.read().unwrap().get(index as usize).cloned()
+        self.files.read().unwrap().get(index as usize)?.clone()
+    }
+
+    /// Closes every file once the device is stopped (an operation still in
+    /// flight holds its own reference and closes the file when done).
+    /// Indexes stay taken, so an old index never reaches a new file.
+    pub fn close_all(&self) {
+        for f in self.files.write().unwrap().iter_mut() {
+            f.take();
+        }
     }
 }
 
@@ -111,6 +120,10 @@ mod tests {
         assert_eq!(f.size, 8192);
         assert!(!f.block_device);
         assert!(files.get(0).is_some() && files.get(1).is_none());
+        files.close_all();
+        assert!(files.get(0).is_none(), "closed files are gone");
+        let (idx, _) = files.open(path.to_str().unwrap(), false, false).unwrap();
+        assert_eq!(idx, 1, "a new file never takes a closed file's index");
         let err = files.open("/nonexistent/x", false, false).unwrap_err();
         assert_eq!(err.code(), "ENOENT");
         std::fs::remove_dir_all(dir).unwrap();

@@ -1,0 +1,174 @@
+// Runs fio against every system side by side, in one kernel, and prints
+// IOPS and the ratios the project's bars are set in. Absolute figures from
+// a VM without KVM are small and noisy; the ratios are the signal.
+//
+//   node --import tsx bench/run.ts [--quick] [--runtime S] [--rublk PATH] [--out FILE]
+import { execFile } from 'node:child_process'
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs'
+import { release } from 'node:os'
+import { promisify } from 'node:util'
+
+import { parseArgs } from 'node:util'
+
+import {
+  DEPTH,
+  kernelLoop,
+  kernelNull,
+  nullBlk,
+  rublk,
+  rustLoop,
+  rustNull,
+  tsLoop,
+  tsNull,
+  type Prepared,
+  type System,
+} from './systems.ts'
+
+const run = promisify(execFile)
+const MiB = 1 << 20
+
+const { values: opts } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    runtime: { type: 'string', default: '3' },
+    rublk: { type: 'string' },
+    out: { type: 'string' },
+    json: { type: 'boolean', default: false },
+  },
+})
+
+interface Point {
+  system: string
+  rw: 'randread' | 'randwrite'
+  qd: number
+  queues: number
+  iops: number
+}
+
+async function fioIops(path: string, rw: string, qd: number, jobs: number, runtime: number): Promise<number> {
+  const { stdout } = await run(
+    'fio',
+    [
+      '--name=bench',
+      `--filename=${path}`,
+      '--ioengine=io_uring',
+      '--direct=1',
+      `--rw=${rw}`,
+      '--bs=4k',
+      `--iodepth=${qd}`,
+      `--numjobs=${jobs}`,
+      '--group_reporting',
+      '--size=256M',
+      '--ramp_time=1',
+      `--runtime=${runtime}`,
+      '--time_based',
+      '--output-format=json',
+    ],
+    { maxBuffer: 16 * MiB },
+  )
+  const job = JSON.parse(stdout.slice(stdout.indexOf('{'))).jobs[0]
+  if (job.error) throw new Error(`fio on ${path}: error ${job.error}`)
+  return rw === 'randread' ? job.read.iops : job.write.iops
+}
+
+/** A file system that honours O_DIRECT (tmpfs does not), on a RAM-backed null_blk. */
+async function loopBackingFile(size: number): Promise<{ file: string; teardown(): Promise<void> }> {
+  const store = await nullBlk('nbstore', 1, 1024, true)
+  await run('mkfs.ext4', ['-q', '-F', store.path])
+  const mnt = mkdtempSync('/tmp/bench-fs-')
+  await run('mount', [store.path, mnt])
+  const file = `${mnt}/backing.img`
+  await run('dd', ['if=/dev/zero', `of=${file}`, 'bs=1M', `count=${size / MiB}`, 'oflag=direct', 'status=none'])
+  return {
+    file,
+    async teardown() {
+      await run('umount', [mnt])
+      await store.teardown()
+    },
+  }
+}
+
+function fmt(iops: number | undefined): string {
+  return iops === undefined ? '-' : `${(iops / 1000).toFixed(1)}k`
+}
+
+async function main(): Promise<void> {
+  const runtime = Number(opts.runtime)
+  const qds = opts.quick ? [32] : [1, 32, 128]
+  const queueCounts = opts.quick ? [1] : [1, 2]
+  const loopSize = 256 * MiB
+  const backing = await loopBackingFile(loopSize)
+  const systems: System[] = [kernelNull, rustNull, tsNull, kernelLoop(backing.file), rustLoop(backing.file, loopSize), tsLoop(backing.file, loopSize)]
+  if (opts.rublk && existsSync(opts.rublk)) {
+    systems.push(rublk(opts.rublk, 'null', 900), rublk(opts.rublk, 'loop', 901, ['-f', backing.file]))
+  } else {
+    console.log('rublk not installed: its columns are left out')
+  }
+
+  const points: Point[] = []
+  const failures: string[] = []
+  try {
+    for (const queues of queueCounts) {
+      for (const rw of ['randread', 'randwrite'] as const) {
+        for (const qd of qds) {
+          // One system at a time, each for the same workload back to back.
+          for (const system of systems) {
+            let dev: Prepared | undefined
+            try {
+              dev = await system.prepare(queues)
+              const iops = await fioIops(dev.path, rw, qd, queues, runtime)
+              points.push({ system: system.name, rw, qd, queues, iops })
+              process.stderr.write(`  ${system.name.padEnd(18)} ${rw} QD${qd} x${queues}: ${fmt(iops)} IOPS\n`)
+            } catch (err) {
+              failures.push(`${system.name} ${rw} QD${qd} x${queues}: ${String(err).split('\n')[0]}`)
+            } finally {
+              await dev?.teardown()
+            }
+          }
+        }
+      }
+    }
+  } finally {
+    await backing.teardown()
+  }
+
+  const iops = (system: string, rw: string, qd: number, queues: number): number | undefined =>
+    points.find((p) => p.system === system && p.rw === rw && p.qd === qd && p.queues === queues)?.iops
+  const ratio = (a: string, b: string): number | null => {
+    const x = iops(a, 'randread', 32, 1)
+    const y = iops(b, 'randread', 32, 1)
+    return x !== undefined && y ? Number((x / y).toFixed(3)) : null
+  }
+  const ratios = {
+    ts_null_vs_rust_null: ratio('TypeScript null', 'Rust null'),
+    ts_loop_vs_kernel_loop: ratio('TypeScript loop', 'kernel loop (dio)'),
+    rust_null_vs_rublk_null: ratio('Rust null', 'rublk null'),
+    rust_loop_vs_kernel_loop: ratio('Rust loop', 'kernel loop (dio)'),
+    ts_loop_vs_rust_loop: ratio('TypeScript loop', 'Rust loop'),
+    rust_null_vs_kernel_null: ratio('Rust null', 'kernel null_blk'),
+    rust_loop_vs_rublk_loop: ratio('Rust loop', 'rublk loop'),
+  }
+
+  const names = systems.map((s) => s.name)
+  console.log(`\n4 KiB random IO, fio io_uring direct, ${runtime} s per point, kernel ${release()}; IOPS`)
+  console.log(['workload'.padEnd(22), ...names.map((n) => n.padStart(18))].join(''))
+  for (const queues of queueCounts) {
+    for (const rw of ['randread', 'randwrite']) {
+      for (const qd of qds) {
+        const label = `${rw} QD${qd} x${queues}q`
+        console.log([label.padEnd(22), ...names.map((n) => fmt(iops(n, rw, qd, queues)).padStart(18))].join(''))
+      }
+    }
+  }
+  console.log('\nratios (4k randread, QD32, 1 queue):')
+  for (const [k, v] of Object.entries(ratios)) console.log(`  ${k.padEnd(26)} ${v ?? '-'}`)
+  for (const f of failures) console.log(`failed: ${f}`)
+
+  const result = { kernel: release(), depth: DEPTH, runtime, points, ratios, failures }
+  if (opts.out) writeFileSync(opts.out, JSON.stringify(result, null, 2) + '\n')
+}
+
+main().catch((err) => {
+  console.error(err)
+  process.exitCode = 1
+})
