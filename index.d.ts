@@ -15,8 +15,10 @@ export declare class NativeBridge {
    * Hands IO results (`[tag, seq, result]*`) and backend requests
    * (`[id, kind, mode, file, tag, bufOffset, length, fileOffset]*`) to
    * queue `queue`, after detaching the completed IOs' buffers.
+   * `batchTaken` tells the queue its last batch was taken in, so it may
+   * hand over the next one.
    */
-  post(queue: number, results: Float64Array, requests: Float64Array, detach: Array<ArrayBuffer | null>): void
+  post(queue: number, results: Float64Array, requests: Float64Array, detach: Array<ArrayBuffer | null>, batchTaken: boolean): void
   /** Opens a backing file for this device's backend IO. */
   openBacking(path: string, direct: boolean, readOnly: boolean): Promise<NativeBackingFile>
   /** Releases the batch handler of a bridge that will not be started. */
@@ -137,6 +139,13 @@ export interface NativeDeviceOptions {
   /** Device id to ask for; default: the driver picks. */
   id?: number
 }
+
+/**
+ * Drives a bridge that was not started with `total` synthetic 4 KiB reads
+ * on queue 0, `batchMax` per hand-over; resolves with the nanoseconds it
+ * took. For the dispatch-path benchmark: no kernel involved.
+ */
+export declare function runSyntheticBridge(bridge: NativeBridge, total: number, batchMax: number): Promise<number>
 
 /**
  * Starts a device prepared by `createBridge`; resolves once its block

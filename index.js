@@ -843,5 +843,6 @@ module.exports.deleteDevice = nativeBinding.deleteDevice
 module.exports.deviceInfo = nativeBinding.deviceInfo
 module.exports.kernelFeatures = nativeBinding.kernelFeatures
 module.exports.listDevices = nativeBinding.listDevices
+module.exports.runSyntheticBridge = nativeBinding.runSyntheticBridge
 module.exports.startBridgedDevice = nativeBinding.startBridgedDevice
 module.exports.stopAllDevices = nativeBinding.stopAllDevices

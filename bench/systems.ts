@@ -5,7 +5,7 @@ import { execFile, spawn } from 'node:child_process'
 import { existsSync, mkdirSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs'
 import { promisify } from 'node:util'
 
-import { createDevice, loopTarget, nullTarget } from '../lib/index.ts'
+import { createDevice, loopTarget, nullTarget, type Device } from '../lib/index.ts'
 
 const run = promisify(execFile)
 
@@ -64,11 +64,17 @@ export const rustNull: System = {
   },
 }
 
+/** Mean IOs per hand-over of a TypeScript-served device, for the log. */
+function batchNote(dev: Device, name: string): void {
+  const s = dev.stats()
+  if (s && s.batches) process.stderr.write(`    ${name}: ${(s.ios / s.batches).toFixed(1)} IOs per batch\n`)
+}
+
 export const tsNull: System = {
   name: 'TypeScript null',
   async prepare(queues) {
     const dev = await createDevice({ target: nullTarget(), size: 1 << 30, queues, depth: DEPTH })
-    return { path: dev.path, teardown: () => dev.stop() }
+    return { path: dev.path, teardown: () => (batchNote(dev, 'TypeScript null'), dev.stop()) }
   },
 }
 
@@ -104,7 +110,7 @@ export function tsLoop(file: string, size: number): System {
     name: 'TypeScript loop',
     async prepare(queues) {
       const dev = await createDevice({ target: loopTarget(file), size, queues, depth: DEPTH })
-      return { path: dev.path, teardown: () => dev.stop() }
+      return { path: dev.path, teardown: () => (batchNote(dev, 'TypeScript loop'), dev.stop()) }
     },
   }
 }

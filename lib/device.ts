@@ -72,6 +72,12 @@ export class Device {
     return this.#native.stopped
   }
 
+  /** For TypeScript targets: IO batches handed over so far, and their IOs. */
+  stats(): { batches: number; ios: number } | undefined {
+    const d = this.#served?.dispatcher
+    return d ? { batches: d.batches, ios: d.ios } : undefined
+  }
+
   /** The device as the kernel describes it now. */
   info(): Promise<DeviceInfo> {
     return native(() => this.#native.info())

@@ -65,9 +65,11 @@ class QueueOutbox {
   results: number[] = []
   requests: number[] = []
   detach: Array<ArrayBuffer | null> = []
+  /** A batch was taken in since the last post: the queue may send the next. */
+  batchTaken = false
 
   get empty(): boolean {
-    return this.results.length === 0 && this.requests.length === 0 && this.detach.length === 0
+    return this.results.length === 0 && this.requests.length === 0 && this.detach.length === 0 && !this.batchTaken
   }
 }
 
@@ -154,11 +156,25 @@ export class Dispatcher {
       for (let i = 0, n = 0; i < ios.length; i += IO_FIELDS, n++) {
         this.#start(queue, ios, i, buffers[n] ?? null, now)
       }
+      this.batches++
+      this.ios += ios.length / IO_FIELDS
     } catch (err) {
       // A bug here must not take the process down; the IOs time out.
       process.emitWarning(`ublk dispatch failed: ${String(err)}`)
+    } finally {
+      // The queue holds further IOs until this batch is acknowledged, so
+      // that hand-overs grow with load rather than multiply.
+      const out = this.#outboxes[queue]
+      if (out) {
+        out.batchTaken = true
+        this.#scheduleFlush()
+      }
     }
   }
+
+  /** Batches and IOs handed over so far (their ratio is the mean batch size). */
+  batches = 0
+  ios = 0
 
   #start(queue: number, ios: Float64Array, i: number, data: ArrayBuffer | null, now: number): void {
     const tag = ios[i]!
@@ -255,17 +271,17 @@ export class Dispatcher {
     for (let q = 0; q < this.#outboxes.length; q++) {
       const out = this.#outboxes[q]!
       if (out.empty) continue
-      const { results, requests, detach } = out
+      const { results, requests, detach, batchTaken } = out
       this.#outboxes[q] = new QueueOutbox()
       try {
-        bridge.post(q, Float64Array.from(results), Float64Array.from(requests), detach)
+        bridge.post(q, Float64Array.from(results), Float64Array.from(requests), detach, batchTaken)
       } catch (err) {
         // Malformed requests (a bad offset or length from the target) are
         // refused as a whole; fail them rather than leave them pending.
         for (let i = 0; i < requests.length; i += 8) {
           this.#settleBackend(requests[i]!, -errnoOf(err))
         }
-        if (results.length) bridge.post(q, Float64Array.from(results), new Float64Array(0), detach)
+        bridge.post(q, Float64Array.from(results), new Float64Array(0), detach, batchTaken)
       }
     }
   }

@@ -301,6 +301,67 @@ pub fn start_bridged_device(
     }))
 }
 
+/// Drives a bridge that was not started with `total` synthetic 4 KiB reads
+/// on queue 0, `batchMax` per hand-over; resolves with the nanoseconds it
+/// took. For the dispatch-path benchmark: no kernel involved.
+#[napi(ts_return_type = "Promise<number>")]
+pub fn run_synthetic_bridge(
+    bridge: &NativeBridge,
+    total: f64,
+    batch_max: f64,
+) -> napi::Result<AsyncTask<SyntheticRun>> {
+    if bridge.started.swap(true, Ordering::SeqCst) {
+        return Err(to_napi(ublk_core::Error::new(
+            libc::EALREADY,
+            "this bridge was already started",
+        )));
+    }
+    Ok(AsyncTask::new(SyntheticRun {
+        bridged: bridge.bridged.clone(),
+        total: integer("total", total, u64::MAX).map_err(to_napi)?,
+        batch_max: u32_arg("batchMax", batch_max).map_err(to_napi)? as usize,
+    }))
+}
+
+pub struct SyntheticRun {
+    bridged: Arc<Bridged>,
+    total: u64,
+    batch_max: usize,
+}
+
+impl Task for SyntheticRun {
+    type Output = f64;
+    type JsValue = f64;
+
+    fn compute(&mut self) -> napi::Result<f64> {
+        guard("synthetic bridge run", || {
+            let shared = self
+                .bridged
+                .target
+                .queue(0)
+                .ok_or_else(|| to_napi(ublk_core::Error::invalid("the bridge has no queue")))?;
+            let took = ublk_core::bridge::synthetic::run(
+                shared,
+                self.bridged.sink.as_ref(),
+                self.total,
+                self.batch_max,
+            )
+            .map_err(to_napi)?;
+            Ok(took.as_nanos() as f64)
+        })
+    }
+
+    fn resolve(&mut self, _: Env, out: f64) -> napi::Result<f64> {
+        self.bridged.release();
+        Ok(out)
+    }
+
+    fn reject(&mut self, _: Env, err: napi::Error) -> napi::Result<f64> {
+        self.bridged.release();
+        Err(err)
+    }
+}
+
 /// The JavaScript side of a device served by JavaScript.
 #[napi]
 pub struct NativeBridge {
@@ -315,8 +376,10 @@ impl NativeBridge {
     /// Hands IO results (`[tag, seq, result]*`) and backend requests
     /// (`[id, kind, mode, file, tag, bufOffset, length, fileOffset]*`) to
     /// queue `queue`, after detaching the completed IOs' buffers.
+    /// `batchTaken` tells the queue its last batch was taken in, so it may
+    /// hand over the next one.
     #[napi(
-        ts_args_type = "queue: number, results: Float64Array, requests: Float64Array, detach: Array<ArrayBuffer | null>"
+        ts_args_type = "queue: number, results: Float64Array, requests: Float64Array, detach: Array<ArrayBuffer | null>, batchTaken: boolean"
     )]
     pub fn post(
         &self,
@@ -325,6 +388,7 @@ impl NativeBridge {
         results: Float64Array,
         requests: Float64Array,
         detach: Unknown<'_>,
+        batch_taken: bool,
     ) -> napi::Result<()> {
         let bridged = &self.bridged;
         let shared = bridged
@@ -336,7 +400,7 @@ impl NativeBridge {
         // Detach first: once the queue thread has the result, the buffer
         // belongs to the tag's next IO.
         detach_all(&env, detach.raw())?;
-        shared.inbox.post(&results, &requests);
+        shared.inbox.post(&results, &requests, batch_taken);
         Ok(())
     }
 

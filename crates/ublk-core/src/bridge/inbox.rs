@@ -12,11 +12,13 @@ use crate::error::{Error, Result};
 pub(crate) struct Pending {
     pub results: Vec<IoResult>,
     pub requests: Vec<BackendRequest>,
+    /// The application finished taking in the last batch handed to it.
+    pub batch_taken: bool,
 }
 
 impl Pending {
     fn is_empty(&self) -> bool {
-        self.results.is_empty() && self.requests.is_empty()
+        self.results.is_empty() && self.requests.is_empty() && !self.batch_taken
     }
 }
 
@@ -39,10 +41,11 @@ impl QueueInbox {
         })
     }
 
-    /// Queues IO results and backend requests and wakes the queue thread.
+    /// Queues IO results and backend requests and wakes the queue thread;
+    /// `batch_taken` says the application is ready for the next batch.
     /// Never blocks on the queue thread: it holds the lock only to swap.
-    pub fn post(&self, results: &[IoResult], requests: &[BackendRequest]) {
-        if results.is_empty() && requests.is_empty() {
+    pub fn post(&self, results: &[IoResult], requests: &[BackendRequest], batch_taken: bool) {
+        if results.is_empty() && requests.is_empty() && !batch_taken {
             return;
         }
         let was_empty = {
@@ -50,6 +53,7 @@ impl QueueInbox {
             let was_empty = p.is_empty();
             p.results.extend_from_slice(results);
             p.requests.extend_from_slice(requests);
+            p.batch_taken |= batch_taken;
             was_empty
         };
         if was_empty {
@@ -92,8 +96,8 @@ mod tests {
             seq: 2,
             result: 4096,
         };
-        inbox.post(&[r], &[]);
-        inbox.post(&[r], &[]);
+        inbox.post(&[r], &[], false);
+        inbox.post(&[r], &[], true);
         let mut counter = 0u64;
         // SAFETY: reads 8 bytes into a live u64.
         let n = unsafe { libc::read(inbox.eventfd(), (&mut counter as *mut u64).cast(), 8) };
@@ -101,6 +105,7 @@ mod tests {
         assert_eq!(counter, 1, "second post found the inbox non-empty");
         let taken = inbox.take();
         assert_eq!(taken.results.len(), 2);
+        assert!(taken.batch_taken);
         assert!(inbox.take().results.is_empty());
     }
 }

@@ -11,6 +11,7 @@
 mod backing;
 mod inbox;
 mod queue;
+pub mod synthetic;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -55,6 +55,9 @@ struct QueueState {
     wake_buf: Box<u64>,
     wake_armed: bool,
     out: Batch,
+    /// A batch is with the application and not yet taken in: new work
+    /// waits in `out`, so hand-overs grow with load instead of multiplying.
+    batch_outstanding: bool,
 }
 
 pub(crate) fn serve(
@@ -83,6 +86,7 @@ pub(crate) fn serve(
             qid,
             ..Default::default()
         },
+        batch_outstanding: false,
     };
     state.arm_wake(&queue);
     queue.wait_and_handle_io(|q, tag, ctx| state.on_cqe(q, tag, ctx));
@@ -154,6 +158,9 @@ impl QueueState {
 
     fn on_wake(&mut self, q: &UblkQueue) {
         let pending = self.shared.inbox.take();
+        if pending.batch_taken {
+            self.batch_outstanding = false;
+        }
         for r in pending.results {
             self.on_result(q, r);
         }
@@ -162,6 +169,8 @@ impl QueueState {
         }
         if self.stopping.load(Ordering::SeqCst) && !self.cancelled {
             self.cancelled = true;
+            // IOs not yet handed over are failed below with the rest.
+            self.out.ios.clear();
             for tag in 0..self.tags.len() as u16 {
                 let st = &mut self.tags[tag as usize];
                 if !st.with_app {
@@ -330,7 +339,7 @@ impl QueueState {
     }
 
     fn flush(&mut self, q: &UblkQueue) {
-        if self.out.is_empty() {
+        if self.out.is_empty() || self.batch_outstanding {
             return;
         }
         let batch = std::mem::replace(
@@ -340,10 +349,13 @@ impl QueueState {
                 ..Default::default()
             },
         );
-        if let Err(batch) = self.sink.deliver(batch) {
-            // Nobody is listening any more: fail the IOs rather than hold them.
-            for io in batch.ios {
-                self.complete(q, io.tag, -libc::EIO);
+        match self.sink.deliver(batch) {
+            Ok(()) => self.batch_outstanding = true,
+            Err(batch) => {
+                // Nobody is listening any more: fail the IOs rather than hold them.
+                for io in batch.ios {
+                    self.complete(q, io.tag, -libc::EIO);
+                }
             }
         }
     }
