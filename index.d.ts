@@ -13,7 +13,7 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 export declare class NativeBridge {
   /**
    * Hands IO results (`[tag, seq, result]*`) and backend requests
-   * (`[id, kind, mode, file, tag, bufOffset, length, fileOffset]*`) to
+   * (`[id, kind, mode, file, tag, seq, bufOffset, length, fileOffset]*`) to
    * queue `queue`, after detaching the completed IOs' buffers.
    * `batchTaken` tells the queue its last batch was taken in, so it may
    * hand over the next one.

@@ -21,6 +21,7 @@ const FLAG_FUA = 1 << 5
 
 /** Floats per entry in the native tables (see crates/ublk-node/src/bridge.rs). */
 const IO_FIELDS = 6
+const REQUEST_FIELDS = 9
 const BACKEND_RESULT_FIELDS = 2
 
 const enum BackendKind {
@@ -30,6 +31,9 @@ const enum BackendKind {
   Fdatasync = 3,
   Fallocate = 4,
 }
+/** Bit in the request kind: the queue thread completes the IO when done. */
+const COMPLETES_IO = 0x100
+const RWF_DSYNC = 0x2
 
 const EMPTY = new Uint8Array(0)
 
@@ -53,6 +57,8 @@ interface Outstanding {
   seq: number
   buffer: ArrayBuffer | null
   deadline: number
+  /** Handed to the queue thread, which completes it (see `passthrough`). */
+  native: boolean
 }
 
 interface PendingBackend {
@@ -80,6 +86,8 @@ class IoRequest implements Io {
     private readonly dispatcher: Dispatcher,
     readonly queue: number,
     readonly tag: number,
+    /** @internal the dispatcher's record of this IO */
+    readonly entry: Outstanding,
     readonly op: IoOp,
     readonly offset: number,
     readonly length: number,
@@ -89,24 +97,28 @@ class IoRequest implements Io {
     this.buffer = data ? new Uint8Array(data) : EMPTY
   }
 
+  passthrough(file: BackingFile, fileOffset: number): Promise<void> {
+    return this.dispatcher.passthrough(this, file, fileOffset)
+  }
+
   readFrom(file: BackingFile, fileOffset: number, bufOffset = 0, length = this.length - bufOffset): Promise<number> {
-    return this.dispatcher.backend(this.queue, BackendKind.Read, 0, file, this.tag, bufOffset, length, fileOffset, 'read')
+    return this.dispatcher.backend(this.queue, BackendKind.Read, 0, file, this.tag, this.entry.seq, bufOffset, length, fileOffset, 'read')
   }
 
   writeTo(file: BackingFile, fileOffset: number, bufOffset = 0, length = this.length - bufOffset): Promise<number> {
-    return this.dispatcher.backend(this.queue, BackendKind.Write, 0, file, this.tag, bufOffset, length, fileOffset, 'write')
+    return this.dispatcher.backend(this.queue, BackendKind.Write, 0, file, this.tag, this.entry.seq, bufOffset, length, fileOffset, 'write')
   }
 
   async fsync(file: BackingFile): Promise<void> {
-    await this.dispatcher.backend(this.queue, BackendKind.Fsync, 0, file, this.tag, 0, 0, 0, 'fsync')
+    await this.dispatcher.backend(this.queue, BackendKind.Fsync, 0, file, this.tag, this.entry.seq, 0, 0, 0, 'fsync')
   }
 
   async fdatasync(file: BackingFile): Promise<void> {
-    await this.dispatcher.backend(this.queue, BackendKind.Fdatasync, 0, file, this.tag, 0, 0, 0, 'fdatasync')
+    await this.dispatcher.backend(this.queue, BackendKind.Fdatasync, 0, file, this.tag, this.entry.seq, 0, 0, 0, 'fdatasync')
   }
 
   async fallocate(file: BackingFile, mode: number, offset: number, length: number): Promise<void> {
-    await this.dispatcher.backend(this.queue, BackendKind.Fallocate, mode, file, this.tag, 0, length, offset, 'fallocate')
+    await this.dispatcher.backend(this.queue, BackendKind.Fallocate, mode, file, this.tag, this.entry.seq, 0, length, offset, 'fallocate')
   }
 }
 
@@ -182,7 +194,7 @@ export class Dispatcher {
     const opCode = ios[i + 2]!
     const flags = ios[i + 3]!
     const op = OP_BY_CODE[opCode]
-    const entry: Outstanding = { seq, buffer: data, deadline: now + this.#timeoutMs }
+    const entry: Outstanding = { seq, buffer: data, deadline: now + this.#timeoutMs, native: false }
     this.#outstanding[queue]![tag] = entry
     if (this.#stopping) {
       this.#finish(queue, tag, entry, -ECANCELED)
@@ -194,7 +206,7 @@ export class Dispatcher {
       return
     }
     const length = ios[i + 5]!
-    const io = new IoRequest(this, queue, tag, op, ios[i + 4]!, length, (flags & FLAG_FUA) !== 0, data)
+    const io = new IoRequest(this, queue, tag, entry, op, ios[i + 4]!, length, (flags & FLAG_FUA) !== 0, data)
     const success = op === 'read' || op === 'write' ? length : 0
     let outcome: Promise<void> | void
     try {
@@ -218,10 +230,30 @@ export class Dispatcher {
     const slots = this.#outstanding[queue]!
     if (slots[tag] !== entry) return
     slots[tag] = undefined
+    if (entry.native) return
     const out = this.#outboxes[queue]!
     out.results.push(tag, entry.seq, result)
     out.detach.push(entry.buffer)
     this.#scheduleFlush()
+  }
+
+  passthrough(io: IoRequest, file: BackingFile, fileOffset: number): Promise<void> {
+    const entry = io.entry
+    if ((io.op !== 'read' && io.op !== 'write') || this.#outstanding[io.queue]![io.tag] !== entry || entry.native) {
+      return Promise.reject(new UblkError('EINVAL', `passthrough needs a read or write that is still outstanding`))
+    }
+    if (this.#stopping) {
+      return Promise.reject(new UblkError('ECANCELED', 'passthrough: the device is stopping'))
+    }
+    // From here the queue thread owns the buffer and the completion.
+    entry.native = true
+    this.#outboxes[io.queue]!.detach.push(entry.buffer)
+    entry.buffer = null
+    const kind = (io.op === 'read' ? BackendKind.Read : BackendKind.Write) | COMPLETES_IO
+    const flags = io.op === 'write' && io.fua ? RWF_DSYNC : 0
+    return this.backend(io.queue, kind, flags, file, io.tag, entry.seq, 0, io.length, fileOffset, io.op).then(
+      () => undefined,
+    )
   }
 
   backend(
@@ -230,6 +262,7 @@ export class Dispatcher {
     mode: number,
     file: BackingFile,
     tag: number,
+    seq: number,
     bufOffset: number,
     length: number,
     fileOffset: number,
@@ -242,7 +275,7 @@ export class Dispatcher {
     this.#nextBackendId = id >= 0xffffffff ? 1 : id + 1
     return new Promise<number>((resolve, reject) => {
       this.#pending.set(id, { resolve, reject, what: `${what} of ${file.path}` })
-      this.#outboxes[queue]!.requests.push(id, kind, mode, file.index, tag, bufOffset, length, fileOffset)
+      this.#outboxes[queue]!.requests.push(id, kind, mode, file.index, tag, seq, bufOffset, length, fileOffset)
       this.#scheduleFlush()
     })
   }
@@ -278,7 +311,7 @@ export class Dispatcher {
       } catch (err) {
         // Malformed requests (a bad offset or length from the target) are
         // refused as a whole; fail them rather than leave them pending.
-        for (let i = 0; i < requests.length; i += 8) {
+        for (let i = 0; i < requests.length; i += REQUEST_FIELDS) {
           this.#settleBackend(requests[i]!, -errnoOf(err))
         }
         bridge.post(q, Float64Array.from(results), new Float64Array(0), detach, batchTaken)
@@ -297,7 +330,7 @@ export class Dispatcher {
       const slots = this.#outstanding[q]!
       for (let tag = 0; tag < slots.length; tag++) {
         const entry = slots[tag]
-        if (entry && entry.deadline <= now) this.#finish(q, tag, entry, -ETIMEDOUT)
+        if (entry && !entry.native && entry.deadline <= now) this.#finish(q, tag, entry, -ETIMEDOUT)
       }
     }
   }

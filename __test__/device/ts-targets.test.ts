@@ -6,7 +6,7 @@ import { existsSync, readFileSync, statSync, truncateSync, writeFileSync, unlink
 import test from 'ava'
 
 import { createDevice, listDevices, loopTarget, ramdiskTarget } from '../../lib/index.ts'
-import type { Io, Target } from '../../lib/index.ts'
+import type { BackingFile, Io, Target } from '../../lib/index.ts'
 
 import { fio } from '../helpers/fio.ts'
 import { deviceGone, requireUblk, sysfsBlock } from '../helpers/kernel.ts'
@@ -208,4 +208,77 @@ test.serial('a buffer view kept after its IO completed is detached, not aliased'
     await dev.stop()
   }
   t.is(existsSync(dev.path), false)
+})
+
+/** A loop target on the explicit readFrom / writeTo / fdatasync calls. */
+function explicitLoop(path: string): Target {
+  let file: BackingFile | undefined
+  return {
+    async open(ctx) {
+      file = await ctx.openFile(path)
+    },
+    async read(io) {
+      let done = 0
+      while (done < io.length) {
+        const n = await io.readFrom(file!, io.offset + done, done, io.length - done)
+        if (n === 0) return void io.buffer.fill(0, done)
+        done += n
+      }
+    },
+    async write(io) {
+      let done = 0
+      while (done < io.length) done += await io.writeTo(file!, io.offset + done, done, io.length - done)
+    },
+    async flush(io) {
+      await io.fdatasync(file!)
+    },
+  }
+}
+
+test.serial('a target on readFrom/writeTo: fio verify, and the file matches', async (t) => {
+  const file = `/tmp/ublk-explicit-${process.pid}.img`
+  writeFileSync(file, '')
+  truncateSync(file, 16 * MiB)
+  const dev = await createDevice({ target: explicitLoop(file), size: 16 * MiB, queues: 2 })
+  try {
+    const r = await fio(dev.path, { rw: 'randwrite', bs: '16k', iodepth: 16, size: '16M', verify: 'crc32c' })
+    t.is(r.errors, 0)
+    const fromDevice = (await sh('sha256sum', [dev.path])).stdout.split(' ')[0]
+    t.is(fromDevice, createHash('sha256').update(readFileSync(file)).digest('hex'))
+  } finally {
+    await dev.stop()
+    unlinkSync(file)
+  }
+})
+
+test.serial("an Io kept after it completed cannot reach its tag's next IO", async (t) => {
+  const file = `/tmp/ublk-stale-${process.pid}.img`
+  writeFileSync(file, 'x'.repeat(4096))
+  truncateSync(file, 8 * MiB)
+  let stale: Io | undefined
+  let backing: BackingFile | undefined
+  const ram = ramdiskTarget()
+  const target: Target = {
+    ...ram,
+    async open(ctx) {
+      backing = await ctx.openFile(file)
+    },
+    read(io) {
+      stale ??= io
+      return ram.read(io)
+    },
+  }
+  const dev = await createDevice({ target, size: 8 * MiB, depth: 1 })
+  try {
+    t.is((await ddRead(dev.path, 0)).code, 0)
+    t.truthy(stale)
+    await t.throwsAsync(stale!.passthrough(backing!, 0), { code: 'EINVAL' })
+    // Keep the tag busy with a new IO while the stale object tries again.
+    const reader = ddRead(dev.path, 4096)
+    await t.throwsAsync(stale!.readFrom(backing!, 0), { code: 'ESTALE' })
+    t.is((await reader).code, 0)
+  } finally {
+    await dev.stop()
+    unlinkSync(file)
+  }
 })

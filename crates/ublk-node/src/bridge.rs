@@ -25,8 +25,12 @@ use crate::errors::to_napi;
 pub const IO_FIELDS: usize = 6;
 /// Floats per IO result: tag, seq, result.
 pub const RESULT_FIELDS: usize = 3;
-/// Floats per backend request: id, kind, mode, file, tag, bufOffset, length, fileOffset.
-pub const REQUEST_FIELDS: usize = 8;
+/// Floats per backend request: id, kind, mode, file, tag, seq, bufOffset,
+/// length, fileOffset. `mode` is the fallocate mode, or the RWF_* flags of
+/// a read or write.
+pub const REQUEST_FIELDS: usize = 9;
+/// Bit in `kind`: the request completes its IO (see `BackendRequest::completes_io`).
+pub const COMPLETES_IO: u32 = 0x100;
 
 pub type BatchFn = ThreadsafeFunction<Batch, (), JsBatch, Status, false, false, 0>;
 
@@ -232,13 +236,15 @@ pub fn decode_results(values: &[f64]) -> napi::Result<Vec<IoResult>> {
 pub fn decode_requests(values: &[f64]) -> napi::Result<Vec<BackendRequest>> {
     if values.len() % REQUEST_FIELDS != 0 {
         return Err(to_napi(ublk_core::Error::invalid(
-            "backend requests must hold 8 numbers each",
+            "backend requests must hold 9 numbers each",
         )));
     }
     values
         .chunks_exact(REQUEST_FIELDS)
         .map(|r| {
-            let kind = match u32_arg("kind", r[1])? {
+            let raw_kind = u32_arg("kind", r[1])?;
+            let completes_io = raw_kind & COMPLETES_IO != 0;
+            let kind = match raw_kind & !COMPLETES_IO {
                 0 => BackendKind::Read,
                 1 => BackendKind::Write,
                 2 => BackendKind::Fsync,
@@ -251,9 +257,15 @@ pub fn decode_requests(values: &[f64]) -> napi::Result<Vec<BackendRequest>> {
                 kind,
                 file: u32_arg("file", r[3])?,
                 tag: u16_arg("tag", r[4])?,
-                buf_offset: u32_arg("bufOffset", r[5])?,
-                length: u32_arg("length", r[6])?,
-                file_offset: integer("fileOffset", r[7], i64::MAX as u64)?,
+                seq: u32_arg("seq", r[5])?,
+                buf_offset: u32_arg("bufOffset", r[6])?,
+                length: u32_arg("length", r[7])?,
+                file_offset: integer("fileOffset", r[8], i64::MAX as u64)?,
+                completes_io,
+                rw_flags: match kind {
+                    BackendKind::Read | BackendKind::Write => u32_arg("mode", r[2])? as i32,
+                    _ => 0,
+                },
             })
         })
         .collect::<ublk_core::Result<_>>()

@@ -374,7 +374,7 @@ pub struct NativeBridge {
 #[napi]
 impl NativeBridge {
     /// Hands IO results (`[tag, seq, result]*`) and backend requests
-    /// (`[id, kind, mode, file, tag, bufOffset, length, fileOffset]*`) to
+    /// (`[id, kind, mode, file, tag, seq, bufOffset, length, fileOffset]*`) to
     /// queue `queue`, after detaching the completed IOs' buffers.
     /// `batchTaken` tells the queue its last batch was taken in, so it may
     /// hand over the next one.

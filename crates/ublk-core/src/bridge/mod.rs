@@ -96,10 +96,20 @@ pub struct BackendRequest {
     pub file: u32,
     /// The IO whose buffer is read into or written from (read/write only).
     pub tag: u16,
+    /// That IO's `seq`: a request from a finished IO must not reach the
+    /// tag's next one.
+    pub seq: u32,
     /// Offset inside that IO's buffer.
     pub buf_offset: u32,
     pub length: u32,
     pub file_offset: u64,
+    /// Read/write only: the IO is completed by the queue thread when this
+    /// (and every other completing request of the IO) finishes, without a
+    /// round trip through the application. Reads short of `length` are
+    /// zero-filled (past the end of a file); a short write fails the IO.
+    pub completes_io: bool,
+    /// Read/write only: `RWF_DSYNC` or `RWF_SYNC` for a durable write.
+    pub rw_flags: i32,
 }
 
 /// What the device advertises to the block layer.

@@ -32,11 +32,23 @@ struct TagState {
     /// A result that waits for the tag's backend operations to finish,
     /// so the buffer is not reused while the kernel still writes into it.
     deferred: Option<i32>,
+    /// Requests that complete this IO when the last of them finishes.
+    completing: u32,
+    /// The first failure among them.
+    completing_error: Option<i32>,
+}
+
+/// A request that completes its IO when done.
+struct Completes {
+    buf_offset: u32,
+    length: u32,
+    is_read: bool,
 }
 
 struct InflightBackend {
     id: u32,
     tag: Option<u16>,
+    completes: Option<Completes>,
     /// Keeps the fd open until the kernel is done with it.
     _file: Arc<BackingFile>,
 }
@@ -139,6 +151,8 @@ impl QueueState {
         st.length = length;
         st.with_app = true;
         st.deferred = None;
+        st.completing = 0;
+        st.completing_error = None;
         self.out.ios.push(IoRequest {
             tag,
             seq: st.seq,
@@ -191,8 +205,9 @@ impl QueueState {
             return;
         };
         // A late or repeated answer for an IO that is already completed
-        // (timed out, cancelled) must not complete the tag's next IO.
-        if !st.with_app || st.seq != r.seq || st.deferred.is_some() {
+        // (timed out, cancelled) must not complete the tag's next IO; an IO
+        // handed to completing requests is theirs to complete.
+        if !st.with_app || st.seq != r.seq || st.deferred.is_some() || st.completing > 0 {
             return;
         }
         let result = if r.result < -MAX_ERRNO || r.result > st.length as i32 {
@@ -212,6 +227,9 @@ impl QueueState {
             Ok(sqe) => sqe,
             Err(errno) => {
                 self.out.backend.push((req.id, -errno));
+                if req.completes_io {
+                    self.fail_completing(q, req.tag, req.seq, -errno);
+                }
                 return;
             }
         };
@@ -231,13 +249,23 @@ impl QueueState {
                 (self.backend.len() - 1) as u32
             }
         };
+        let completes = (uses_buffer && req.completes_io).then_some(Completes {
+            buf_offset: req.buf_offset,
+            length: req.length,
+            is_read: req.kind == BackendKind::Read,
+        });
         self.backend[slot as usize] = Some(InflightBackend {
             id: req.id,
             tag: uses_buffer.then_some(req.tag),
+            completes,
             _file: file,
         });
         if uses_buffer {
-            self.tags[req.tag as usize].backend_inflight += 1;
+            let st = &mut self.tags[req.tag as usize];
+            st.backend_inflight += 1;
+            if req.completes_io {
+                st.completing += 1;
+            }
         }
         if let Err(e) = q.ublk_submit_sqe_sync(sqe.user_data(target_user_data(OP_BACKEND, slot))) {
             log::error!("queue {}: submit backend op: {e}", self.qid);
@@ -257,7 +285,7 @@ impl QueueState {
         Ok(match req.kind {
             BackendKind::Read | BackendKind::Write => {
                 let st = self.tags.get(req.tag as usize).ok_or(libc::EINVAL)?;
-                if !st.with_app || st.deferred.is_some() {
+                if !st.with_app || st.seq != req.seq || st.deferred.is_some() {
                     return Err(libc::ESTALE);
                 }
                 let in_buffer = (req.buf_offset as usize)
@@ -273,6 +301,9 @@ impl QueueState {
                         .as_mut_ptr()
                         .add(req.buf_offset as usize)
                 };
+                if req.rw_flags & !(libc::RWF_DSYNC | libc::RWF_SYNC) != 0 {
+                    return Err(libc::EINVAL);
+                }
                 if req.kind == BackendKind::Read {
                     opcode::Read::new(fd, ptr, req.length)
                         .offset(req.file_offset)
@@ -283,6 +314,7 @@ impl QueueState {
                     }
                     opcode::Write::new(fd, ptr, req.length)
                         .offset(req.file_offset)
+                        .rw_flags(req.rw_flags)
                         .build()
                 }
             }
@@ -311,14 +343,72 @@ impl QueueState {
         };
         self.free_slots.push(slot);
         self.out.backend.push((op.id, result));
-        if let Some(tag) = op.tag {
-            let st = &mut self.tags[tag as usize];
-            st.backend_inflight -= 1;
-            if st.backend_inflight == 0 {
-                if let Some(r) = st.deferred.take() {
-                    self.complete(q, tag, r);
-                }
+        let Some(tag) = op.tag else {
+            return;
+        };
+        if let Some(c) = op.completes {
+            self.on_completing_done(tag, &c, result);
+        }
+        let st = &mut self.tags[tag as usize];
+        st.backend_inflight -= 1;
+        if st.backend_inflight == 0 {
+            if let Some(r) = st.deferred.take() {
+                self.complete(q, tag, r);
             }
+        }
+    }
+
+    /// A completing request was refused: the application already gave its
+    /// answer away, so the IO fails here (now, or when the tag's other
+    /// requests finish).
+    fn fail_completing(&mut self, q: &UblkQueue, tag: u16, seq: u32, error: i32) {
+        let Some(st) = self.tags.get_mut(tag as usize) else {
+            return;
+        };
+        if !st.with_app || st.seq != seq || st.deferred.is_some() {
+            return;
+        }
+        st.completing_error.get_or_insert(error);
+        if st.completing > 0 {
+            return;
+        }
+        let result = st.completing_error.take().unwrap_or(error);
+        if st.backend_inflight > 0 {
+            st.deferred = Some(result);
+        } else {
+            self.complete(q, tag, result);
+        }
+    }
+
+    /// Accounts one finished request that completes its IO; the last one
+    /// leaves the IO's result in `deferred`.
+    fn on_completing_done(&mut self, tag: u16, c: &Completes, result: i32) {
+        let ok = if c.is_read {
+            if result >= 0 && (result as u32) < c.length {
+                // Past the end of the file: the rest reads as zeroes. The
+                // buffer is ours: JavaScript gave up its view on submission.
+                let (base, _) = self.shared.buffer(tag).expect("tag checked at submission");
+                // SAFETY: [buf_offset + result, buf_offset + length) lies in
+                // the tag's buffer, as checked when the request came in.
+                unsafe {
+                    std::ptr::write_bytes(
+                        base.add(c.buf_offset as usize + result as usize),
+                        0,
+                        (c.length - result as u32) as usize,
+                    )
+                };
+            }
+            result >= 0
+        } else {
+            result == c.length as i32
+        };
+        let st = &mut self.tags[tag as usize];
+        st.completing -= 1;
+        if !ok && st.completing_error.is_none() {
+            st.completing_error = Some(if result < 0 { result } else { -libc::EIO });
+        }
+        if st.completing == 0 {
+            st.deferred = Some(st.completing_error.take().unwrap_or(st.length as i32));
         }
     }
 
