@@ -97,8 +97,8 @@ class IoRequest implements Io {
     this.buffer = data ? new Uint8Array(data) : EMPTY
   }
 
-  passthrough(file: BackingFile, fileOffset: number): Promise<void> {
-    return this.dispatcher.passthrough(this, file, fileOffset)
+  passthrough(file: BackingFile, fileOffset: number): void {
+    this.dispatcher.passthrough(this, file, fileOffset)
   }
 
   readFrom(file: BackingFile, fileOffset: number, bufOffset = 0, length = this.length - bufOffset): Promise<number> {
@@ -237,23 +237,22 @@ export class Dispatcher {
     this.#scheduleFlush()
   }
 
-  passthrough(io: IoRequest, file: BackingFile, fileOffset: number): Promise<void> {
+  passthrough(io: IoRequest, file: BackingFile, fileOffset: number): void {
     const entry = io.entry
     if ((io.op !== 'read' && io.op !== 'write') || this.#outstanding[io.queue]![io.tag] !== entry || entry.native) {
-      return Promise.reject(new UblkError('EINVAL', `passthrough needs a read or write that is still outstanding`))
+      throw new UblkError('EINVAL', 'passthrough needs a read or write that is still outstanding')
     }
-    if (this.#stopping) {
-      return Promise.reject(new UblkError('ECANCELED', 'passthrough: the device is stopping'))
-    }
-    // From here the queue thread owns the buffer and the completion.
+    if (this.#stopping) throw new UblkError('ECANCELED', 'passthrough: the device is stopping')
+    // From here the queue thread owns the buffer and the completion; id 0
+    // asks for no answer.
     entry.native = true
-    this.#outboxes[io.queue]!.detach.push(entry.buffer)
+    const out = this.#outboxes[io.queue]!
+    out.detach.push(entry.buffer)
     entry.buffer = null
     const kind = (io.op === 'read' ? BackendKind.Read : BackendKind.Write) | COMPLETES_IO
     const flags = io.op === 'write' && io.fua ? RWF_DSYNC : 0
-    return this.backend(io.queue, kind, flags, file, io.tag, entry.seq, 0, io.length, fileOffset, io.op).then(
-      () => undefined,
-    )
+    out.requests.push(0, kind, flags, file.index, io.tag, entry.seq, 0, io.length, fileOffset)
+    this.#scheduleFlush()
   }
 
   backend(

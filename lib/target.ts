@@ -38,14 +38,17 @@ export interface Io {
    */
   readonly buffer: Uint8Array
   /**
-   * Serves this read or write straight from or to `file` at `fileOffset`:
-   * the transfer runs on the queue's io_uring and the queue thread
-   * completes the IO when it finishes, without another trip through
-   * JavaScript (the fast path for loop-like targets). `buffer` is detached
-   * at once. A read past the end of the file fills zeroes; a FUA write is
-   * written with RWF_DSYNC. Resolves when the IO is complete.
+   * Hands this read or write over to be served straight from or to `file`
+   * at `fileOffset`: the transfer runs on the queue's io_uring and the
+   * queue thread completes the IO when it ends, with no further trip
+   * through JavaScript (the fast path for loop-like targets). The handler
+   * is done with the IO: `buffer` is detached at once, and what it returns
+   * no longer matters. A read past the end of the file fills zeroes; a FUA
+   * write is written with RWF_DSYNC; a failed transfer fails the IO with
+   * its errno. Throws EINVAL for an IO that is not a read or write, or no
+   * longer outstanding.
    */
-  passthrough(file: BackingFile, fileOffset: number): Promise<void>
+  passthrough(file: BackingFile, fileOffset: number): void
   /** Reads `length` bytes of `file` at `fileOffset` into this IO's buffer at `bufOffset`. */
   readFrom(file: BackingFile, fileOffset: number, bufOffset?: number, length?: number): Promise<number>
   /** Writes this IO's buffer (from `bufOffset`, `length` bytes) to `file` at `fileOffset`. */

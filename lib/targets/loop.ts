@@ -26,8 +26,8 @@ export function loopTarget(path: string, options: LoopOptions = {}): Target {
 
   // Reads and writes go straight between the file and the IO's buffer, and
   // the queue thread completes them: one trip through JavaScript per IO.
-  const read = (io: Io): Promise<void> => io.passthrough(backing(), io.offset)
-  const write = (io: Io): Promise<void> => io.passthrough(backing(), io.offset)
+  const read = (io: Io): void => io.passthrough(backing(), io.offset)
+  const write = (io: Io): void => io.passthrough(backing(), io.offset)
 
   const target: Target = {
     name: 'loop-ts',

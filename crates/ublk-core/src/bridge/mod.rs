@@ -89,7 +89,8 @@ pub enum BackendKind {
 /// A request to run IO on a backing file, on a queue's ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendRequest {
-    /// The application's id for it, echoed in the result.
+    /// The application's id for it, echoed in the result; 0 asks for no
+    /// result (a request that completes its IO needs none).
     pub id: u32,
     pub kind: BackendKind,
     /// Index from [`BackingFiles::open`].

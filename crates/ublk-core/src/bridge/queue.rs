@@ -226,7 +226,7 @@ impl QueueState {
         let sqe = match self.build_backend_sqe(&req) {
             Ok(sqe) => sqe,
             Err(errno) => {
-                self.out.backend.push((req.id, -errno));
+                self.answer(req.id, -errno);
                 if req.completes_io {
                     self.fail_completing(q, req.tag, req.seq, -errno);
                 }
@@ -234,14 +234,17 @@ impl QueueState {
             }
         };
         let Some(file) = self.files.get(req.file) else {
-            self.out.backend.push((req.id, -libc::EBADF));
+            self.answer(req.id, -libc::EBADF);
             return;
         };
         let uses_buffer = matches!(req.kind, BackendKind::Read | BackendKind::Write);
         let slot = match self.free_slots.pop() {
             Some(s) => s,
             None if self.backend.len() >= MAX_SLOTS => {
-                self.out.backend.push((req.id, -libc::EAGAIN));
+                self.answer(req.id, -libc::EAGAIN);
+                if req.completes_io {
+                    self.fail_completing(q, req.tag, req.seq, -libc::EAGAIN);
+                }
                 return;
             }
             None => {
@@ -342,7 +345,7 @@ impl QueueState {
             return;
         };
         self.free_slots.push(slot);
-        self.out.backend.push((op.id, result));
+        self.answer(op.id, result);
         let Some(tag) = op.tag else {
             return;
         };
@@ -355,6 +358,13 @@ impl QueueState {
             if let Some(r) = st.deferred.take() {
                 self.complete(q, tag, r);
             }
+        }
+    }
+
+    /// Reports a backend result to the application, unless it asked for none.
+    fn answer(&mut self, id: u32, result: i32) {
+        if id != 0 {
+            self.out.backend.push((id, result));
         }
     }
 
