@@ -84,6 +84,8 @@ fi
 
 if [ -c /dev/ublk-control ]; then u=present; else u=MISSING; fi
 echo "[vm] guest kernel: $(uname -r), /dev/ublk-control: $u"
+# Tells the host the boot got this far: a crash before here is worth a retry.
+: >/ctl/started
 
 run() {
   env -i /bin/chroot $H /bin/sh /run/ublk-vm/cmd.sh </dev/null

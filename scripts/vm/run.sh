@@ -148,27 +148,43 @@ qemu=(qemu-system-x86_64 -M q35 "${accel[@]}" -cpu max -smp "${UBLK_VM_CPUS:-2}"
   -virtfs "$(virtfs "$ctl" ctl)")
 if [[ -n $out_dir ]]; then qemu+=(-virtfs "$(virtfs "$out_dir" out)"); fi
 
-echo "[vm] booting $abi (${accel[1]}), timeout ${timeout_s}s" >&2
-start=$SECONDS
-# stdin is not the terminal: qemu leaves it alone and Ctrl-C stops qemu.
-"${qemu[@]}" </dev/null &
-qemu_pid=$!
-sleep "$timeout_s" &
-sleep_pid=$!
+# One boot, run in the background; sets timed_out and qemu_status.
+boot() {
+  echo "[vm] booting $abi (${accel[1]}), timeout ${timeout_s}s" >&2
+  start=$SECONDS
+  # stdin is not the terminal: qemu leaves it alone and Ctrl-C stops qemu.
+  "${qemu[@]}" </dev/null &
+  qemu_pid=$!
+  sleep "$timeout_s" &
+  sleep_pid=$!
 
-done_pid=
-wait -n -p done_pid "$qemu_pid" "$sleep_pid" || true
-timed_out=
-if [[ $done_pid == "$sleep_pid" ]]; then
-  sleep_pid=
-  timed_out=1
-  kill "$qemu_pid" 2>/dev/null || true
-  for _ in $(seq 20); do kill -0 "$qemu_pid" 2>/dev/null || break; sleep 0.5; done
-  kill -9 "$qemu_pid" 2>/dev/null || true
-fi
-qemu_status=0
-wait "$qemu_pid" || qemu_status=$?
-qemu_pid=
+  done_pid=
+  wait -n -p done_pid "$qemu_pid" "$sleep_pid" || true
+  timed_out=
+  if [[ $done_pid == "$sleep_pid" ]]; then
+    sleep_pid=
+    timed_out=1
+    kill "$qemu_pid" 2>/dev/null || true
+    for _ in $(seq 20); do kill -0 "$qemu_pid" 2>/dev/null || break; sleep 0.5; done
+    kill -9 "$qemu_pid" 2>/dev/null || true
+  fi
+  qemu_status=0
+  wait "$qemu_pid" || qemu_status=$?
+  qemu_pid=
+  if [[ -n $sleep_pid ]]; then
+    kill "$sleep_pid" 2>/dev/null || true
+    sleep_pid=
+  fi
+}
+
+# Under TCG a guest kernel has been seen to oops in early boot, before any
+# of the command ran; such a boot is tried once more.
+for attempt in 1 2; do
+  rm -f "$ctl/started" "$ctl/rc"
+  boot
+  if [[ -n $timed_out || -s $ctl/rc || -e $ctl/started || $attempt == 2 ]]; then break; fi
+  echo "[vm] the guest died while booting (qemu status $qemu_status); booting again" >&2
+done
 
 if [[ -n $timed_out ]]; then
   echo "[vm] error: timed out after ${timeout_s}s (UBLK_VM_TIMEOUT); killed qemu" >&2

@@ -1,0 +1,63 @@
+// Every example in examples/ serves a working device and removes it on Ctrl-C.
+import { spawn } from 'node:child_process'
+import { truncateSync, unlinkSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+
+import test from 'ava'
+
+import { deviceGone, requireUblk } from '../helpers/kernel.ts'
+import { sh } from '../helpers/shell.ts'
+
+test.before(() => requireUblk())
+
+const backing = `/tmp/ublk-example-${process.pid}.img`
+
+const examples: Array<[string, string[], boolean]> = [
+  ['ts-null.ts', [], false],
+  ['ts-ramdisk.ts', [], true],
+  ['ts-loop.ts', [backing], true],
+  ['rust-loop.ts', [backing], true],
+]
+
+for (const [name, args, keepsData] of examples) {
+  test.serial(`examples/${name} serves a device and removes it on SIGINT`, async (t) => {
+    writeFileSync(backing, '')
+    truncateSync(backing, 64 << 20)
+    const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '../../examples', name), ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let out = ''
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()))
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()))
+    try {
+      const path = await new Promise<string>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no device after 60 s: ${out}`)), 60_000)
+        child.stdout.on('data', () => {
+          const m = /serving (\/dev\/ublkb\d+)/.exec(out)
+          if (m) {
+            clearTimeout(timer)
+            resolve(m[1]!)
+          }
+        })
+        child.once('exit', () => reject(new Error(`exited early: ${out}`)))
+      })
+      const script = [
+        'set -e',
+        'head -c 1048576 /dev/urandom > /tmp/ex.bin',
+        `dd if=/tmp/ex.bin of=${path} bs=64k oflag=direct status=none`,
+        `dd if=${path} bs=64k count=16 iflag=direct status=none | cmp - /tmp/ex.bin && echo same || echo differs`,
+      ].join('\n')
+      const r = await sh('sh', ['-c', script])
+      t.is(r.code, 0, r.stderr)
+      t.is(r.stdout.trim(), keepsData ? 'same' : 'differs')
+      child.kill('SIGINT')
+      const code = await new Promise<number | null>((resolve) => child.once('exit', resolve))
+      t.is(code, 0, out)
+      t.regex(out, /removed/)
+      t.true(deviceGone(Number(path.replace('/dev/ublkb', ''))))
+    } finally {
+      child.kill('SIGKILL')
+      unlinkSync(backing)
+    }
+  })
+}
