@@ -27,9 +27,20 @@ run() {
   fi
 }
 
+# The dispatch path alone runs on this host: it needs no kernel.
+bridge_json=$(node --import tsx bench/bridge.ts --json)
+
 if $json; then
   run >&2
-  cat "$out/result.json"
+  node -e '
+    const fs = require("fs")
+    const devices = JSON.parse(fs.readFileSync(process.argv[1], "utf8"))
+    const bridge = JSON.parse(process.argv[2])
+    devices.bridge = bridge
+    devices.ratios.bridge_batched_vs_per_io_call = bridge.batched_vs_per_io_call
+    console.log(JSON.stringify(devices, null, 2))
+  ' "$out/result.json" "$bridge_json"
 else
+  node --import tsx bench/bridge.ts
   run
 fi

@@ -22,11 +22,8 @@ function scratchFile(name: string, size: number): string {
   return file
 }
 
-for (const { bs, iodepth, queues } of [
-  { bs: '4k', iodepth: 32, queues: 1 },
-  { bs: '128k', iodepth: 8, queues: 2 },
-]) {
-  test.serial(`Rust loop: fio crc32c verify, bs ${bs}, QD ${iodepth}, ${queues} queue(s); the file equals the device`, async (t) => {
+for (const { bs, iodepth, queues } of [{ bs: '128k', iodepth: 8, queues: 2 }]) {
+  test.serial(`Rust loop: fio verify, bs ${bs}, QD ${iodepth}, ${queues} queues; the file equals the device`, async (t) => {
     const file = scratchFile('rloop', 32 * MiB)
     const dev = await createDevice({ target: 'loop', path: file, size: 32 * MiB, queues })
     try {

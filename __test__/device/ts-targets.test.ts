@@ -6,7 +6,7 @@ import { existsSync, readFileSync, statSync, truncateSync, writeFileSync, unlink
 import test from 'ava'
 
 import { createDevice, listDevices, loopTarget, ramdiskTarget } from '../../lib/index.ts'
-import type { BackingFile, Io, Target } from '../../lib/index.ts'
+import type { BackingFile, DeviceOptions, Io, Target } from '../../lib/index.ts'
 
 import { fio } from '../helpers/fio.ts'
 import { deviceGone, requireUblk, sysfsBlock } from '../helpers/kernel.ts'
@@ -24,19 +24,49 @@ const verifyMatrix = [
   { bs: '1M', iodepth: 4, queues: 2, size: '16M' },
 ] as const
 
-for (const { bs, iodepth, queues, size } of verifyMatrix) {
-  test.serial(`TypeScript ramdisk: fio crc32c verify, bs ${bs}, QD ${iodepth}, ${queues} queue(s)`, async (t) => {
-    const dev = await createDevice({ target: ramdiskTarget(), size: 64 * MiB, queues, depth: 128 })
-    try {
-      t.is(sysfsBlock(dev.path).hwQueues, queues)
-      const r = await fio(dev.path, { rw: 'randwrite', bs, iodepth, size, verify: 'crc32c', numjobs: 1 })
-      t.is(r.errors, 0)
-      t.true(r.writeIos > 0 && r.readIos > 0, 'wrote, then read back and verified')
-    } finally {
-      await dev.stop()
-    }
-    t.true(deviceGone(dev.id))
-  })
+/** The targets the verify matrix runs on, each with what it needs set up. */
+const verifyTargets: Array<{ name: string; make(): { target: DeviceOptions['target']; path?: string; cleanup(): void } }> = [
+  { name: 'TypeScript ramdisk', make: () => ({ target: ramdiskTarget(), cleanup() {} }) },
+  {
+    name: 'TypeScript loop',
+    make() {
+      const file = scratch('verify-ts')
+      return { target: loopTarget(file), cleanup: () => unlinkSync(file) }
+    },
+  },
+  {
+    name: 'Rust loop',
+    make() {
+      const file = scratch('verify-rust')
+      return { target: 'loop', path: file, cleanup: () => unlinkSync(file) }
+    },
+  },
+]
+
+function scratch(name: string): string {
+  const file = `/tmp/ublk-${name}-${process.pid}.img`
+  writeFileSync(file, '')
+  truncateSync(file, 64 * MiB)
+  return file
+}
+
+for (const { name, make } of verifyTargets) {
+  for (const { bs, iodepth, queues, size } of verifyMatrix) {
+    test.serial(`${name}: fio crc32c verify, bs ${bs}, QD ${iodepth}, ${queues} queue(s)`, async (t) => {
+      const { target, path, cleanup } = make()
+      const dev = await createDevice({ target, path, size: 64 * MiB, queues, depth: 128 })
+      try {
+        t.is(sysfsBlock(dev.path).hwQueues, queues)
+        const r = await fio(dev.path, { rw: 'randwrite', bs, iodepth, size, verify: 'crc32c', numjobs: 1 })
+        t.is(r.errors, 0)
+        t.true(r.writeIos > 0 && r.readIos > 0, 'wrote, then read back and verified')
+      } finally {
+        await dev.stop()
+        cleanup()
+      }
+      t.true(deviceGone(dev.id))
+    })
+  }
 }
 
 test.serial('TypeScript loop: fio verify, and the file holds exactly what was written', async (t) => {
