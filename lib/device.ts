@@ -36,16 +36,34 @@ interface Served {
   target: Target
 }
 
+/** Devices this process serves, by id, so `deleteDevice(id)` goes through them. */
+const served = new Map<number, Device>()
+
 /** A started ublk device served by this process. */
 export class Device {
   readonly #native: NativeDevice
   readonly #served: Served | undefined
   #stopping: Promise<void> | undefined
+  /** Keeps the process alive while the device runs, as a listening server does. */
+  readonly #keepAlive = setInterval(() => {}, 2 ** 31 - 1)
 
   /** @internal use `createDevice()` */
-  constructor(nativeDevice: NativeDevice, served?: Served) {
+  constructor(nativeDevice: NativeDevice, target?: Served) {
     this.#native = nativeDevice
-    this.#served = served
+    this.#served = target
+    served.set(nativeDevice.id, this)
+  }
+
+  /** Lets the process exit while the device runs (it is then stopped on exit). */
+  unref(): this {
+    this.#keepAlive.unref()
+    return this
+  }
+
+  /** Undoes `unref()`. */
+  ref(): this {
+    this.#keepAlive.ref()
+    return this
   }
 
   /** The kernel's device id: the N in `/dev/ublkbN`. */
@@ -94,6 +112,8 @@ export class Device {
   }
 
   async #stop(): Promise<void> {
+    clearInterval(this.#keepAlive)
+    if (served.get(this.id) === this) served.delete(this.id)
     this.#served?.dispatcher.shutdown()
     await native(() => this.#native.stop())
     await this.#served?.target.close?.()
@@ -200,6 +220,8 @@ export function deviceInfo(id: number): Promise<DeviceInfo> {
  * stopped through its owner, as `device.stop()` would.
  */
 export function deleteDevice(id: number): Promise<void> {
+  const own = served.get(id)
+  if (own) return own.stop()
   return native(() => binding.deleteDevice(id))
 }
 

@@ -1,9 +1,11 @@
 // Every example in examples/ serves a working device and removes it on Ctrl-C.
-import { spawn } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { truncateSync, unlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
 import test from 'ava'
+
+import { deleteDevice } from '../../lib/index.ts'
 
 import { deviceGone, requireUblk } from '../helpers/kernel.ts'
 import { sh } from '../helpers/shell.ts'
@@ -11,6 +13,17 @@ import { sh } from '../helpers/shell.ts'
 test.before(() => requireUblk())
 
 const backing = `/tmp/ublk-example-${process.pid}.img`
+
+/** Ctrl-C, as a user would; SIGKILL if that does not end it in 20 s. */
+async function stopChild(child: ChildProcess): Promise<number | null> {
+  if (child.exitCode !== null) return child.exitCode
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+  child.kill('SIGINT')
+  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000)
+  const code = await exited
+  clearTimeout(timer)
+  return code
+}
 
 const examples: Array<[string, string[], boolean]> = [
   ['ts-null.ts', [], false],
@@ -27,10 +40,11 @@ for (const [name, args, keepsData] of examples) {
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     let out = ''
+    let path: string | undefined
     child.stdout.on('data', (d: Buffer) => (out += d.toString()))
     child.stderr.on('data', (d: Buffer) => (out += d.toString()))
     try {
-      const path = await new Promise<string>((resolve, reject) => {
+      path = await new Promise<string>((resolve, reject) => {
         const timer = setTimeout(() => reject(new Error(`no device after 60 s: ${out}`)), 60_000)
         child.stdout.on('data', () => {
           const m = /serving (\/dev\/ublkb\d+)/.exec(out)
@@ -44,19 +58,21 @@ for (const [name, args, keepsData] of examples) {
       const script = [
         'set -e',
         'head -c 1048576 /dev/urandom > /tmp/ex.bin',
-        `dd if=/tmp/ex.bin of=${path} bs=64k oflag=direct status=none`,
-        `dd if=${path} bs=64k count=16 iflag=direct status=none | cmp - /tmp/ex.bin && echo same || echo differs`,
+        `test -b ${path}`,
+        `dd if=/tmp/ex.bin of=${path} bs=64k oflag=direct conv=nocreat status=none`,
+        `dd if=${path} bs=64k count=16 iflag=direct status=none | cmp -s - /tmp/ex.bin && echo same || echo differs`,
       ].join('\n')
       const r = await sh('sh', ['-c', script])
       t.is(r.code, 0, r.stderr)
       t.is(r.stdout.trim(), keepsData ? 'same' : 'differs')
-      child.kill('SIGINT')
-      const code = await new Promise<number | null>((resolve) => child.once('exit', resolve))
-      t.is(code, 0, out)
+      t.is(await stopChild(child), 0, out)
       t.regex(out, /removed/)
       t.true(deviceGone(Number(path.replace('/dev/ublkb', ''))))
     } finally {
-      child.kill('SIGKILL')
+      if (child.exitCode === null && (await stopChild(child)) !== 0 && path) {
+        // A server that had to be killed leaves its device: remove it.
+        await deleteDevice(Number(path.replace('/dev/ublkb', ''))).catch(() => undefined)
+      }
       unlinkSync(backing)
     }
   })

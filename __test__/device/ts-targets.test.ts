@@ -93,7 +93,7 @@ test.serial('TypeScript loop: discard punches holes in the backing file', async 
   const dev = await createDevice({ target: loopTarget(file), size: 16 * MiB })
   try {
     t.true(sysfsBlock(dev.path).discardMaxBytes > 0, 'the device advertises discard')
-    const write = await sh('dd', ['if=/dev/urandom', `of=${dev.path}`, 'bs=1M', 'count=8', 'oflag=direct'])
+    const write = await sh('dd', ['if=/dev/urandom', `of=${dev.path}`, 'bs=1M', 'count=8', 'oflag=direct', 'conv=nocreat'])
     t.is(write.code, 0, write.stderr)
     const before = statSync(file).blocks
     const discard = await sh('blkdiscard', ['-o', '0', '-l', String(4 * MiB), dev.path])
@@ -230,7 +230,7 @@ test.serial('a buffer view kept after its IO completed is detached, not aliased'
     t.truthy(kept)
     t.is(kept!.byteLength, 0, 'the view no longer reaches the IO buffer')
     t.throws(() => kept!.fill(0xff), { instanceOf: TypeError }, 'writing through it throws, touching nothing')
-    const w = await sh('sh', ['-c', `head -c 4096 /dev/zero | tr '\\0' 'a' | dd of=${dev.path} bs=4k count=1 oflag=direct`])
+    const w = await sh('sh', ['-c', `head -c 4096 /dev/zero | tr '\\0' 'a' | dd of=${dev.path} bs=4k count=1 oflag=direct conv=nocreat`])
     t.is(w.code, 0, w.stderr)
     const r = await sh('sh', ['-c', `dd if=${dev.path} bs=4k count=1 iflag=direct 2>/dev/null | tr -d a | wc -c`])
     t.is(r.stdout.trim(), '0', 'data written after is intact')

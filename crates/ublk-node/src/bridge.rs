@@ -32,7 +32,9 @@ pub const REQUEST_FIELDS: usize = 9;
 /// Bit in `kind`: the request completes its IO (see `BackendRequest::completes_io`).
 pub const COMPLETES_IO: u32 = 0x100;
 
-pub type BatchFn = ThreadsafeFunction<Batch, (), JsBatch, Status, false, false, 0>;
+/// Weak: a running device keeps the event loop alive through its own
+/// handle in the TypeScript layer, which `unref()` can release.
+pub type BatchFn = ThreadsafeFunction<Batch, (), JsBatch, Status, false, true, 0>;
 
 /// The arguments the JS batch handler receives.
 pub struct JsBatch(

@@ -244,6 +244,7 @@ pub fn create_bridge(
     let cb_queues = queues.clone();
     let func: BatchFn = on_batch
         .build_threadsafe_function::<Batch>()
+        .weak::<true>()
         .build_callback(move |ctx| {
             batch_to_js(
                 &ctx.env,
