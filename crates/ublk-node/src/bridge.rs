@@ -252,6 +252,7 @@ pub fn decode_requests(values: &[f64]) -> napi::Result<Vec<BackendRequest>> {
                 2 => BackendKind::Fsync,
                 3 => BackendKind::Fdatasync,
                 4 => BackendKind::Fallocate(u32_arg("mode", r[2])? as i32),
+                5 => BackendKind::Sleep,
                 k => return Err(ublk_core::Error::invalid(format!("unknown backend op {k}"))),
             };
             Ok(BackendRequest {

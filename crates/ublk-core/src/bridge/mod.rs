@@ -84,6 +84,9 @@ pub enum BackendKind {
     Fdatasync,
     /// `fallocate(2)` with this mode (punch hole, zero range, ...).
     Fallocate(i32),
+    /// Completes after `length` microseconds: an io_uring timeout, for
+    /// delays that provoke interleavings in tests and benchmarks.
+    Sleep,
 }
 
 /// A request to run IO on a backing file, on a queue's ring.

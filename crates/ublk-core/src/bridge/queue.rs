@@ -49,8 +49,10 @@ struct InflightBackend {
     id: u32,
     tag: Option<u16>,
     completes: Option<Completes>,
+    /// A sleep's timespec, which the kernel reads until it completes.
+    timeout: Option<Box<types::Timespec>>,
     /// Keeps the fd open until the kernel is done with it.
-    _file: Arc<BackingFile>,
+    _file: Option<Arc<BackingFile>>,
 }
 
 struct QueueState {
@@ -233,9 +235,15 @@ impl QueueState {
                 return;
             }
         };
-        let Some(file) = self.files.get(req.file) else {
-            self.answer(req.id, -libc::EBADF);
-            return;
+        let file = match req.kind {
+            BackendKind::Sleep => None,
+            _ => match self.files.get(req.file) {
+                Some(f) => Some(f),
+                None => {
+                    self.answer(req.id, -libc::EBADF);
+                    return;
+                }
+            },
         };
         let uses_buffer = matches!(req.kind, BackendKind::Read | BackendKind::Write);
         let slot = match self.free_slots.pop() {
@@ -252,6 +260,17 @@ impl QueueState {
                 (self.backend.len() - 1) as u32
             }
         };
+        let timeout = (req.kind == BackendKind::Sleep).then(|| {
+            Box::new(
+                types::Timespec::new()
+                    .nsec(req.length % 1_000_000 * 1000)
+                    .sec(req.length as u64 / 1_000_000),
+            )
+        });
+        let sqe = match &timeout {
+            Some(ts) => opcode::Timeout::new(&**ts as *const types::Timespec).build(),
+            None => sqe,
+        };
         let completes = (uses_buffer && req.completes_io).then_some(Completes {
             buf_offset: req.buf_offset,
             length: req.length,
@@ -261,6 +280,7 @@ impl QueueState {
             id: req.id,
             tag: uses_buffer.then_some(req.tag),
             completes,
+            timeout,
             _file: file,
         });
         if uses_buffer {
@@ -279,6 +299,10 @@ impl QueueState {
     /// Checks a request against the file table and the IO's buffer; the
     /// application's numbers never become a pointer without passing here.
     fn build_backend_sqe(&self, req: &BackendRequest) -> std::result::Result<squeue::Entry, i32> {
+        if req.kind == BackendKind::Sleep {
+            // Replaced by the caller, which keeps the timespec alive.
+            return Ok(opcode::Nop::new().build());
+        }
         let file = self.files.get(req.file).ok_or(libc::EBADF)?;
         let fd = types::Fd(file.raw_fd());
         req.file_offset
@@ -325,6 +349,7 @@ impl QueueState {
             BackendKind::Fdatasync => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
+            BackendKind::Sleep => unreachable!("handled above"),
             BackendKind::Fallocate(mode) => {
                 if file.read_only {
                     return Err(libc::EROFS);
@@ -345,6 +370,12 @@ impl QueueState {
             return;
         };
         self.free_slots.push(slot);
+        // A timeout that ran its course is a sleep that succeeded.
+        let result = if op.timeout.is_some() && result == -libc::ETIME {
+            0
+        } else {
+            result
+        };
         self.answer(op.id, result);
         let Some(tag) = op.tag else {
             return;
