@@ -30,12 +30,17 @@ const enum BackendKind {
   Fsync = 2,
   Fdatasync = 3,
   Fallocate = 4,
+  Sleep = 5,
 }
+/** Sleeps are capped so the microseconds fit the request's length field. */
+const MAX_SLEEP_MS = 60_000
 /** Bit in the request kind: the queue thread completes the IO when done. */
 const COMPLETES_IO = 0x100
 const RWF_DSYNC = 0x2
 
 const EMPTY = new Uint8Array(0)
+/** Stands in for the file of requests that have none (sleep). */
+const NO_FILE: BackingFile = { path: '(none)', size: 0, direct: false, readOnly: true, blockDevice: false, index: 0 }
 
 /** The errno (positive) an error from a target stands for. */
 export function errnoOf(err: unknown): number {
@@ -60,6 +65,17 @@ interface Outstanding {
   /** Handed to the queue thread, which completes it (see `passthrough`). */
   native: boolean
 }
+
+/** An IO recorded and ready for its method. */
+interface Admitted {
+  io: IoRequest
+  entry: Outstanding
+  handler: (io: Io) => Promise<void> | void
+  success: number
+}
+
+/** Operations that change data: the ones the batch hooks see. */
+const MODIFIES = new Set<IoOp>(['write', 'discard', 'writeZeroes'])
 
 interface PendingBackend {
   resolve(result: number): void
@@ -117,6 +133,13 @@ class IoRequest implements Io {
     await this.dispatcher.backend(this.queue, BackendKind.Fdatasync, 0, file, this.tag, this.entry.seq, 0, 0, 0, 'fdatasync')
   }
 
+  async sleep(ms: number): Promise<void> {
+    if (!(ms >= 0 && ms <= MAX_SLEEP_MS)) {
+      throw new UblkError('EINVAL', `sleep takes 0..${MAX_SLEEP_MS} ms, got ${ms}`)
+    }
+    await this.dispatcher.backend(this.queue, BackendKind.Sleep, 0, NO_FILE, this.tag, this.entry.seq, 0, Math.round(ms * 1000), 0, 'sleep')
+  }
+
   async fallocate(file: BackingFile, mode: number, offset: number, length: number): Promise<void> {
     await this.dispatcher.backend(this.queue, BackendKind.Fallocate, mode, file, this.tag, this.entry.seq, 0, length, offset, 'fallocate')
   }
@@ -165,9 +188,14 @@ export class Dispatcher {
         this.#settleBackend(backend[i]!, backend[i + 1]!)
       }
       const now = Date.now()
+      const hooked = this.#target.beforeWrites ? [] as Admitted[] : undefined
       for (let i = 0, n = 0; i < ios.length; i += IO_FIELDS, n++) {
-        this.#start(queue, ios, i, buffers[n] ?? null, now)
+        const admitted = this.#admit(queue, ios, i, buffers[n] ?? null, now)
+        if (!admitted) continue
+        if (hooked && MODIFIES.has(admitted.io.op)) hooked.push(admitted)
+        else this.#run(admitted)
       }
+      if (hooked?.length) this.#runWriteBatch(hooked)
       this.batches++
       this.ios += ios.length / IO_FIELDS
     } catch (err) {
@@ -188,7 +216,8 @@ export class Dispatcher {
   batches = 0
   ios = 0
 
-  #start(queue: number, ios: Float64Array, i: number, data: ArrayBuffer | null, now: number): void {
+  /** Records a new IO; returns it ready to run, or undefined if it was answered at once. */
+  #admit(queue: number, ios: Float64Array, i: number, data: ArrayBuffer | null, now: number): Admitted | undefined {
     const tag = ios[i]!
     const seq = ios[i + 1]!
     const opCode = ios[i + 2]!
@@ -198,31 +227,53 @@ export class Dispatcher {
     this.#outstanding[queue]![tag] = entry
     if (this.#stopping) {
       this.#finish(queue, tag, entry, -ECANCELED)
-      return
+      return undefined
     }
     const handler = op && this.#target[op]
     if (!op || !handler) {
       this.#finish(queue, tag, entry, -EOPNOTSUPP)
-      return
+      return undefined
     }
     const length = ios[i + 5]!
     const io = new IoRequest(this, queue, tag, entry, op, ios[i + 4]!, length, (flags & FLAG_FUA) !== 0, data)
     const success = op === 'read' || op === 'write' ? length : 0
+    return { io, entry, handler, success }
+  }
+
+  /** Calls the target's method for an IO; returns when the IO is answered. */
+  #run(a: Admitted): Promise<void> {
+    const { io, entry, handler, success } = a
     let outcome: Promise<void> | void
     try {
       outcome = handler.call(this.#target, io)
     } catch (err) {
-      this.#finish(queue, tag, entry, -errnoOf(err))
-      return
+      this.#finish(io.queue, io.tag, entry, -errnoOf(err))
+      return Promise.resolve()
     }
     if (outcome && typeof (outcome as Promise<void>).then === 'function') {
-      ;(outcome as Promise<void>).then(
-        () => this.#finish(queue, tag, entry, success),
-        (err: unknown) => this.#finish(queue, tag, entry, -errnoOf(err)),
+      return (outcome as Promise<void>).then(
+        () => this.#finish(io.queue, io.tag, entry, success),
+        (err: unknown) => this.#finish(io.queue, io.tag, entry, -errnoOf(err)),
       )
-    } else {
-      this.#finish(queue, tag, entry, success)
     }
+    this.#finish(io.queue, io.tag, entry, success)
+    return Promise.resolve()
+  }
+
+  /** The batch protocol: prologue, then the batch's writes, then the epilogue. */
+  #runWriteBatch(batch: Admitted[]): void {
+    const target = this.#target
+    const ios = batch.map((a) => a.io)
+    Promise.resolve()
+      .then(() => target.beforeWrites!(ios))
+      .then(
+        () => Promise.all(batch.map((a) => this.#run(a))),
+        (err: unknown) => {
+          for (const a of batch) this.#finish(a.io.queue, a.io.tag, a.entry, -errnoOf(err))
+        },
+      )
+      .then(() => target.afterWrites?.(ios))
+      .catch((err: unknown) => process.emitWarning(`ublk afterWrites failed: ${String(err)}`))
   }
 
   /** Completes an IO once: late answers (after a timeout or stop) are dropped. */

@@ -56,6 +56,8 @@ export interface Io {
   fsync(file: BackingFile): Promise<void>
   fdatasync(file: BackingFile): Promise<void>
   fallocate(file: BackingFile, mode: number, offset: number, length: number): Promise<void>
+  /** Waits `ms` milliseconds on the queue's io_uring (a timeout SQE), not a JS timer. */
+  sleep(ms: number): Promise<void>
 }
 
 /** Opens backing files before the device starts. */
@@ -81,6 +83,16 @@ export interface Target {
   flush?(io: Io): Promise<void> | void
   discard?(io: Io): Promise<void> | void
   writeZeroes?(io: Io): Promise<void> | void
+  /**
+   * Batch prologue: called with every write, discard and write-zeroes of a
+   * batch (the IOs one reap of a queue's ring produced) before any of them
+   * reaches its method; they wait until it resolves, and fail with its
+   * errno if it rejects. For write-ahead metadata: mark all of them, then
+   * flush the marks once for the whole batch.
+   */
+  beforeWrites?(ios: readonly Io[]): Promise<void> | void
+  /** Batch epilogue: called once every IO given to `beforeWrites` completed, whatever the outcome. */
+  afterWrites?(ios: readonly Io[]): Promise<void> | void
   /** Honour FUA on writes (the kernel then sends it instead of a flush). */
   readonly fua?: boolean
   /** Called after the device stopped. */

@@ -5,7 +5,7 @@ import { existsSync, readFileSync, statSync, truncateSync, writeFileSync, unlink
 
 import test from 'ava'
 
-import { createDevice, listDevices, loopTarget, ramdiskTarget } from '../../lib/index.ts'
+import { createDevice, listDevices, loopTarget, ramdiskTarget, withIoDelay } from '../../lib/index.ts'
 import type { BackingFile, DeviceOptions, Io, Target } from '../../lib/index.ts'
 
 import { fio } from '../helpers/fio.ts'
@@ -316,4 +316,69 @@ test.serial("an Io kept after it completed cannot reach its tag's next IO", asyn
     await dev.stop()
     unlinkSync(file)
   }
+})
+
+test.serial('withIoDelay: IOs wait on io_uring timeouts, finish out of order, and data stays intact', async (t) => {
+  const fixed = await createDevice({ target: withIoDelay(ramdiskTarget(), 300, () => 1), size: 8 * MiB })
+  try {
+    const started = Date.now()
+    t.is((await ddRead(fixed.path, MiB)).code, 0)
+    const took = Date.now() - started
+    t.log(`one read with a 300 ms delay took ${took} ms`)
+    t.true(took >= 300, 'the delay happened')
+  } finally {
+    await fixed.stop()
+  }
+  const dev = await createDevice({ target: withIoDelay(ramdiskTarget(), 5), size: 32 * MiB, queues: 2 })
+  try {
+    const r = await fio(dev.path, { rw: 'randwrite', bs: '4k', iodepth: 32, size: '8M', verify: 'crc32c' })
+    t.is(r.errors, 0)
+    t.true(r.readIos > 0)
+  } finally {
+    await dev.stop()
+  }
+})
+
+test.serial('batch hooks: every write is marked before it runs, one prologue per batch, the epilogue after all complete', async (t) => {
+  const ram = ramdiskTarget()
+  const marked = new Set<Io>()
+  const completed = new Set<Io>()
+  let prologues = 0
+  let writes = 0
+  let epilogueIos = 0
+  const violations: string[] = []
+  const target: Target = {
+    ...ram,
+    async beforeWrites(ios) {
+      prologues++
+      for (const io of ios) marked.add(io)
+      await new Promise((r) => setTimeout(r, 1)) // the "flush of the marks"
+    },
+    async write(io) {
+      writes++
+      if (!marked.has(io)) violations.push(`write at ${io.offset} ran unmarked`)
+      await ram.write!(io)
+      completed.add(io)
+    },
+    afterWrites(ios) {
+      epilogueIos += ios.length
+      for (const io of ios) {
+        if (!completed.has(io)) violations.push(`epilogue before write at ${io.offset} completed`)
+        marked.delete(io)
+      }
+    },
+  }
+  const dev = await createDevice({ target: withIoDelay(target, 3), size: 32 * MiB, queues: 2, depth: 64 })
+  try {
+    const r = await fio(dev.path, { rw: 'randwrite', bs: '4k', iodepth: 32, size: '8M', verify: 'crc32c' })
+    t.is(r.errors, 0)
+  } finally {
+    await dev.stop()
+  }
+  t.log(`${writes} writes, ${prologues} prologues (${(writes / prologues).toFixed(1)} writes per flush of marks)`)
+  t.deepEqual(violations, [])
+  t.true(writes >= 2048, 'fio wrote 8 MiB in 4 KiB writes')
+  t.true(prologues < writes / 2, 'marks were flushed once per batch, not per write')
+  t.is(epilogueIos, writes, 'every write was seen by exactly one epilogue')
+  t.is(marked.size, 0, 'every mark was cleared')
 })
