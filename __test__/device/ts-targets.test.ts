@@ -382,3 +382,36 @@ test.serial('batch hooks: every write is marked before it runs, one prologue per
   t.is(epilogueIos, writes, 'every write was seen by exactly one epilogue')
   t.is(marked.size, 0, 'every mark was cleared')
 })
+
+test.serial('backend requests outside the IO are refused with EINVAL; the device goes on', async (t) => {
+  const file = `/tmp/ublk-range-${process.pid}.img`
+  writeFileSync(file, '')
+  truncateSync(file, 8 * MiB)
+  let backing: BackingFile | undefined
+  const seen: string[] = []
+  const target: Target = {
+    async open(ctx) {
+      backing = await ctx.openFile(file)
+    },
+    async read(io) {
+      for (const [bufOffset, length] of [[io.length, 512], [0, io.length + 512], [4096 * 1024, 4096]] as const) {
+        try {
+          await io.readFrom(backing!, 0, bufOffset, length)
+          seen.push('ok')
+        } catch (err) {
+          seen.push((err as { code: string }).code)
+        }
+      }
+      await io.readFrom(backing!, io.offset)
+    },
+  }
+  const dev = await createDevice({ target, size: 8 * MiB })
+  try {
+    seen.length = 0
+    t.is((await ddRead(dev.path, MiB)).code, 0, 'the IO itself still completes')
+    t.deepEqual(seen.slice(0, 3), ['EINVAL', 'EINVAL', 'EINVAL'])
+  } finally {
+    await dev.stop()
+    unlinkSync(file)
+  }
+})

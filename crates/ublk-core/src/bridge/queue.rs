@@ -315,9 +315,10 @@ impl QueueState {
                 if !st.with_app || st.seq != req.seq || st.deferred.is_some() {
                     return Err(libc::ESTALE);
                 }
+                // Within this IO's data, which is also within the tag's buffer.
                 let in_buffer = (req.buf_offset as usize)
                     .checked_add(req.length as usize)
-                    .is_some_and(|e| e <= self.shared.buf_bytes);
+                    .is_some_and(|e| e <= st.length as usize && e <= self.shared.buf_bytes);
                 if req.length == 0 || !in_buffer {
                     return Err(libc::EINVAL);
                 }

@@ -1,0 +1,44 @@
+// The bridge's native entry points refuse malformed input from JavaScript
+// with EINVAL; these need no kernel.
+import test from 'ava'
+
+import binding = require('../lib/binding.js')
+import { toUblkError } from '../lib/errors.ts'
+
+const noCaps = { readOnly: false, flush: false, fua: false, discard: false, writeZeroes: false }
+
+function bridge() {
+  return binding.createBridge({ target: 'test', size: 1 << 20, queues: 1, depth: 4 }, noCaps, () => {})
+}
+
+function code(call: () => void): string {
+  try {
+    call()
+    return 'ok'
+  } catch (err) {
+    return toUblkError(err).code
+  }
+}
+
+test('post refuses malformed result and request tables', (t) => {
+  const b = bridge()
+  try {
+    const none = new Float64Array(0)
+    t.is(code(() => b.post(0, Float64Array.of(1, 2), none, [], false)), 'EINVAL', 'results come in triples')
+    t.is(code(() => b.post(0, none, Float64Array.of(1, 2, 3), [], false)), 'EINVAL', 'requests come in nines')
+    t.is(code(() => b.post(0, Float64Array.of(0, 1, 0.5), none, [], false)), 'EINVAL', 'results are integers')
+    t.is(code(() => b.post(0, Float64Array.of(70000, 1, 0), none, [], false)), 'EINVAL', 'tags fit 16 bits')
+    t.is(code(() => b.post(0, none, Float64Array.of(1, 9, 0, 0, 0, 0, 0, 4096, 0), [], false)), 'EINVAL', 'unknown op')
+    t.is(code(() => b.post(0, none, Float64Array.of(1, 0, 0, 0, 0, 0, -1, 4096, 0), [], false)), 'EINVAL', 'negative offset')
+    t.is(code(() => b.post(0, none, Float64Array.of(1, 0, 0, 0, 0, 0, 0, 4096, 2 ** 63), [], false)), 'EINVAL', 'file offset range')
+    t.is(code(() => b.post(3, none, none, [], false)), 'EINVAL', 'no such queue')
+    t.is(code(() => b.post(0, none, none, [], true)), 'ok', 'an empty post is fine')
+  } finally {
+    b.close()
+  }
+})
+
+test('createBridge validates the geometry like createDevice', (t) => {
+  t.is(code(() => binding.createBridge({ target: 't', size: 0, queues: 1, depth: 4 }, noCaps, () => {})), 'EINVAL')
+  t.is(code(() => binding.createBridge({ target: 't', size: 4096, depth: 0 }, noCaps, () => {})), 'EINVAL')
+})
