@@ -1,0 +1,117 @@
+#!/usr/bin/env node
+// ublk-ts: add, list, inspect and delete ublk devices from the shell.
+import { Command, InvalidArgumentError } from 'commander'
+
+import { createDevice, deleteDevice, deviceInfo, kernelFeatures, listDevices, type DeviceInfo } from './device.js'
+import { UblkError } from './errors.js'
+import { loopTarget, nullTarget } from './targets/index.js'
+
+const UNITS: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }
+
+/** Parses sizes such as 4096, 512k, 64M, 1G (powers of 1024). */
+export function parseSize(text: string): number {
+  const m = /^(\d+)\s*([kmgt]?)(i?b)?$/i.exec(text.trim())
+  if (!m) throw new InvalidArgumentError(`not a size: ${text} (e.g. 4096, 512K, 64M, 1G)`)
+  return Number(m[1]) * UNITS[m[2]!.toLowerCase()]!
+}
+
+function parseCount(text: string): number {
+  if (!/^\d+$/.test(text)) throw new InvalidArgumentError(`not a whole number: ${text}`)
+  return Number(text)
+}
+
+function describe(d: DeviceInfo): string {
+  const size = d.size >= 2 ** 30 ? `${(d.size / 2 ** 30).toFixed(1)}G` : `${(d.size / 2 ** 20).toFixed(1)}M`
+  return `${d.blockPath.padEnd(14)} ${d.state.padEnd(9)} ${size.padStart(8)}  ${d.queues} queue(s) x ${d.depth}  pid ${d.serverPid}`
+}
+
+interface AddOptions {
+  size?: number
+  path?: string
+  queues: number
+  depth: number
+  blockSize: number
+  ts?: boolean
+}
+
+async function add(kind: string, opts: AddOptions): Promise<void> {
+  if (kind !== 'null' && kind !== 'loop') {
+    throw new UblkError('EINVAL', `unknown target ${JSON.stringify(kind)}: null or loop`)
+  }
+  if (kind === 'loop' && !opts.path) throw new UblkError('EINVAL', 'the loop target needs --path FILE')
+  let size = opts.size
+  if (size === undefined && opts.path) size = (await import('node:fs')).statSync(opts.path).size
+  if (size === undefined) throw new UblkError('EINVAL', 'give the device a --size')
+  const geometry = { size, queues: opts.queues, depth: opts.depth, logicalBlockSize: opts.blockSize }
+  const dev =
+    kind === 'null'
+      ? await createDevice({ ...geometry, target: opts.ts ? nullTarget() : 'null' })
+      : await createDevice({ ...geometry, target: opts.ts ? loopTarget(opts.path!) : 'loop', path: opts.path })
+  console.log(`serving ${dev.path} (${opts.ts ? 'TypeScript' : 'Rust'} ${kind}); Ctrl-C or SIGTERM to stop`)
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve)
+    process.once('SIGTERM', resolve)
+  })
+  await dev.stop()
+  console.log(`${dev.path} removed`)
+}
+
+export function program(): Command {
+  const cli = new Command('ublk-ts').description('Linux ublk block devices served from Node.js').showHelpAfterError()
+  cli
+    .command('add')
+    .description('add a device and serve it in the foreground until Ctrl-C')
+    .argument('<target>', 'null or loop')
+    .option('-s, --size <bytes>', 'capacity, e.g. 1G (loop: the file size by default)', parseSize)
+    .option('-p, --path <file>', 'backing file or block device (loop)')
+    .option('-q, --queues <n>', 'hardware queues', parseCount, 1)
+    .option('-d, --depth <n>', 'IOs in flight per queue', parseCount, 128)
+    .option('-b, --block-size <bytes>', 'logical block size', parseCount, 512)
+    .option('--ts', 'serve with the TypeScript target instead of the Rust one')
+    .action(add)
+  cli
+    .command('list')
+    .description('list every ublk device')
+    .option('--json', 'as JSON')
+    .action(async (opts: { json?: boolean }) => {
+      const devices = await listDevices()
+      if (opts.json) console.log(JSON.stringify(devices, (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2))
+      else if (devices.length === 0) console.log('no ublk devices')
+      else for (const d of devices) console.log(describe(d))
+    })
+  cli
+    .command('info')
+    .description("one device's info, as JSON")
+    .argument('<id>', 'device id', parseCount)
+    .action(async (id: number) => {
+      const info = await deviceInfo(id)
+      console.log(JSON.stringify(info, (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2))
+    })
+  cli
+    .command('delete')
+    .alias('del')
+    .description('stop and delete a device, e.g. one whose server died')
+    .argument('<id>', 'device id', parseCount)
+    .action(async (id: number) => {
+      await deleteDevice(id)
+      console.log(`deleted /dev/ublkb${id}`)
+    })
+  cli
+    .command('features')
+    .description("what this kernel's ublk driver supports")
+    .action(async () => {
+      const f = await kernelFeatures()
+      console.log(f.names.join('\n'))
+    })
+  return cli
+}
+
+if (require.main === module) {
+  program()
+    .parseAsync()
+    .catch((err: unknown) => {
+      const e = err instanceof UblkError ? err : new UblkError('EIO', String(err))
+      console.error(`ublk-ts: ${e.message} (${e.code})`)
+      process.exitCode = 1
+    })
+}
