@@ -1,17 +1,19 @@
 // Every example in examples/ serves a working device and removes it on Ctrl-C.
 import { spawn, type ChildProcess } from 'node:child_process'
-import { truncateSync, unlinkSync, writeFileSync } from 'node:fs'
+import { unlinkSync } from 'node:fs'
 import { join } from 'node:path'
 
 import test from 'ava'
 
 import { deleteDevice } from '../../lib/index.ts'
 
+import { scratchFile } from '../helpers/files.ts'
 import { deviceGone, requireUblk } from '../helpers/kernel.ts'
 import { sh } from '../helpers/shell.ts'
 
 test.before(() => requireUblk())
 
+/** Where `scratchFile('example', ...)` puts the examples' backing file. */
 const backing = `/tmp/ublk-example-${process.pid}.img`
 
 /** Ctrl-C, as a user would; SIGKILL if that does not end it in 20 s. */
@@ -34,8 +36,7 @@ const examples: Array<[string, string[], boolean]> = [
 
 for (const [name, args, keepsData] of examples) {
   test.serial(`examples/${name} serves a device and removes it on SIGINT`, async (t) => {
-    writeFileSync(backing, '')
-    truncateSync(backing, 64 << 20)
+    scratchFile('example', 64 << 20)
     const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '../../examples', name), ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
     })

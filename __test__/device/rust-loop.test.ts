@@ -1,12 +1,13 @@
 // The Rust loop target: the yardstick the TypeScript loop is measured against.
 import { createHash } from 'node:crypto'
-import { readFileSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs'
+import { readFileSync, unlinkSync } from 'node:fs'
 
 import test from 'ava'
 
 import { createDevice, loopTarget } from '../../lib/index.ts'
 
 import { rejectsWithCode } from '../helpers/errors.ts'
+import { scratchFile } from '../helpers/files.ts'
 import { fio } from '../helpers/fio.ts'
 import { requireUblk } from '../helpers/kernel.ts'
 import { sh } from '../helpers/shell.ts'
@@ -14,13 +15,6 @@ import { sh } from '../helpers/shell.ts'
 const MiB = 1 << 20
 
 test.before(() => requireUblk())
-
-function scratchFile(name: string, size: number): string {
-  const file = `/tmp/ublk-${name}-${process.pid}.img`
-  writeFileSync(file, '')
-  truncateSync(file, size)
-  return file
-}
 
 for (const { bs, iodepth, queues } of [{ bs: '128k', iodepth: 8, queues: 2 }]) {
   test.serial(`Rust loop: fio verify, bs ${bs}, QD ${iodepth}, ${queues} queues; the file equals the device`, async (t) => {

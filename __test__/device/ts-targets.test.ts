@@ -1,13 +1,14 @@
 // Targets written in TypeScript, served through the batched bridge, on a
 // real kernel: data written through the block device reads back intact.
 import { createHash } from 'node:crypto'
-import { existsSync, readFileSync, statSync, truncateSync, writeFileSync, unlinkSync } from 'node:fs'
+import { existsSync, readFileSync, statSync, unlinkSync } from 'node:fs'
 
 import test from 'ava'
 
 import { createDevice, listDevices, loopTarget, ramdiskTarget, withIoDelay } from '../../lib/index.ts'
 import type { BackingFile, DeviceOptions, Io, Target } from '../../lib/index.ts'
 
+import { scratchFile } from '../helpers/files.ts'
 import { fio } from '../helpers/fio.ts'
 import { deviceGone, requireUblk, sysfsBlock } from '../helpers/kernel.ts'
 import { ddRead, sh } from '../helpers/shell.ts'
@@ -30,25 +31,18 @@ const verifyTargets: Array<{ name: string; make(): { target: DeviceOptions['targ
   {
     name: 'TypeScript loop',
     make() {
-      const file = scratch('verify-ts')
+      const file = scratchFile('verify-ts', 64 * MiB)
       return { target: loopTarget(file), cleanup: () => unlinkSync(file) }
     },
   },
   {
     name: 'Rust loop',
     make() {
-      const file = scratch('verify-rust')
+      const file = scratchFile('verify-rust', 64 * MiB)
       return { target: 'loop', path: file, cleanup: () => unlinkSync(file) }
     },
   },
 ]
-
-function scratch(name: string): string {
-  const file = `/tmp/ublk-${name}-${process.pid}.img`
-  writeFileSync(file, '')
-  truncateSync(file, 64 * MiB)
-  return file
-}
 
 for (const { name, make } of verifyTargets) {
   for (const { bs, iodepth, queues, size } of verifyMatrix) {
@@ -70,9 +64,7 @@ for (const { name, make } of verifyTargets) {
 }
 
 test.serial('TypeScript loop: fio verify, and the file holds exactly what was written', async (t) => {
-  const file = `/tmp/ublk-loop-${process.pid}.img`
-  writeFileSync(file, '')
-  truncateSync(file, 32 * MiB)
+  const file = scratchFile('loop', 32 * MiB)
   const dev = await createDevice({ target: loopTarget(file), size: 32 * MiB, queues: 2, depth: 64 })
   try {
     const r = await fio(dev.path, { rw: 'randwrite', bs: '4k', iodepth: 32, size: '32M', verify: 'crc32c' })
@@ -87,9 +79,7 @@ test.serial('TypeScript loop: fio verify, and the file holds exactly what was wr
 })
 
 test.serial('TypeScript loop: discard punches holes in the backing file', async (t) => {
-  const file = `/tmp/ublk-discard-${process.pid}.img`
-  writeFileSync(file, '')
-  truncateSync(file, 16 * MiB)
+  const file = scratchFile('discard', 16 * MiB)
   const dev = await createDevice({ target: loopTarget(file), size: 16 * MiB })
   try {
     t.true(sysfsBlock(dev.path).discardMaxBytes > 0, 'the device advertises discard')
@@ -110,9 +100,7 @@ test.serial('TypeScript loop: discard punches holes in the backing file', async 
 })
 
 test.serial('ext4 on a TypeScript loop device, mounted from another mount namespace', async (t) => {
-  const file = `/tmp/ublk-ext4-${process.pid}.img`
-  writeFileSync(file, '')
-  truncateSync(file, 64 * MiB)
+  const file = scratchFile('ext4', 64 * MiB)
   const dev = await createDevice({ target: loopTarget(file), size: 64 * MiB, queues: 2 })
   try {
     const script = [
@@ -271,9 +259,7 @@ function explicitLoop(path: string): Target {
 }
 
 test.serial('a target on readFrom/writeTo: fio verify, and the file matches', async (t) => {
-  const file = `/tmp/ublk-explicit-${process.pid}.img`
-  writeFileSync(file, '')
-  truncateSync(file, 16 * MiB)
+  const file = scratchFile('explicit', 16 * MiB)
   const dev = await createDevice({ target: explicitLoop(file), size: 16 * MiB, queues: 2 })
   try {
     const r = await fio(dev.path, { rw: 'randwrite', bs: '16k', iodepth: 16, size: '16M', verify: 'crc32c' })
@@ -287,9 +273,7 @@ test.serial('a target on readFrom/writeTo: fio verify, and the file matches', as
 })
 
 test.serial("an Io kept after it completed cannot reach its tag's next IO", async (t) => {
-  const file = `/tmp/ublk-stale-${process.pid}.img`
-  writeFileSync(file, 'x'.repeat(4096))
-  truncateSync(file, 8 * MiB)
+  const file = scratchFile('stale', 8 * MiB, 'x'.repeat(4096))
   let stale: Io | undefined
   let backing: BackingFile | undefined
   const ram = ramdiskTarget()
@@ -384,9 +368,7 @@ test.serial('batch hooks: every write is marked before it runs, one prologue per
 })
 
 test.serial('backend requests outside the IO are refused with EINVAL; the device goes on', async (t) => {
-  const file = `/tmp/ublk-range-${process.pid}.img`
-  writeFileSync(file, '')
-  truncateSync(file, 8 * MiB)
+  const file = scratchFile('range', 8 * MiB)
   let backing: BackingFile | undefined
   const seen: string[] = []
   const target: Target = {
