@@ -369,11 +369,6 @@ export class Dispatcher {
     }
   }
 
-  /** Sends anything queued before the bridge was attached. */
-  flushNow(): void {
-    this.#flush()
-  }
-
   #expire(): void {
     const now = Date.now()
     for (let q = 0; q < this.#outstanding.length; q++) {

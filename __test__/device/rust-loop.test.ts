@@ -1,16 +1,14 @@
 // The Rust loop target: the yardstick the TypeScript loop is measured against.
-import { createHash } from 'node:crypto'
-import { readFileSync, unlinkSync } from 'node:fs'
+import { unlinkSync } from 'node:fs'
 
 import test from 'ava'
 
 import { createDevice, loopTarget } from '../../lib/index.ts'
 
 import { rejectsWithCode } from '../helpers/errors.ts'
-import { scratchFile } from '../helpers/files.ts'
+import { deviceAndFileDigests, scratchFile } from '../helpers/files.ts'
 import { fio } from '../helpers/fio.ts'
 import { requireUblk } from '../helpers/kernel.ts'
-import { sh } from '../helpers/shell.ts'
 
 const MiB = 1 << 20
 
@@ -24,8 +22,8 @@ for (const { bs, iodepth, queues } of [{ bs: '128k', iodepth: 8, queues: 2 }]) {
       const r = await fio(dev.path, { rw: 'randwrite', bs, iodepth, size: '32M', verify: 'crc32c' })
       t.is(r.errors, 0)
       t.true(r.readIos > 0)
-      const fromDevice = (await sh('sha256sum', [dev.path])).stdout.split(' ')[0]
-      t.is(fromDevice, createHash('sha256').update(readFileSync(file)).digest('hex'))
+      const [fromDevice, fromFile] = await deviceAndFileDigests(dev.path, file)
+      t.is(fromDevice, fromFile)
     } finally {
       await dev.stop()
       unlinkSync(file)

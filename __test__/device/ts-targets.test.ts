@@ -1,6 +1,5 @@
 // Targets written in TypeScript, served through the batched bridge, on a
 // real kernel: data written through the block device reads back intact.
-import { createHash } from 'node:crypto'
 import { existsSync, readFileSync, statSync, unlinkSync } from 'node:fs'
 
 import test from 'ava'
@@ -8,7 +7,7 @@ import test from 'ava'
 import { createDevice, listDevices, loopTarget, ramdiskTarget, withIoDelay } from '../../lib/index.ts'
 import type { BackingFile, DeviceOptions, Io, Target } from '../../lib/index.ts'
 
-import { scratchFile } from '../helpers/files.ts'
+import { deviceAndFileDigests, scratchFile } from '../helpers/files.ts'
 import { fio } from '../helpers/fio.ts'
 import { deviceGone, requireUblk, sysfsBlock } from '../helpers/kernel.ts'
 import { ddRead, sh } from '../helpers/shell.ts'
@@ -69,9 +68,8 @@ test.serial('TypeScript loop: fio verify, and the file holds exactly what was wr
   try {
     const r = await fio(dev.path, { rw: 'randwrite', bs: '4k', iodepth: 32, size: '32M', verify: 'crc32c' })
     t.is(r.errors, 0)
-    const fromDevice = await sh('sha256sum', [dev.path])
-    const fromFile = createHash('sha256').update(readFileSync(file)).digest('hex')
-    t.is(fromDevice.stdout.split(' ')[0], fromFile)
+    const [fromDevice, fromFile] = await deviceAndFileDigests(dev.path, file)
+    t.is(fromDevice, fromFile)
   } finally {
     await dev.stop()
     unlinkSync(file)
@@ -264,8 +262,8 @@ test.serial('a target on readFrom/writeTo: fio verify, and the file matches', as
   try {
     const r = await fio(dev.path, { rw: 'randwrite', bs: '16k', iodepth: 16, size: '16M', verify: 'crc32c' })
     t.is(r.errors, 0)
-    const fromDevice = (await sh('sha256sum', [dev.path])).stdout.split(' ')[0]
-    t.is(fromDevice, createHash('sha256').update(readFileSync(file)).digest('hex'))
+    const [fromDevice, fromFile] = await deviceAndFileDigests(dev.path, file)
+    t.is(fromDevice, fromFile)
   } finally {
     await dev.stop()
     unlinkSync(file)

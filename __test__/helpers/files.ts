@@ -1,4 +1,9 @@
-import { truncateSync, writeFileSync } from 'node:fs'
+import { execFile } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import { readFileSync, truncateSync, writeFileSync } from 'node:fs'
+import { promisify } from 'node:util'
+
+const run = promisify(execFile)
 
 /** A sparse scratch file of `size` bytes in /tmp, named for this process. */
 export function scratchFile(name: string, size: number, head = ''): string {
@@ -6,4 +11,14 @@ export function scratchFile(name: string, size: number, head = ''): string {
   writeFileSync(file, head)
   truncateSync(file, size)
   return file
+}
+
+/**
+ * SHA-256 of a block device (read by `sha256sum` in a child process, so the
+ * serving event loop stays free) and of a file, for "the file holds exactly
+ * what went through the device".
+ */
+export async function deviceAndFileDigests(device: string, file: string): Promise<[string, string]> {
+  const { stdout } = await run('sha256sum', [device], { maxBuffer: 1 << 20 })
+  return [stdout.split(' ')[0]!, createHash('sha256').update(readFileSync(file)).digest('hex')]
 }

@@ -38,6 +38,14 @@ struct TagState {
     completing_error: Option<i32>,
 }
 
+/// A checked backend request, with what must outlive its SQE.
+struct Prepared {
+    sqe: squeue::Entry,
+    file: Option<Arc<BackingFile>>,
+    /// A sleep's timespec, which the kernel reads until it completes.
+    timeout: Option<Box<types::Timespec>>,
+}
+
 /// A request that completes its IO when done.
 struct Completes {
     buf_offset: u32,
@@ -225,8 +233,8 @@ impl QueueState {
     }
 
     fn submit_backend(&mut self, q: &UblkQueue, req: BackendRequest) {
-        let sqe = match self.build_backend_sqe(&req) {
-            Ok(sqe) => sqe,
+        let Prepared { sqe, file, timeout } = match self.prepare_backend(&req) {
+            Ok(prepared) => prepared,
             Err(errno) => {
                 self.answer(req.id, -errno);
                 if req.completes_io {
@@ -234,16 +242,6 @@ impl QueueState {
                 }
                 return;
             }
-        };
-        let file = match req.kind {
-            BackendKind::Sleep => None,
-            _ => match self.files.get(req.file) {
-                Some(f) => Some(f),
-                None => {
-                    self.answer(req.id, -libc::EBADF);
-                    return;
-                }
-            },
         };
         let uses_buffer = matches!(req.kind, BackendKind::Read | BackendKind::Write);
         let slot = match self.free_slots.pop() {
@@ -259,17 +257,6 @@ impl QueueState {
                 self.backend.push(None);
                 (self.backend.len() - 1) as u32
             }
-        };
-        let timeout = (req.kind == BackendKind::Sleep).then(|| {
-            Box::new(
-                types::Timespec::new()
-                    .nsec(req.length % 1_000_000 * 1000)
-                    .sec(req.length as u64 / 1_000_000),
-            )
-        });
-        let sqe = match &timeout {
-            Some(ts) => opcode::Timeout::new(&**ts as *const types::Timespec).build(),
-            None => sqe,
         };
         let completes = (uses_buffer && req.completes_io).then_some(Completes {
             buf_offset: req.buf_offset,
@@ -298,10 +285,18 @@ impl QueueState {
 
     /// Checks a request against the file table and the IO's buffer; the
     /// application's numbers never become a pointer without passing here.
-    fn build_backend_sqe(&self, req: &BackendRequest) -> std::result::Result<squeue::Entry, i32> {
+    fn prepare_backend(&self, req: &BackendRequest) -> std::result::Result<Prepared, i32> {
         if req.kind == BackendKind::Sleep {
-            // Replaced by the caller, which keeps the timespec alive.
-            return Ok(opcode::Nop::new().build());
+            let ts = Box::new(
+                types::Timespec::new()
+                    .nsec(req.length % 1_000_000 * 1000)
+                    .sec(req.length as u64 / 1_000_000),
+            );
+            return Ok(Prepared {
+                sqe: opcode::Timeout::new(&*ts as *const types::Timespec).build(),
+                file: None,
+                timeout: Some(ts),
+            });
         }
         let file = self.files.get(req.file).ok_or(libc::EBADF)?;
         let fd = types::Fd(file.raw_fd());
@@ -309,7 +304,7 @@ impl QueueState {
             .checked_add(req.length as u64)
             .filter(|end| *end <= i64::MAX as u64)
             .ok_or(libc::EINVAL)?;
-        Ok(match req.kind {
+        let sqe = match req.kind {
             BackendKind::Read | BackendKind::Write => {
                 let st = self.tags.get(req.tag as usize).ok_or(libc::EINVAL)?;
                 if !st.with_app || st.seq != req.seq || st.deferred.is_some() {
@@ -363,6 +358,11 @@ impl QueueState {
                     .mode(mode)
                     .build()
             }
+        };
+        Ok(Prepared {
+            sqe,
+            file: Some(file),
+            timeout: None,
         })
     }
 

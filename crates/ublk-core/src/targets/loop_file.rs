@@ -2,7 +2,6 @@
 //! write, fsync or fallocate on the queue's own io_uring, into or out of
 //! the IO's buffer, and completes when that finishes.
 
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use io_uring::{opcode, types};
@@ -29,10 +28,6 @@ impl LoopTarget {
         let files = BackingFiles::default();
         let (_, file) = files.open(path, direct, false)?;
         Ok(LoopTarget { file })
-    }
-
-    pub fn file(&self) -> &BackingFile {
-        &self.file
     }
 }
 
@@ -127,11 +122,5 @@ impl Target for LoopTarget {
             }
         });
         Ok(())
-    }
-}
-
-impl AsRawFd for LoopTarget {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.file.raw_fd()
     }
 }
