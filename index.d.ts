@@ -21,6 +21,19 @@ export declare class NativeBridge {
   post(queue: number, results: Float64Array, requests: Float64Array, detach: Array<ArrayBuffer | null>, batchTaken: boolean): void
   /** Opens a backing file for this device's backend IO. */
   openBacking(path: string, direct: boolean, readOnly: boolean): Promise<NativeBackingFile>
+  /**
+   * Allocates a zeroed, page-aligned staging buffer of `size` bytes for
+   * backend IO that is not an IO's data (metadata, resync copies).
+   * Returns its index; `stagingBuffer(index)` gives the memory.
+   */
+  allocStaging(size: number): number
+  /** The memory of a staging buffer, as an ArrayBuffer that keeps it alive. */
+  stagingBuffer(index: number): ArrayBuffer
+  /**
+   * Forgets a staging buffer: requests naming it fail with EBADF from
+   * now on; the memory lives while operations or JS views still use it.
+   */
+  freeStaging(index: number): boolean
   /** Releases the batch handler of a bridge that will not be started. */
   close(): void
 }

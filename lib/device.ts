@@ -1,7 +1,7 @@
 import binding = require('./binding.js')
-import { Dispatcher } from './dispatch.js'
-import { native, toUblkError, UblkError } from './errors.js'
-import type { BackingFile, Target, TargetContext } from './target.js'
+import { BackendKind, Dispatcher, MAX_SLEEP_MS } from './dispatch.js'
+import { native, nativeSync, toUblkError, UblkError } from './errors.js'
+import type { BackingFile, StagingBuffer, Target, TargetContext } from './target.js'
 
 import type { DeviceInfo, KernelFeatures, NativeBridge, NativeDevice } from '../index.js'
 
@@ -186,7 +186,7 @@ async function createServedDevice(options: DeviceOptions, target: Target): Promi
   })
   dispatcher.attach(bridge)
   try {
-    await target.open?.(contextFor(bridge, geometry.size))
+    await target.open?.(contextFor(bridge, dispatcher, geometry.size))
   } catch (err) {
     bridge.close()
     throw toUblkError(err)
@@ -195,12 +195,34 @@ async function createServedDevice(options: DeviceOptions, target: Target): Promi
   return new Device(nativeDevice, { dispatcher, target })
 }
 
-function contextFor(bridge: NativeBridge, size: number): TargetContext {
+const NO_FILE: BackingFile = { path: '(none)', size: 0, direct: false, readOnly: true, blockDevice: false, index: 0 }
+
+function contextFor(bridge: NativeBridge, dispatcher: Dispatcher, size: number): TargetContext {
   return {
     size,
     async openFile(path, opts = {}): Promise<BackingFile> {
       const f = await native(() => bridge.openBacking(path, opts.direct ?? true, opts.readOnly ?? false))
       return { path, index: f.index, size: f.size, direct: f.direct, readOnly: f.readOnly, blockDevice: f.blockDevice }
+    },
+    allocBuffer(bytes: number): StagingBuffer {
+      const index = nativeSync(() => bridge.allocStaging(bytes))
+      const memory = nativeSync(() => bridge.stagingBuffer(index))
+      return { index, bytes: new Uint8Array(memory), free: () => void bridge.freeStaging(index) }
+    },
+    read(file, buffer, fileOffset, options = {}) {
+      return dispatcher.staged(options.queue ?? 0, BackendKind.Read, file, buffer, fileOffset, options)
+    },
+    write(file, buffer, fileOffset, options = {}) {
+      return dispatcher.staged(options.queue ?? 0, BackendKind.Write, file, buffer, fileOffset, options)
+    },
+    async fdatasync(file, queue = 0) {
+      await dispatcher.backend(queue, BackendKind.Fdatasync, 0, file, 0, 0, 0, 0, 0, 'fdatasync')
+    },
+    async sleep(ms, queue = 0) {
+      if (!(ms >= 0 && ms <= MAX_SLEEP_MS)) {
+        throw new UblkError('EINVAL', `sleep takes 0..${MAX_SLEEP_MS} ms, got ${ms}`)
+      }
+      await dispatcher.backend(queue, BackendKind.Sleep, 0, NO_FILE, 0, 0, 0, Math.round(ms * 1000), 0, 'sleep')
     },
   }
 }

@@ -4,7 +4,7 @@
 import { constants } from 'node:os'
 
 import { UblkError } from './errors.js'
-import type { BackingFile, Io, IoOp, Target } from './target.js'
+import type { BackingFile, Io, IoOp, ReadErrorHandler, StagingBuffer, Target } from './target.js'
 
 import type { NativeBridge } from '../index.js'
 
@@ -24,7 +24,7 @@ const IO_FIELDS = 6
 const REQUEST_FIELDS = 9
 const BACKEND_RESULT_FIELDS = 2
 
-const enum BackendKind {
+export const enum BackendKind {
   Read = 0,
   Write = 1,
   Fsync = 2,
@@ -33,9 +33,13 @@ const enum BackendKind {
   Sleep = 5,
 }
 /** Sleeps are capped so the microseconds fit the request's length field. */
-const MAX_SLEEP_MS = 60_000
+export const MAX_SLEEP_MS = 60_000
 /** Bit in the request kind: the queue thread completes the IO when done. */
 const COMPLETES_IO = 0x100
+/** With COMPLETES_IO: a failed read is reported back instead. */
+const REPORT_FAILURE = 0x200
+/** Bit in the request kind: the tag field names a staging buffer. */
+const STAGING = 0x400
 const RWF_DSYNC = 0x2
 
 const EMPTY = new Uint8Array(0)
@@ -64,6 +68,8 @@ interface Outstanding {
   deadline: number
   /** Handed to the queue thread, which completes it (see `passthrough`). */
   native: boolean
+  /** The id a failed passthrough read is reported under. */
+  fallbackId?: number
 }
 
 /** An IO recorded and ready for its method. */
@@ -113,8 +119,8 @@ class IoRequest implements Io {
     this.buffer = data ? new Uint8Array(data) : EMPTY
   }
 
-  passthrough(file: BackingFile, fileOffset: number): void {
-    this.dispatcher.passthrough(this, file, fileOffset)
+  passthrough(file: BackingFile, fileOffset: number, onReadError?: ReadErrorHandler): void {
+    this.dispatcher.passthrough(this, file, fileOffset, onReadError)
   }
 
   readFrom(file: BackingFile, fileOffset: number, bufOffset = 0, length = this.length - bufOffset): Promise<number> {
@@ -224,6 +230,10 @@ export class Dispatcher {
     const flags = ios[i + 3]!
     const op = OP_BY_CODE[opCode]
     const entry: Outstanding = { seq, buffer: data, deadline: now + this.#timeoutMs, native: false }
+    const previous = this.#outstanding[queue]![tag]
+    // The tag's last IO was a passthrough read that succeeded: no report
+    // will come for it.
+    if (previous?.fallbackId !== undefined) this.#pending.delete(previous.fallbackId)
     this.#outstanding[queue]![tag] = entry
     if (this.#stopping) {
       this.#finish(queue, tag, entry, -ECANCELED)
@@ -288,11 +298,12 @@ export class Dispatcher {
     this.#scheduleFlush()
   }
 
-  passthrough(io: IoRequest, file: BackingFile, fileOffset: number): void {
+  passthrough(io: IoRequest, file: BackingFile, fileOffset: number, onReadError?: ReadErrorHandler): void {
     const entry = io.entry
     if ((io.op !== 'read' && io.op !== 'write') || this.#outstanding[io.queue]![io.tag] !== entry || entry.native) {
       throw new UblkError('EINVAL', 'passthrough needs a read or write that is still outstanding')
     }
+    if (onReadError && io.op !== 'read') throw new UblkError('EINVAL', 'onReadError is for reads')
     if (this.#stopping) throw new UblkError('ECANCELED', 'passthrough: the device is stopping')
     // From here the queue thread owns the buffer and the completion; id 0
     // asks for no answer.
@@ -300,10 +311,49 @@ export class Dispatcher {
     const out = this.#outboxes[io.queue]!
     out.detach.push(entry.buffer)
     entry.buffer = null
-    const kind = (io.op === 'read' ? BackendKind.Read : BackendKind.Write) | COMPLETES_IO
+    let kind = (io.op === 'read' ? BackendKind.Read : BackendKind.Write) | COMPLETES_IO
+    let id = 0
+    if (onReadError) {
+      kind |= REPORT_FAILURE
+      id = this.#takeBackendId()
+      entry.fallbackId = id
+      const recover = (err: Error): void => {
+        // The queue thread gave the IO back: it is answered from here on.
+        entry.native = false
+        entry.fallbackId = undefined
+        entry.deadline = Date.now() + this.#timeoutMs
+        void this.#run({ io, entry, handler: () => onReadError(err), success: io.length })
+      }
+      this.#pending.set(id, { resolve: () => recover(new UblkError('EIO', 'read failed')), reject: recover, what: `read of ${file.path}` })
+    }
     const flags = io.op === 'write' && io.fua ? RWF_DSYNC : 0
-    out.requests.push(0, kind, flags, file.index, io.tag, entry.seq, 0, io.length, fileOffset)
+    out.requests.push(id, kind, flags, file.index, io.tag, entry.seq, 0, io.length, fileOffset)
     this.#scheduleFlush()
+  }
+
+  #takeBackendId(): number {
+    const id = this.#nextBackendId
+    this.#nextBackendId = id >= 0xffffffff ? 1 : id + 1
+    return id
+  }
+
+  /** Backend IO on a staging buffer, outside any IO. */
+  staged(
+    queue: number,
+    kind: BackendKind,
+    file: BackingFile,
+    buffer: StagingBuffer,
+    fileOffset: number,
+    options: { bufOffset?: number; length?: number; dsync?: boolean },
+  ): Promise<number> {
+    if (!Number.isInteger(queue) || queue < 0 || queue >= this.#outboxes.length) {
+      return Promise.reject(new UblkError('EINVAL', `no queue ${String(queue)}`))
+    }
+    const bufOffset = options.bufOffset ?? 0
+    const length = options.length ?? buffer.bytes.byteLength - bufOffset
+    const flags = options.dsync && kind === BackendKind.Write ? RWF_DSYNC : 0
+    const what = kind === BackendKind.Read ? 'read' : 'write'
+    return this.backend(queue, kind | STAGING, flags, file, buffer.index, 0, bufOffset, length, fileOffset, what)
   }
 
   backend(
@@ -321,8 +371,7 @@ export class Dispatcher {
     if (this.#stopping) {
       return Promise.reject(new UblkError('ECANCELED', `${what}: the device is stopping`))
     }
-    const id = this.#nextBackendId
-    this.#nextBackendId = id >= 0xffffffff ? 1 : id + 1
+    const id = this.#takeBackendId()
     return new Promise<number>((resolve, reject) => {
       this.#pending.set(id, { resolve, reject, what: `${what} of ${file.path}` })
       this.#outboxes[queue]!.requests.push(id, kind, mode, file.index, tag, seq, bufOffset, length, fileOffset)

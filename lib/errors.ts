@@ -65,3 +65,12 @@ export async function native<T>(call: () => Promise<T> | T): Promise<T> {
     throw toUblkError(err)
   }
 }
+
+/** `native` for synchronous calls. */
+export function nativeSync<T>(call: () => T): T {
+  try {
+    return call()
+  } catch (err) {
+    throw toUblkError(err)
+  }
+}

@@ -47,8 +47,13 @@ export interface Io {
    * write is written with RWF_DSYNC; a failed transfer fails the IO with
    * its errno. Throws EINVAL for an IO that is not a read or write, or no
    * longer outstanding.
+   *
+   * With `onReadError` (reads only), a failed read does not fail the IO:
+   * the handler is called with the error and the IO is answered by its
+   * outcome instead, as if it were the method. It can serve the read from
+   * elsewhere with `readFrom` (not `buffer`, which stays detached).
    */
-  passthrough(file: BackingFile, fileOffset: number): void
+  passthrough(file: BackingFile, fileOffset: number, onReadError?: ReadErrorHandler): void
   /** Reads `length` bytes of `file` at `fileOffset` into this IO's buffer at `bufOffset`. */
   readFrom(file: BackingFile, fileOffset: number, bufOffset?: number, length?: number): Promise<number>
   /** Writes this IO's buffer (from `bufOffset`, `length` bytes) to `file` at `fileOffset`. */
@@ -60,11 +65,52 @@ export interface Io {
   sleep(ms: number): Promise<void>
 }
 
-/** Opens backing files before the device starts. */
+/** Called when a passthrough read failed; the IO is answered by its outcome. */
+export type ReadErrorHandler = (err: Error) => Promise<void> | void
+
+/**
+ * Memory for backend IO that is not an IO's data: metadata such as a
+ * bitmap or a superblock, or a chunk copied during resync. Page aligned,
+ * zeroed when allocated, and owned by the device's native side, so it can
+ * be read and written on the queue rings like an IO's buffer.
+ */
+export interface StagingBuffer {
+  readonly bytes: Uint8Array
+  /** @internal index in the device's staging table */
+  readonly index: number
+  /** Gives the memory back once no request uses it. */
+  free(): void
+}
+
+/** Where a backend operation outside any IO runs, and on what part of the buffer. */
+export interface StagedIoOptions {
+  /** The queue whose ring runs it (default 0). */
+  queue?: number
+  /** Offset in the staging buffer (default 0). */
+  bufOffset?: number
+  /** Bytes (default: the rest of the buffer). */
+  length?: number
+  /** Writes only: durable before it completes (RWF_DSYNC). */
+  dsync?: boolean
+}
+
+/**
+ * What a target gets to open its files, and to run backend IO of its own
+ * (outside any IO) on the device's queue rings: metadata updates, resync.
+ * Operations submitted before the device starts run once it has started.
+ */
 export interface TargetContext {
   /** The device's size in bytes. */
   readonly size: number
   openFile(path: string, options?: { direct?: boolean; readOnly?: boolean }): Promise<BackingFile>
+  allocBuffer(size: number): StagingBuffer
+  /** Reads `file` at `fileOffset` into the staging buffer; resolves with the bytes read. */
+  read(file: BackingFile, buffer: StagingBuffer, fileOffset: number, options?: StagedIoOptions): Promise<number>
+  /** Writes the staging buffer to `file` at `fileOffset`; resolves with the bytes written. */
+  write(file: BackingFile, buffer: StagingBuffer, fileOffset: number, options?: StagedIoOptions): Promise<number>
+  fdatasync(file: BackingFile, queue?: number): Promise<void>
+  /** Waits on a queue's ring (an io_uring timeout). */
+  sleep(ms: number, queue?: number): Promise<void>
 }
 
 /**

@@ -16,6 +16,7 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, Status};
 use ublk_core::bridge::{
     BackendKind, BackendRequest, Batch, BatchSink, BridgeTarget, IoResult, QueueShared,
+    StagingBuffer,
 };
 use ublk_core::js_numbers::{integer, u16_arg, u32_arg};
 
@@ -31,6 +32,12 @@ pub const RESULT_FIELDS: usize = 3;
 pub const REQUEST_FIELDS: usize = 9;
 /// Bit in `kind`: the request completes its IO (see `BackendRequest::completes_io`).
 pub const COMPLETES_IO: u32 = 0x100;
+/// Bit in `kind`: a completing read's failure goes back to JS (see
+/// `BackendRequest::report_failure`).
+pub const REPORT_FAILURE: u32 = 0x200;
+/// Bit in `kind`: the `tag` field names a staging buffer, not an IO.
+pub const STAGING: u32 = 0x400;
+const KIND_FLAGS: u32 = COMPLETES_IO | REPORT_FAILURE | STAGING;
 
 /// Weak: a running device keeps the event loop alive through its own
 /// handle in the TypeScript layer, which `unref()` can release.
@@ -189,6 +196,46 @@ fn external_buffer(
     Ok(value)
 }
 
+unsafe extern "C" fn release_staging(
+    _env: sys::napi_env,
+    _data: *mut std::ffi::c_void,
+    hint: *mut std::ffi::c_void,
+) {
+    drop(Box::from_raw(hint.cast::<Arc<StagingBuffer>>()));
+}
+
+/// A JS value made here and returned as it is.
+pub struct RawValue(sys::napi_value);
+
+impl ToNapiValue for RawValue {
+    unsafe fn to_napi_value(_env: sys::napi_env, val: Self) -> napi::Result<sys::napi_value> {
+        Ok(val.0)
+    }
+}
+
+/// An ArrayBuffer over a whole staging buffer; it keeps the memory alive
+/// for as long as JS holds it, whatever happens to the table.
+pub fn staging_array_buffer(env: &Env, buffer: Arc<StagingBuffer>) -> napi::Result<RawValue> {
+    let (data, len) = (buffer.as_mut_ptr(), buffer.len());
+    let hint = Box::into_raw(Box::new(buffer));
+    let mut value = ptr::null_mut();
+    let status = unsafe {
+        sys::napi_create_external_arraybuffer(
+            env.raw(),
+            data.cast(),
+            len,
+            Some(release_staging),
+            hint.cast(),
+            &mut value,
+        )
+    };
+    if status != sys::Status::napi_ok {
+        drop(unsafe { Box::from_raw(hint) });
+        check(status)?;
+    }
+    Ok(RawValue(value))
+}
+
 /// Detaches each ArrayBuffer in the JS array `list` (nulls are skipped).
 pub fn detach_all(env: &Env, list: sys::napi_value) -> napi::Result<()> {
     let env = env.raw();
@@ -246,7 +293,8 @@ pub fn decode_requests(values: &[f64]) -> napi::Result<Vec<BackendRequest>> {
         .map(|r| {
             let raw_kind = u32_arg("kind", r[1])?;
             let completes_io = raw_kind & COMPLETES_IO != 0;
-            let kind = match raw_kind & !COMPLETES_IO {
+            let staging = raw_kind & STAGING != 0;
+            let kind = match raw_kind & !KIND_FLAGS {
                 0 => BackendKind::Read,
                 1 => BackendKind::Write,
                 2 => BackendKind::Fsync,
@@ -259,12 +307,18 @@ pub fn decode_requests(values: &[f64]) -> napi::Result<Vec<BackendRequest>> {
                 id: u32_arg("id", r[0])?,
                 kind,
                 file: u32_arg("file", r[3])?,
-                tag: u16_arg("tag", r[4])?,
+                tag: if staging { 0 } else { u16_arg("tag", r[4])? },
                 seq: u32_arg("seq", r[5])?,
                 buf_offset: u32_arg("bufOffset", r[6])?,
                 length: u32_arg("length", r[7])?,
                 file_offset: integer("fileOffset", r[8], i64::MAX as u64)?,
                 completes_io,
+                report_failure: completes_io && raw_kind & REPORT_FAILURE != 0,
+                staging: if staging {
+                    Some(u32_arg("staging buffer", r[4])?)
+                } else {
+                    None
+                },
                 rw_flags: match kind {
                     BackendKind::Read | BackendKind::Write => u32_arg("mode", r[2])? as i32,
                     _ => 0,
@@ -290,5 +344,6 @@ impl Bridged {
     pub fn release(&self) {
         self.sink.close();
         self.target.files().close_all();
+        self.target.staging().free_all();
     }
 }

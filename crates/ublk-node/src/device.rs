@@ -18,12 +18,13 @@ use napi_derive::napi;
 use ublk_core::Device;
 
 use crate::bridge::{
-    batch_to_js, decode_requests, decode_results, detach_all, BatchFn, Bridged, JsBatch, JsSink,
+    batch_to_js, decode_requests, decode_results, detach_all, staging_array_buffer, BatchFn,
+    Bridged, JsBatch, JsSink, RawValue,
 };
 use crate::errors::{guard, to_napi};
 use crate::info::DeviceInfo;
 use ublk_core::bridge::{
-    BackingFile, BackingFiles, Batch, BridgeTarget, Capabilities, QueueShared,
+    BackingFile, BackingFiles, Batch, BridgeTarget, Capabilities, QueueShared, MAX_STAGING_BYTES,
 };
 use ublk_core::js_numbers::{integer, u16_arg, u32_arg};
 
@@ -420,6 +421,40 @@ impl NativeBridge {
             direct,
             read_only,
         }))
+    }
+
+    /// Allocates a zeroed, page-aligned staging buffer of `size` bytes for
+    /// backend IO that is not an IO's data (metadata, resync copies).
+    /// Returns its index; `stagingBuffer(index)` gives the memory.
+    #[napi]
+    pub fn alloc_staging(&self, size: f64) -> napi::Result<u32> {
+        let size = integer("size", size, MAX_STAGING_BYTES as u64).map_err(to_napi)?;
+        let (index, _) = self
+            .bridged
+            .target
+            .staging()
+            .alloc(size as usize)
+            .map_err(to_napi)?;
+        Ok(index)
+    }
+
+    /// The memory of a staging buffer, as an ArrayBuffer that keeps it alive.
+    #[napi(ts_return_type = "ArrayBuffer")]
+    pub fn staging_buffer(&self, env: Env, index: u32) -> napi::Result<RawValue> {
+        let buffer = self.bridged.target.staging().get(index).ok_or_else(|| {
+            to_napi(ublk_core::Error::new(
+                libc::EBADF,
+                format!("no staging buffer {index}"),
+            ))
+        })?;
+        staging_array_buffer(&env, buffer)
+    }
+
+    /// Forgets a staging buffer: requests naming it fail with EBADF from
+    /// now on; the memory lives while operations or JS views still use it.
+    #[napi]
+    pub fn free_staging(&self, index: u32) -> bool {
+        self.bridged.target.staging().free(index)
     }
 
     /// Releases the batch handler of a bridge that will not be started.

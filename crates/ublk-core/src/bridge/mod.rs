@@ -11,6 +11,7 @@
 mod backing;
 mod inbox;
 mod queue;
+mod staging;
 pub mod synthetic;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +26,7 @@ use crate::target::{DeviceParams, Target};
 
 pub use backing::{BackingFile, BackingFiles};
 pub use inbox::QueueInbox;
+pub use staging::{StagingBuffer, StagingBuffers, MAX_STAGING_BYTES};
 
 /// One IO handed to the application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +116,14 @@ pub struct BackendRequest {
     pub completes_io: bool,
     /// Read/write only: `RWF_DSYNC` or `RWF_SYNC` for a durable write.
     pub rw_flags: i32,
+    /// With `completes_io`, a read that fails is not the IO's end: its
+    /// error is reported to the application, which keeps the IO (to serve
+    /// it from elsewhere). A read that succeeds still completes the IO
+    /// without a round trip.
+    pub report_failure: bool,
+    /// Read/write only: use this staging buffer (see [`StagingBuffers`])
+    /// instead of an IO's buffer; `tag` and `seq` are then ignored.
+    pub staging: Option<u32>,
 }
 
 /// What the device advertises to the block layer.
@@ -163,6 +173,7 @@ pub struct BridgeTarget {
     sink: Arc<dyn BatchSink>,
     queues: Vec<Arc<QueueShared>>,
     files: Arc<BackingFiles>,
+    staging: Arc<StagingBuffers>,
     stopping: Arc<AtomicBool>,
 }
 
@@ -195,6 +206,7 @@ impl BridgeTarget {
             sink,
             queues: shared,
             files: Arc::new(BackingFiles::default()),
+            staging: Arc::new(StagingBuffers::default()),
             stopping: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -209,6 +221,10 @@ impl BridgeTarget {
 
     pub fn files(&self) -> &Arc<BackingFiles> {
         &self.files
+    }
+
+    pub fn staging(&self) -> &Arc<StagingBuffers> {
+        &self.staging
     }
 
     /// Fails every IO the application holds and every IO still to come with
@@ -269,6 +285,7 @@ impl Target for BridgeTarget {
             shared,
             self.sink.clone(),
             self.files.clone(),
+            self.staging.clone(),
             self.stopping.clone(),
         )
     }

@@ -13,6 +13,7 @@ use libublk::io::{UblkDev, UblkIOCtx, UblkQueue};
 use libublk::{BufDesc, UblkIORes};
 
 use super::backing::{BackingFile, BackingFiles};
+use super::staging::{StagingBuffer, StagingBuffers};
 use super::{BackendKind, BackendRequest, Batch, BatchSink, IoRequest, IoResult, QueueShared};
 use crate::error::Result;
 use crate::target::open_queue;
@@ -36,6 +37,9 @@ struct TagState {
     completing: u32,
     /// The first failure among them.
     completing_error: Option<i32>,
+    /// A completing read failed and was reported: the application has the
+    /// IO back and answers it itself.
+    handed_back: bool,
 }
 
 /// A checked backend request, with what must outlive its SQE.
@@ -44,6 +48,8 @@ struct Prepared {
     file: Option<Arc<BackingFile>>,
     /// A sleep's timespec, which the kernel reads until it completes.
     timeout: Option<Box<types::Timespec>>,
+    /// The staging buffer the kernel reads or writes until it completes.
+    staging: Option<Arc<StagingBuffer>>,
 }
 
 /// A request that completes its IO when done.
@@ -51,6 +57,7 @@ struct Completes {
     buf_offset: u32,
     length: u32,
     is_read: bool,
+    report_failure: bool,
 }
 
 struct InflightBackend {
@@ -61,6 +68,8 @@ struct InflightBackend {
     timeout: Option<Box<types::Timespec>>,
     /// Keeps the fd open until the kernel is done with it.
     _file: Option<Arc<BackingFile>>,
+    /// Keeps the memory alive until the kernel is done with it.
+    _staging: Option<Arc<StagingBuffer>>,
 }
 
 struct QueueState {
@@ -68,6 +77,7 @@ struct QueueState {
     shared: Arc<QueueShared>,
     sink: Arc<dyn BatchSink>,
     files: Arc<BackingFiles>,
+    staging: Arc<StagingBuffers>,
     stopping: Arc<AtomicBool>,
     cancelled: bool,
     tags: Vec<TagState>,
@@ -88,6 +98,7 @@ pub(crate) fn serve(
     shared: Arc<QueueShared>,
     sink: Arc<dyn BatchSink>,
     files: Arc<BackingFiles>,
+    staging: Arc<StagingBuffers>,
     stopping: Arc<AtomicBool>,
 ) -> Result<()> {
     let queue = open_queue(qid, dev, &shared.buffers)?;
@@ -97,6 +108,7 @@ pub(crate) fn serve(
         shared,
         sink,
         files,
+        staging,
         stopping,
         cancelled: false,
         tags: vec![TagState::default(); depth],
@@ -163,6 +175,7 @@ impl QueueState {
         st.deferred = None;
         st.completing = 0;
         st.completing_error = None;
+        st.handed_back = false;
         self.out.ios.push(IoRequest {
             tag,
             seq: st.seq,
@@ -233,26 +246,20 @@ impl QueueState {
     }
 
     fn submit_backend(&mut self, q: &UblkQueue, req: BackendRequest) {
-        let Prepared { sqe, file, timeout } = match self.prepare_backend(&req) {
+        let Prepared {
+            sqe,
+            file,
+            timeout,
+            staging,
+        } = match self.prepare_backend(&req) {
             Ok(prepared) => prepared,
-            Err(errno) => {
-                self.answer(req.id, -errno);
-                if req.completes_io {
-                    self.fail_completing(q, req.tag, req.seq, -errno);
-                }
-                return;
-            }
+            Err(errno) => return self.refuse(q, &req, errno),
         };
-        let uses_buffer = matches!(req.kind, BackendKind::Read | BackendKind::Write);
+        let uses_buffer =
+            matches!(req.kind, BackendKind::Read | BackendKind::Write) && staging.is_none();
         let slot = match self.free_slots.pop() {
             Some(s) => s,
-            None if self.backend.len() >= MAX_SLOTS => {
-                self.answer(req.id, -libc::EAGAIN);
-                if req.completes_io {
-                    self.fail_completing(q, req.tag, req.seq, -libc::EAGAIN);
-                }
-                return;
-            }
+            None if self.backend.len() >= MAX_SLOTS => return self.refuse(q, &req, libc::EAGAIN),
             None => {
                 self.backend.push(None);
                 (self.backend.len() - 1) as u32
@@ -262,6 +269,7 @@ impl QueueState {
             buf_offset: req.buf_offset,
             length: req.length,
             is_read: req.kind == BackendKind::Read,
+            report_failure: req.report_failure,
         });
         self.backend[slot as usize] = Some(InflightBackend {
             id: req.id,
@@ -269,6 +277,7 @@ impl QueueState {
             completes,
             timeout,
             _file: file,
+            _staging: staging,
         });
         if uses_buffer {
             let st = &mut self.tags[req.tag as usize];
@@ -280,6 +289,15 @@ impl QueueState {
         if let Err(e) = q.ublk_submit_sqe_sync(sqe.user_data(target_user_data(OP_BACKEND, slot))) {
             log::error!("queue {}: submit backend op: {e}", self.qid);
             self.on_backend_done(q, slot, -libc::EIO);
+        }
+    }
+
+    /// Answers a request that cannot run; one that was to complete its IO
+    /// fails the IO, unless its failures go back to the application.
+    fn refuse(&mut self, q: &UblkQueue, req: &BackendRequest, errno: i32) {
+        self.answer(req.id, -errno);
+        if req.completes_io && !req.report_failure {
+            self.fail_completing(q, req.tag, req.seq, -errno);
         }
     }
 
@@ -296,6 +314,7 @@ impl QueueState {
                 sqe: opcode::Timeout::new(&*ts as *const types::Timespec).build(),
                 file: None,
                 timeout: Some(ts),
+                staging: None,
             });
         }
         let file = self.files.get(req.file).ok_or(libc::EBADF)?;
@@ -304,25 +323,23 @@ impl QueueState {
             .checked_add(req.length as u64)
             .filter(|end| *end <= i64::MAX as u64)
             .ok_or(libc::EINVAL)?;
+        let mut staging = None;
         let sqe = match req.kind {
             BackendKind::Read | BackendKind::Write => {
-                let st = self.tags.get(req.tag as usize).ok_or(libc::EINVAL)?;
-                if !st.with_app || st.seq != req.seq || st.deferred.is_some() {
-                    return Err(libc::ESTALE);
-                }
-                // Within this IO's data, which is also within the tag's buffer.
-                let in_buffer = (req.buf_offset as usize)
-                    .checked_add(req.length as usize)
-                    .is_some_and(|e| e <= st.length as usize && e <= self.shared.buf_bytes);
-                if req.length == 0 || !in_buffer {
-                    return Err(libc::EINVAL);
-                }
-                // SAFETY: the range was checked to lie inside the tag's
-                // buffer, which outlives the ring (held by `shared`).
-                let ptr = unsafe {
-                    self.shared.buffers[req.tag as usize]
-                        .as_mut_ptr()
-                        .add(req.buf_offset as usize)
+                let ptr = match req.staging {
+                    Some(index) => {
+                        if req.completes_io {
+                            return Err(libc::EINVAL);
+                        }
+                        let buffer = self.staging.get(index).ok_or(libc::EBADF)?;
+                        let ptr = buffer
+                            .range(req.buf_offset, req.length)
+                            .ok_or(libc::EINVAL)?;
+                        // Held with the SQE, so the memory outlives the operation.
+                        staging = Some(buffer);
+                        ptr
+                    }
+                    None => self.io_buffer_range(req)?,
                 };
                 if req.rw_flags & !(libc::RWF_DSYNC | libc::RWF_SYNC) != 0 {
                     return Err(libc::EINVAL);
@@ -363,6 +380,29 @@ impl QueueState {
             sqe,
             file: Some(file),
             timeout: None,
+            staging,
+        })
+    }
+
+    /// The part of an outstanding IO's buffer a request names.
+    fn io_buffer_range(&self, req: &BackendRequest) -> std::result::Result<*mut u8, i32> {
+        let st = self.tags.get(req.tag as usize).ok_or(libc::EINVAL)?;
+        if !st.with_app || st.seq != req.seq || st.deferred.is_some() {
+            return Err(libc::ESTALE);
+        }
+        // Within this IO's data, which is also within the tag's buffer.
+        let in_buffer = (req.buf_offset as usize)
+            .checked_add(req.length as usize)
+            .is_some_and(|e| e <= st.length as usize && e <= self.shared.buf_bytes);
+        if req.length == 0 || !in_buffer {
+            return Err(libc::EINVAL);
+        }
+        // SAFETY: the range was checked to lie inside the tag's buffer,
+        // which outlives the ring (held by `shared`).
+        Ok(unsafe {
+            self.shared.buffers[req.tag as usize]
+                .as_mut_ptr()
+                .add(req.buf_offset as usize)
         })
     }
 
@@ -377,7 +417,20 @@ impl QueueState {
         } else {
             result
         };
-        self.answer(op.id, result);
+        // A completing request speaks through its IO's completion; one
+        // that reports failures speaks only when it failed.
+        let failed = result < 0
+            || op
+                .completes
+                .as_ref()
+                .is_some_and(|c| !c.is_read && result != c.length as i32);
+        if op
+            .completes
+            .as_ref()
+            .map_or(true, |c| c.report_failure && failed)
+        {
+            self.answer(op.id, result);
+        }
         let Some(tag) = op.tag else {
             return;
         };
@@ -446,11 +499,19 @@ impl QueueState {
         };
         let st = &mut self.tags[tag as usize];
         st.completing -= 1;
-        if !ok && st.completing_error.is_none() {
-            st.completing_error = Some(if result < 0 { result } else { -libc::EIO });
+        if !ok {
+            if c.report_failure {
+                st.handed_back = true;
+            } else if st.completing_error.is_none() {
+                st.completing_error = Some(if result < 0 { result } else { -libc::EIO });
+            }
         }
         if st.completing == 0 {
-            st.deferred = Some(st.completing_error.take().unwrap_or(st.length as i32));
+            match st.completing_error.take() {
+                Some(error) => st.deferred = Some(error),
+                None if st.handed_back => {}
+                None => st.deferred = Some(st.length as i32),
+            }
         }
     }
 
