@@ -4,15 +4,16 @@ import { Command, InvalidArgumentError } from 'commander'
 
 import { createDevice, deleteDevice, deviceInfo, kernelFeatures, listDevices, type DeviceInfo } from './device.js'
 import { UblkError } from './errors.js'
+import { parseSize as parseSizeOf } from './size.js'
 import { loopTarget, nullTarget } from './targets/index.js'
-
-const UNITS: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }
 
 /** Parses sizes such as 4096, 512k, 64M, 1G (powers of 1024). */
 export function parseSize(text: string): number {
-  const m = /^(\d+)\s*([kmgt]?)(i?b)?$/i.exec(text.trim())
-  if (!m) throw new InvalidArgumentError(`not a size: ${text} (e.g. 4096, 512K, 64M, 1G)`)
-  return Number(m[1]) * UNITS[m[2]!.toLowerCase()]!
+  try {
+    return parseSizeOf(text)
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message)
+  }
 }
 
 function parseCount(text: string): number {

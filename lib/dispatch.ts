@@ -127,8 +127,15 @@ class IoRequest implements Io {
     return this.dispatcher.backend(this.queue, BackendKind.Read, 0, file, this.tag, this.entry.seq, bufOffset, length, fileOffset, 'read')
   }
 
-  writeTo(file: BackingFile, fileOffset: number, bufOffset = 0, length = this.length - bufOffset): Promise<number> {
-    return this.dispatcher.backend(this.queue, BackendKind.Write, 0, file, this.tag, this.entry.seq, bufOffset, length, fileOffset, 'write')
+  writeTo(
+    file: BackingFile,
+    fileOffset: number,
+    bufOffset = 0,
+    length = this.length - bufOffset,
+    options: { dsync?: boolean } = {},
+  ): Promise<number> {
+    const flags = options.dsync ? RWF_DSYNC : 0
+    return this.dispatcher.backend(this.queue, BackendKind.Write, flags, file, this.tag, this.entry.seq, bufOffset, length, fileOffset, 'write')
   }
 
   async fsync(file: BackingFile): Promise<void> {

@@ -9,5 +9,18 @@ export {
 export type { BuiltinTarget, DeviceInfo, DeviceOptions, KernelFeatures } from './device.js'
 export { UblkError } from './errors.js'
 export { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE } from './target.js'
-export type { BackingFile, Io, IoOp, Target, TargetContext } from './target.js'
+export type { BackingFile, Io, IoOp, ReadErrorHandler, StagedIoOptions, StagingBuffer, Target, TargetContext } from './target.js'
 export { loopTarget, nullTarget, ramdiskTarget, withIoDelay } from './targets/index.js'
+export { assembleRaid1, createRaid1, Raid1Array } from './raid1/index.js'
+export type {
+  AssembleRaid1Options,
+  CreateRaid1Options,
+  MemberStatus,
+  Raid1State,
+  Raid1Status,
+  ResyncKind,
+  ResyncProgress,
+  ResyncSpeed,
+  SlotState,
+} from './raid1/index.js'
+export { formatSize, parseSize } from './size.js'

@@ -56,8 +56,11 @@ export interface Io {
   passthrough(file: BackingFile, fileOffset: number, onReadError?: ReadErrorHandler): void
   /** Reads `length` bytes of `file` at `fileOffset` into this IO's buffer at `bufOffset`. */
   readFrom(file: BackingFile, fileOffset: number, bufOffset?: number, length?: number): Promise<number>
-  /** Writes this IO's buffer (from `bufOffset`, `length` bytes) to `file` at `fileOffset`. */
-  writeTo(file: BackingFile, fileOffset: number, bufOffset?: number, length?: number): Promise<number>
+  /**
+   * Writes this IO's buffer (from `bufOffset`, `length` bytes) to `file` at
+   * `fileOffset`; with `dsync`, durable before it completes (RWF_DSYNC).
+   */
+  writeTo(file: BackingFile, fileOffset: number, bufOffset?: number, length?: number, options?: { dsync?: boolean }): Promise<number>
   fsync(file: BackingFile): Promise<void>
   fdatasync(file: BackingFile): Promise<void>
   fallocate(file: BackingFile, mode: number, offset: number, length: number): Promise<void>

@@ -1,0 +1,556 @@
+// The RAID1 target: every write goes to every member after its chunks'
+// write-intent bits are on disk; reads go to one member in sync and fall
+// back to the others on error, repairing the member that failed.
+import { UblkError } from '../errors.js'
+import {
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+  type BackingFile,
+  type Io,
+  type StagingBuffer,
+  type Target,
+  type TargetContext,
+} from '../target.js'
+import { WriteIntentBitmap, type Extent } from './bitmap.js'
+import { Resync, type ResyncKind, type ResyncProgress, type ResyncSpeed } from './resync.js'
+import { BITMAP_OFFSET, encodeSuperblock, SUPERBLOCK_BYTES, type SlotState, type Superblock } from './superblock.js'
+
+/** Consecutive reads stay on one member for this many bytes (readahead). */
+const READ_STRIPE = 1 << 20
+/** Resync copies chunks in pieces of at most this many bytes. */
+const COPY_PIECE = 1 << 20
+
+export interface Member {
+  readonly slot: number
+  readonly path: string
+  state: SlotState
+  file?: BackingFile
+  superblock?: StagingBuffer
+  readErrors: number
+  writeErrors: number
+  repairedReads: number
+}
+
+export interface MemberStatus {
+  slot: number
+  path: string
+  state: SlotState
+  readErrors: number
+  writeErrors: number
+  repairedReads: number
+}
+
+export interface MirrorSettings {
+  /** Superblock as on the freshest member (slot is per member). */
+  superblock: Superblock
+  members: Member[]
+  /** The on-disk bitmap to start from; undefined runs without a bitmap. */
+  bitmap?: Uint8Array
+  /** The last run did not stop cleanly: chunks marked in the bitmap may differ. */
+  unclean: boolean
+  bitmapClearDelayMs: number
+  resync: ResyncSpeed
+  /** Runs once the device has stopped (records the clean stop on the members). */
+  afterStop?: (mirror: Mirror) => Promise<void>
+}
+
+const isCancel = (err: unknown) => (err as { code?: unknown } | null)?.code === 'ECANCELED'
+
+export class Mirror implements Target {
+  readonly name = 'raid1-ts'
+  readonly fua = true
+  readonly sb: Superblock
+  readonly members: Member[]
+  readonly chunks: number
+  #ctx!: TargetContext
+  #bitmap!: WriteIntentBitmap
+  readonly #bitmapEnabled: boolean
+  readonly #initialBits: Uint8Array | undefined
+  #bitmapMemory?: StagingBuffer
+  #copyBuffer?: StagingBuffer
+  #active: Member[] = []
+  #writable: Member[] = []
+  /** Chunks a resync or a read repair holds: writes to them wait. */
+  readonly #locks = new Map<number, Promise<void>>()
+  readonly #marked = new WeakMap<readonly Io[], Extent[]>()
+  #needsDirtyResync: boolean
+  #resync: Resync | undefined
+  #resyncSource: Member | undefined
+  #lastResync: ResyncProgress | undefined
+  #resyncRunning: Promise<void> | undefined
+  readonly #speed: ResyncSpeed
+  #foreground = 0
+  #sweeper: NodeJS.Timeout | undefined
+  readonly #clearDelayMs: number
+  #committing: Promise<void> | undefined
+  #commitAgain = false
+  #closing = false
+  readonly #afterStop: ((mirror: Mirror) => Promise<void>) | undefined
+  /** Called when a member changes state (for logs and CLIs). */
+  onChange: ((what: string) => void) | undefined
+
+  constructor(settings: MirrorSettings) {
+    this.sb = { ...settings.superblock, slots: [...settings.superblock.slots] }
+    this.members = settings.members
+    this.chunks = Math.ceil(this.sb.size / this.sb.chunkSize)
+    this.#bitmapEnabled = settings.bitmap !== undefined
+    this.#initialBits = settings.bitmap
+    this.#needsDirtyResync = settings.unclean
+    this.#speed = settings.resync
+    this.#clearDelayMs = settings.bitmapClearDelayMs
+    this.#afterStop = settings.afterStop
+    this.#refresh()
+  }
+
+  // --- Target ---------------------------------------------------------------
+
+  async open(ctx: TargetContext): Promise<void> {
+    this.#ctx = ctx
+    for (const m of this.members) if (m.state !== 'faulty') await this.#attach(m)
+    this.#bitmapMemory = ctx.allocBuffer(this.sb.bitmapBytes)
+    if (this.#initialBits) this.#bitmapMemory.bytes.set(this.#initialBits.subarray(0, this.sb.bitmapBytes))
+    this.#bitmap = new WriteIntentBitmap(this.chunks, this.sb.chunkSize, this.#bitmapMemory.bytes, {
+      persist: (from, to) => this.#persistBitmap(from, to),
+    })
+    if (!this.#bitmapEnabled) this.#bitmap.persistent = false
+    this.#bitmap.keepBits = () => this.degraded || this.#resync !== undefined || this.#needsDirtyResync
+    this.#copyBuffer = ctx.allocBuffer(Math.min(this.sb.chunkSize, COPY_PIECE))
+    this.#sweeper = setInterval(() => this.#bitmap.sweep(), this.#clearDelayMs)
+    this.#sweeper.unref()
+  }
+
+  read(io: Io): void {
+    this.#foreground++
+    const member = this.#reader(io.offset)
+    if (!member) throw new UblkError('EIO', 'no member in sync')
+    io.passthrough(member.file!, this.sb.dataOffset + io.offset, (err) => this.#recoverRead(io, member, err))
+  }
+
+  async write(io: Io): Promise<void> {
+    this.#foreground++
+    const targets = this.#writable
+    const at = this.sb.dataOffset + io.offset
+    const options = { dsync: io.fua }
+    await this.#everywhere(targets, 'write', (m) => io.writeTo(m.file!, at, 0, io.length, options))
+  }
+
+  async flush(io: Io): Promise<void> {
+    await this.#everywhere(this.#writable, 'flush', (m) => io.fdatasync(m.file!))
+  }
+
+  async discard(io: Io): Promise<void> {
+    this.#foreground++
+    const at = this.sb.dataOffset + io.offset
+    await this.#everywhere(this.#writable, 'discard', (m) =>
+      io.fallocate(m.file!, (m.file!.blockDevice ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE) | FALLOC_FL_KEEP_SIZE, at, io.length),
+    )
+  }
+
+  async writeZeroes(io: Io): Promise<void> {
+    this.#foreground++
+    const at = this.sb.dataOffset + io.offset
+    await this.#everywhere(this.#writable, 'write zeroes', (m) =>
+      io.fallocate(m.file!, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, at, io.length),
+    )
+  }
+
+  beforeWrites(ios: readonly Io[]): Promise<void> | undefined {
+    const extents = ios.map((io) => ({ offset: io.offset, length: io.length }))
+    if (this.#locks.size > 0) return this.#waitForLocks(extents).then(() => this.#mark(ios, extents))
+    return this.#mark(ios, extents)
+  }
+
+  afterWrites(ios: readonly Io[]): void {
+    const extents = this.#marked.get(ios)
+    if (!extents) return
+    this.#marked.delete(ios)
+    this.#bitmap.unmark(extents)
+  }
+
+  async close(): Promise<void> {
+    this.#closing = true
+    this.#resync?.abort()
+    if (this.#sweeper) clearInterval(this.#sweeper)
+    await this.#resyncRunning
+    await this.#afterStop?.(this)
+  }
+
+  // --- State ------------------------------------------------------------------
+
+  get degraded(): boolean {
+    return this.sb.slots.some((s) => s !== 'empty' && s !== 'active')
+  }
+
+  get resyncing(): boolean {
+    return this.#resync !== undefined
+  }
+
+  /** A dirty resync was due and has not finished: the members may differ. */
+  get dirtyResyncPending(): boolean {
+    return this.#needsDirtyResync || this.#resync?.progress.kind === 'dirty'
+  }
+
+  get bitmapEnabled(): boolean {
+    return this.#bitmapEnabled
+  }
+
+  get bitmap(): WriteIntentBitmap {
+    return this.#bitmap
+  }
+
+  get resyncProgress(): ResyncProgress | undefined {
+    return this.#resync ? { ...this.#resync.progress } : undefined
+  }
+
+  get lastResync(): ResyncProgress | undefined {
+    return this.#lastResync ? { ...this.#lastResync } : undefined
+  }
+
+  memberStatus(): MemberStatus[] {
+    return this.members.map(({ slot, path, state, readErrors, writeErrors, repairedReads }) => ({
+      slot,
+      path,
+      state,
+      readErrors,
+      writeErrors,
+      repairedReads,
+    }))
+  }
+
+  #refresh(): void {
+    for (const m of this.members) this.sb.slots[m.slot] = m.state
+    this.#active = this.members.filter((m) => m.state === 'active' && m.file)
+    this.#writable = this.members.filter((m) => m.state !== 'faulty' && m.file)
+  }
+
+  async #attach(m: Member): Promise<void> {
+    m.file = await this.#ctx.openFile(m.path, { direct: true })
+    m.superblock ??= this.#ctx.allocBuffer(SUPERBLOCK_BYTES)
+    this.#refresh()
+  }
+
+  // --- IO paths -----------------------------------------------------------------
+
+  #reader(offset: number): Member | undefined {
+    const active = this.#active
+    if (this.#resync?.progress.kind === 'dirty' && this.#resyncSource?.state === 'active') {
+      // Until a dirty chunk is copied, only the source has the data reads must see.
+      if (this.#resync.pending.has(Math.floor(offset / this.sb.chunkSize))) return this.#resyncSource
+    }
+    return active[Math.floor(offset / READ_STRIPE) % active.length]
+  }
+
+  /**
+   * Runs an operation on every member that takes writes; the IO succeeds
+   * when a member in sync took it. A member that failed is marked faulty
+   * (its bits stay set) before the IO is answered.
+   */
+  async #everywhere(targets: Member[], what: string, op: (m: Member) => Promise<unknown>): Promise<void> {
+    const wasActive = targets.map((m) => m.state === 'active')
+    const results = await Promise.allSettled(targets.map(op))
+    let succeeded = false
+    for (let i = 0; i < results.length; i++) {
+      const r = results[i]!
+      if (r.status === 'fulfilled') {
+        if (wasActive[i]) succeeded = true
+        continue
+      }
+      if (isCancel(r.reason)) throw r.reason
+      targets[i]!.writeErrors++
+      await this.#fail(targets[i]!, `${what} failed: ${(r.reason as Error).message}`)
+    }
+    if (!succeeded) throw new UblkError('EIO', `${what}: no member in sync took it`)
+  }
+
+  async #recoverRead(io: Io, failed: Member, err: Error): Promise<void> {
+    if (isCancel(err)) throw err
+    failed.readErrors++
+    const at = this.sb.dataOffset + io.offset
+    for (const other of this.#active) {
+      if (other === failed) continue
+      try {
+        await io.readFrom(other.file!, at)
+      } catch (e) {
+        if (isCancel(e)) throw e
+        other.readErrors++
+        continue
+      }
+      if (failed.state === 'active') await this.#repair(io, failed, other)
+      return
+    }
+    throw new UblkError('EIO', `read at ${io.offset}: no member could serve it`)
+  }
+
+  /** Rewrites what a member failed to read, with writes to the range held off. */
+  async #repair(io: Io, failed: Member, good: Member): Promise<void> {
+    const [first, last] = this.#bitmap.chunksOf(io)
+    const releases = []
+    for (let c = first; c <= last; c++) releases.push(await this.#lockChunk(c))
+    try {
+      const at = this.sb.dataOffset + io.offset
+      // Read again under the lock: a write may have landed since.
+      await io.readFrom(good.file!, at)
+      await io.writeTo(failed.file!, at)
+      failed.repairedReads++
+    } catch (e) {
+      if (isCancel(e)) throw e
+      failed.writeErrors++
+      await this.#fail(failed, `repair write failed: ${(e as Error).message}`)
+    } finally {
+      for (const release of releases) release()
+    }
+  }
+
+  #mark(ios: readonly Io[], extents: Extent[]): Promise<void> | undefined {
+    this.#marked.set(ios, extents)
+    return this.#bitmap.mark(extents)
+  }
+
+  async #waitForLocks(extents: Extent[]): Promise<void> {
+    for (;;) {
+      let held: Promise<void> | undefined
+      for (const e of extents) {
+        const [first, last] = this.#bitmap.chunksOf(e)
+        for (let c = first; c <= last && !held; c++) held = this.#locks.get(c)
+        if (held) break
+      }
+      if (!held) return
+      await held
+    }
+  }
+
+  /** Holds writes off a chunk and waits for those in flight; returns the release. */
+  async #lockChunk(chunk: number): Promise<() => void> {
+    for (let held = this.#locks.get(chunk); held; held = this.#locks.get(chunk)) await held
+    let release!: () => void
+    this.#locks.set(chunk, new Promise<void>((resolve) => (release = resolve)))
+    await this.#bitmap.whenIdle(chunk)
+    return () => {
+      this.#locks.delete(chunk)
+      release()
+    }
+  }
+
+  // --- Metadata -------------------------------------------------------------------
+
+  async #persistBitmap(from: number, to: number): Promise<void> {
+    const targets = this.#writable
+    const wasActive = targets.map((m) => m.state === 'active')
+    const memory = this.#bitmapMemory!
+    const results = await Promise.allSettled(
+      targets.map((m) =>
+        this.#ctx.write(m.file!, memory, BITMAP_OFFSET + from, { bufOffset: from, length: to - from, dsync: true }),
+      ),
+    )
+    let succeeded = false
+    results.forEach((r, i) => {
+      if (r.status === 'fulfilled') {
+        if (wasActive[i]) succeeded = true
+      } else if (!isCancel(r.reason)) {
+        targets[i]!.writeErrors++
+        void this.#fail(targets[i]!, `bitmap write failed: ${(r.reason as Error).message}`)
+      }
+    })
+    if (!succeeded) throw new UblkError('EIO', 'the bitmap could not be written to any member in sync')
+  }
+
+  /** Writes the superblocks of every member that is not faulty (coalesced). */
+  commitSuperblocks(): Promise<void> {
+    if (this.#committing) {
+      this.#commitAgain = true
+      return this.#committing
+    }
+    this.#committing = (async () => {
+      try {
+        do {
+          this.#commitAgain = false
+          await this.#writeSuperblocks()
+        } while (this.#commitAgain)
+      } finally {
+        this.#committing = undefined
+      }
+    })()
+    return this.#committing
+  }
+
+  async #writeSuperblocks(): Promise<void> {
+    if (this.#closing) return
+    this.sb.events++
+    this.sb.clean = false
+    const targets = this.#writable
+    const results = await Promise.allSettled(
+      targets.map((m) => {
+        encodeSuperblock({ ...this.sb, slot: m.slot }, m.superblock!.bytes)
+        return this.#ctx.write(m.file!, m.superblock!, 0, { dsync: true })
+      }),
+    )
+    for (let i = 0; i < results.length; i++) {
+      const r = results[i]!
+      if (r.status === 'rejected' && !isCancel(r.reason)) {
+        targets[i]!.writeErrors++
+        this.#failNow(targets[i]!, `superblock write failed: ${(r.reason as Error).message}`)
+        this.#commitAgain = true
+      }
+    }
+  }
+
+  // --- Membership -------------------------------------------------------------------
+
+  #failNow(m: Member, why: string): boolean {
+    if (m.state === 'faulty' || this.#closing) return false
+    m.state = 'faulty'
+    this.#refresh()
+    this.onChange?.(`member ${m.slot} (${m.path}) is faulty: ${why}`)
+    return true
+  }
+
+  /** Marks a member faulty and records it on the others. */
+  async #fail(m: Member, why: string): Promise<void> {
+    if (this.#failNow(m, why)) await this.commitSuperblocks()
+  }
+
+  async failMember(slot: number): Promise<void> {
+    const m = this.members.find((x) => x.slot === slot)
+    if (!m) throw new UblkError('ENOENT', `no member in slot ${slot}`)
+    if (m.state === 'faulty') throw new UblkError('EALREADY', `member ${slot} is already faulty`)
+    if (m.state === 'active' && this.#active.length === 1) {
+      throw new UblkError('EBUSY', `member ${slot} is the last one in sync; failing it would lose the array`)
+    }
+    await this.#fail(m, 'failed on request')
+  }
+
+  /** Brings a member in: `recovering` (bitmap chunks) or `rebuilding` (all). */
+  async addMember(m: Member): Promise<void> {
+    const old = this.members.findIndex((x) => x.slot === m.slot)
+    if (old >= 0) this.members.splice(old, 1)
+    this.members.push(m)
+    this.members.sort((a, b) => a.slot - b.slot)
+    await this.#attach(m)
+    await this.commitSuperblocks()
+    this.onChange?.(`member ${m.slot} (${m.path}) added, ${m.state}`)
+    this.startResync()
+  }
+
+  // --- Resync -------------------------------------------------------------------------
+
+  /** Starts resyncing whatever needs it, unless a resync is already running. */
+  startResync(): Promise<void> {
+    if (this.#resyncRunning) return this.#resyncRunning
+    this.#resyncRunning = this.#resyncLoop().finally(() => (this.#resyncRunning = undefined))
+    return this.#resyncRunning
+  }
+
+  /** Resolves when no resync is running (one that stops on an error included). */
+  async whenResynced(): Promise<void> {
+    while (this.#resyncRunning) await this.#resyncRunning
+  }
+
+  async #resyncLoop(): Promise<void> {
+    while (!this.#closing) {
+      const plan = this.#nextResync()
+      if (!plan) return
+      const { kind, chunks, source, targets } = plan
+      const resync = new Resync(
+        {
+          kind,
+          chunks,
+          copy: (chunk) => this.#copyChunk(chunk, source, targets),
+          foregroundIos: () => this.#foreground,
+        },
+        this.#speed,
+      )
+      this.#resync = resync
+      this.#resyncSource = source
+      this.onChange?.(`${kind} resync of ${chunks.length} chunk(s) started`)
+      let done = false
+      try {
+        done = await resync.run()
+      } finally {
+        this.#lastResync = { ...resync.progress }
+        this.#resync = undefined
+        this.#resyncSource = undefined
+      }
+      if (!done) {
+        if (kind === 'dirty') this.#needsDirtyResync = true
+        this.onChange?.(`${kind} resync stopped: ${resync.progress.error ?? 'aborted'}`)
+        return
+      }
+      await this.#finishResync(kind, targets)
+    }
+  }
+
+  #nextResync(): { kind: ResyncKind; chunks: number[]; source: Member; targets: Member[] } | undefined {
+    const source = this.#active[0]
+    if (!source) return undefined
+    const all = () => Array.from({ length: this.chunks }, (_, i) => i)
+    if (this.#needsDirtyResync) {
+      this.#needsDirtyResync = false
+      const targets = this.#active.slice(1)
+      if (targets.length > 0) {
+        return { kind: 'dirty', chunks: this.#bitmapEnabled ? this.#bitmap.dirtyChunks() : all(), source, targets }
+      }
+    }
+    const behind = this.members.filter((m) => (m.state === 'recovering' || m.state === 'rebuilding') && m.file)
+    if (behind.length === 0) return undefined
+    const full = !this.#bitmapEnabled || behind.some((m) => m.state === 'rebuilding')
+    return { kind: full ? 'full' : 'recovery', chunks: full ? all() : this.#bitmap.dirtyChunks(), source, targets: behind }
+  }
+
+  async #finishResync(kind: ResyncKind, targets: Member[]): Promise<void> {
+    if (kind === 'dirty') {
+      this.onChange?.('dirty resync done')
+      return
+    }
+    const caughtUp = targets.filter((m) => m.state === 'recovering' || m.state === 'rebuilding')
+    await Promise.all(caughtUp.map((m) => this.#ctx.fdatasync(m.file!)))
+    for (const m of caughtUp) m.state = 'active'
+    this.#refresh()
+    await this.commitSuperblocks()
+    this.onChange?.(`${kind} resync done: ${caughtUp.map((m) => m.slot).join(', ')} in sync`)
+  }
+
+  /** Copies one chunk from the source (or another member in sync) to the targets. */
+  async #copyChunk(chunk: number, source: Member, targets: Member[]): Promise<number> {
+    const start = chunk * this.sb.chunkSize
+    const end = Math.min(this.sb.size, start + this.sb.chunkSize)
+    const buffer = this.#copyBuffer!
+    const release = await this.#lockChunk(chunk)
+    try {
+      for (let offset = start; offset < end; offset += buffer.bytes.byteLength) {
+        const length = Math.min(buffer.bytes.byteLength, end - offset)
+        const at = this.sb.dataOffset + offset
+        await this.#readForCopy(source, buffer, at, length)
+        const live = targets.filter((t) => t.state !== 'faulty' && t.file)
+        if (live.length === 0) throw new UblkError('EIO', 'every member being synced failed')
+        const results = await Promise.allSettled(live.map((t) => this.#ctx.write(t.file!, buffer, at, { length })))
+        for (let i = 0; i < results.length; i++) {
+          const r = results[i]!
+          if (r.status === 'rejected') {
+            if (isCancel(r.reason)) throw r.reason
+            live[i]!.writeErrors++
+            await this.#fail(live[i]!, `resync write failed: ${(r.reason as Error).message}`)
+          }
+        }
+      }
+    } finally {
+      release()
+    }
+    return end - start
+  }
+
+  async #readForCopy(source: Member, buffer: StagingBuffer, at: number, length: number): Promise<void> {
+    const candidates = [source, ...this.#active.filter((m) => m !== source)]
+    for (const m of candidates) {
+      if (m.state !== 'active') continue
+      try {
+        await this.#ctx.read(m.file!, buffer, at, { length })
+        return
+      } catch (err) {
+        if (isCancel(err)) throw err
+        m.readErrors++
+      }
+    }
+    throw new UblkError('EIO', `resync: no member in sync could read offset ${at - this.sb.dataOffset}`)
+  }
+}
