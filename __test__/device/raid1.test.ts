@@ -1,0 +1,217 @@
+// The TypeScript RAID1 on a real kernel: data verifies through the mirror,
+// members end up identical, a crash resyncs only what the bitmap marks, a
+// failing member degrades the array without an error reaching the writer,
+// and bad members are refused without anything being overwritten.
+import { spawn } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { readFileSync, unlinkSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+
+import test from 'ava'
+
+import { assembleRaid1, createRaid1, deleteDevice } from '../../lib/index.ts'
+
+import { rejectsWithCode } from '../helpers/errors.ts'
+import { scratchFile } from '../helpers/files.ts'
+import { fio } from '../helpers/fio.ts'
+import { deviceGone, requireUblk } from '../helpers/kernel.ts'
+import { bitsSetOnDisk, DATA_OFFSET, digestRange } from '../helpers/raid1.ts'
+import { sh } from '../helpers/shell.ts'
+
+const MiB = 1 << 20
+/** Members of 40 MiB hold a 39 MiB array (1 MiB of metadata). */
+const MEMBER = 40 * MiB
+const ARRAY = 39 * MiB
+const CHUNK = 64 * 1024
+
+test.before(() => requireUblk())
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+function members(name: string, n = 2): string[] {
+  return Array.from({ length: n }, (_, i) => scratchFile(`raid1-${name}-${i}`, MEMBER))
+}
+
+function identical(t: { is(a: unknown, b: unknown, m?: string): void }, a: string, b: string): void {
+  t.is(digestRange(a, DATA_OFFSET, ARRAY), digestRange(b, DATA_OFFSET, ARRAY), `${a} and ${b} hold the same data`)
+}
+
+test.serial('fio crc32c verify through the mirror; members identical after stop', async (t) => {
+  const [a, b] = members('verify')
+  const md = await createRaid1({ members: [a!, b!], chunkSize: '64k', depth: 64 })
+  try {
+    t.is(md.status().state, 'optimal')
+    for (const job of [
+      { rw: 'randwrite', bs: '4k', iodepth: 32, size: '16M' },
+      { rw: 'write', bs: '1M', iodepth: 4, size: '32M' },
+      { rw: 'randwrite', bs: '512', iodepth: 8, size: '1M' },
+    ] as const) {
+      const r = await fio(md.path, { ...job, verify: 'crc32c' })
+      t.is(r.errors, 0, `${job.rw} ${job.bs}`)
+      t.true(r.writeIos > 0 && r.readIos > 0)
+    }
+    t.true(md.status().bitmapFlushes > 0, 'writes set bits on disk')
+  } finally {
+    await md.stop()
+  }
+  t.true(deviceGone(md.id))
+  identical(t, a!, b!)
+  t.is(bitsSetOnDisk(a!, 4096), 0, 'a clean stop clears the bitmap')
+  for (const f of [a!, b!]) unlinkSync(f)
+})
+
+test.serial('kill -9 during random writes: only dirty chunks are resynced, earlier data verifies', async (t) => {
+  const [a, b] = members('crash')
+  const options = { members: [a, b], chunkSize: CHUNK, bitmapClearDelayMs: 300 }
+  const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '..', 'fixtures', 'raid1-serve.ts'), JSON.stringify(options)], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  })
+  const line = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout }).once('line', resolve)
+    child.once('exit', (code) => reject(new Error(`server exited with ${code}`)))
+  })
+  const { id, path } = JSON.parse(line) as { id: number; path: string }
+
+  // Known data in the first 8 MiB, then idle long enough for its bits to clear.
+  const pattern = join('/tmp', `ublk-raid1-pattern-${process.pid}`)
+  writeFileSync(pattern, randomBytes(8 * MiB))
+  const dd = await sh('dd', [`if=${pattern}`, `of=${path}`, 'bs=1M', 'oflag=direct', 'conv=nocreat,fsync'])
+  t.is(dd.code, 0, dd.stderr)
+  await sleep(1500)
+
+  // Random writes to [16 MiB, 24 MiB) until the server dies.
+  const writer = fio(path, { rw: 'randwrite', bs: '4k', iodepth: 32, size: '8M', runtime: 30, extra: ['--offset=16M'] }).catch(
+    () => undefined,
+  )
+  await sleep(2500)
+  child.kill('SIGKILL')
+  await new Promise((resolve) => child.once('exit', resolve))
+  await writer
+  await deleteDevice(id)
+
+  const dirty = bitsSetOnDisk(a!, 4096)
+  const region = (8 * MiB) / CHUNK
+  t.true(dirty > 0, 'writes in flight left bits set')
+  t.true(dirty <= region, `${dirty} dirty chunks, all within the 8 MiB written (${region} chunks)`)
+
+  const md = await assembleRaid1({ members: [a!, b!] })
+  try {
+    await md.whenResynced()
+    const last = md.status().lastResync
+    t.is(last?.kind, 'dirty')
+    t.is(last?.total, dirty, 'the resync took exactly the chunks marked on disk')
+    t.is(last?.done, dirty)
+    t.is(last?.bytesCopied, dirty * CHUNK)
+    t.true(dirty < ARRAY / CHUNK, 'far fewer than the whole array')
+    const read = await sh('sh', ['-c', `dd if=${path} bs=1M count=8 iflag=direct status=none | sha256sum`])
+    const expected = await sh('sha256sum', [pattern])
+    t.is(read.stdout.split(' ')[0], expected.stdout.split(' ')[0], 'data written before the crash reads back')
+  } finally {
+    await md.stop()
+  }
+  identical(t, a!, b!)
+  for (const f of [a!, b!, pattern]) unlinkSync(f)
+})
+
+/** A member behind device-mapper, whose table can be switched to fail every IO. */
+async function flakyMember(file: string): Promise<{ dev: string; fail(): Promise<void>; heal(): Promise<void>; remove(): Promise<void> }> {
+  const loop = (await sh('losetup', ['-f', '--show', '--direct-io=on', file])).stdout.trim()
+  const name = `ublk-flaky-${process.pid}`
+  const sectors = MEMBER / 512
+  const swap = async (table: string) => {
+    for (const args of [['suspend', '--noudevsync', name], ['load', name, '--table', table], ['resume', '--noudevsync', name]]) {
+      const r = await sh('dmsetup', args)
+      if (r.code !== 0) throw new Error(`dmsetup ${args.join(' ')}: ${r.stderr}`)
+    }
+  }
+  // No udev in the test VM: dmsetup makes the node itself.
+  const created = await sh('dmsetup', ['create', '--noudevsync', name, '--table', `0 ${sectors} linear ${loop} 0`])
+  if (created.code !== 0) throw new Error(`dmsetup create: ${created.stderr}`)
+  await sh('dmsetup', ['mknodes', name])
+  return {
+    dev: `/dev/mapper/${name}`,
+    fail: () => swap(`0 ${sectors} error`),
+    heal: () => swap(`0 ${sectors} linear ${loop} 0`),
+    async remove() {
+      await sh('dmsetup', ['remove', '--noudevsync', name])
+      await sh('losetup', ['-d', loop])
+    },
+  }
+}
+
+test.serial('a member failing under IO: no error reaches fio, degraded, re-add resyncs incrementally', async (t) => {
+  const [a, b] = members('flaky')
+  const flaky = await flakyMember(b!)
+  try {
+    // Both members are zeroes already (a is zeroed on create, b is a new sparse file).
+    const md = await createRaid1({ members: [a!, flaky.dev], chunkSize: CHUNK, assumeClean: true, bitmapClearDelayMs: 200 })
+    try {
+      const writes = fio(md.path, { rw: 'randwrite', bs: '4k', iodepth: 16, size: '16M', verify: 'crc32c' })
+      await sleep(1000)
+      await flaky.fail()
+      const r = await writes
+      t.is(r.errors, 0, 'the writer saw no error')
+      const st = md.status()
+      t.is(st.state, 'degraded')
+      t.is(st.members[1]?.state, 'faulty')
+      t.true(st.members[1]!.writeErrors > 0)
+      await sleep(600)
+      const dirty = md.status().dirtyChunks
+      t.true(dirty > 0, 'bits are kept while degraded')
+
+      await flaky.heal()
+      await md.addMember(flaky.dev)
+      await md.whenResynced()
+      const last = md.status().lastResync
+      t.is(last?.kind, 'recovery')
+      t.is(last?.total, dirty, 'only the chunks marked while degraded were copied')
+      t.true(dirty <= (16 * MiB) / CHUNK)
+      t.is(md.status().state, 'optimal')
+      const again = await fio(md.path, { rw: 'read', bs: '64k', iodepth: 4, size: '16M' })
+      t.is(again.errors, 0)
+    } finally {
+      await md.stop()
+    }
+  } finally {
+    await flaky.remove()
+  }
+  identical(t, a!, b!)
+  for (const f of [a!, b!]) unlinkSync(f)
+})
+
+test.serial('foreign, damaged and too small members are refused and nothing is overwritten', async (t) => {
+  const [a, b, c, d] = members('refuse', 4)
+  for (const pair of [[a!, b!], [c!, d!]]) await (await createRaid1({ members: pair })).stop()
+  const blank = scratchFile('raid1-refuse-blank', MEMBER)
+  const small = scratchFile('raid1-refuse-small', 2 * MiB)
+  const all = [a!, b!, c!, d!, blank, small]
+  const before = all.map((f) => digestRange(f, 0, MEMBER))
+
+  await rejectsWithCode(t, assembleRaid1({ members: [a!, c!] }), 'EINVAL', /not one array/)
+  await rejectsWithCode(t, createRaid1({ members: [a!, blank] }), 'EEXIST', /already belongs/)
+  await rejectsWithCode(t, assembleRaid1({ members: [a!, blank] }), 'EINVAL', /not a RAID1 member/)
+  await rejectsWithCode(t, createRaid1({ members: [blank, small], size: 8 * MiB }), 'ENOSPC', /holds/)
+  await rejectsWithCode(t, createRaid1({ members: [blank, blank] }), 'EINVAL', /twice/)
+  await rejectsWithCode(t, createRaid1({ members: [blank, small], chunkSize: '3k' }), 'EINVAL', /power of two/)
+  t.deepEqual(
+    all.map((f) => digestRange(f, 0, MEMBER)),
+    before,
+    'no member was written',
+  )
+
+  // One damaged byte in c's superblock.
+  const bytes = readFileSync(c!)
+  bytes[100] = bytes[100]! ^ 0xff
+  writeFileSync(c!, bytes)
+  const damaged = digestRange(c!, 0, MEMBER)
+  await rejectsWithCode(t, assembleRaid1({ members: [c!, d!] }), 'EBADMSG', /damaged/)
+  t.is(digestRange(c!, 0, MEMBER), damaged)
+  t.is(digestRange(d!, 0, MEMBER), before[3]!)
+
+  // The undamaged member alone still assembles, degraded.
+  const md = await assembleRaid1({ members: [d!] })
+  t.is(md.status().state, 'degraded')
+  await md.stop()
+  for (const f of all) unlinkSync(f)
+})
