@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The README's first command: builds what is needed, then runs the null
-# device example on a kernel with ublk (this one, or the test VM's).
+# RAID1 demo on a kernel with ublk (this one, or the test VM's).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/ensure-deps.sh
 bash scripts/build.sh >/dev/null
-demo=(node --import tsx examples/null-device.ts)
+demo=(node --import tsx examples/raid1-demo.ts)
 if [[ -e /dev/ublk-control ]]; then
   "${demo[@]}"
 else

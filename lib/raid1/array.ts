@@ -50,6 +50,8 @@ export interface Raid1Status {
   size: number
   chunkSize: number
   chunks: number
+  /** Where the array's data starts on each member. */
+  dataOffset: number
   state: Raid1State
   degraded: boolean
   members: MemberStatus[]
@@ -109,6 +111,7 @@ export class Raid1Array {
       size: m.sb.size,
       chunkSize: m.sb.chunkSize,
       chunks: m.chunks,
+      dataOffset: m.sb.dataOffset,
       state,
       degraded: m.degraded,
       members,

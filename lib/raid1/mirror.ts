@@ -55,7 +55,14 @@ export interface MirrorSettings {
   afterStop?: (mirror: Mirror) => Promise<void>
 }
 
-const isCancel = (err: unknown) => (err as { code?: unknown } | null)?.code === 'ECANCELED'
+const codeOf = (err: unknown) => (err as { code?: unknown } | null)?.code
+const isCancel = (err: unknown) => codeOf(err) === 'ECANCELED'
+/** An operation the member's file system lacks says nothing about the member's health. */
+const isUnsupported = (err: unknown) => codeOf(err) === 'EOPNOTSUPP' || codeOf(err) === 'ENOTSUP'
+
+/** Zeroes a range: a hole in a file (every file system has them), a zeroout on a block device. */
+const zeroMode = (file: BackingFile) =>
+  (file.blockDevice ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE) | FALLOC_FL_KEEP_SIZE
 
 export class Mirror implements Target {
   readonly name = 'raid1-ts'
@@ -142,17 +149,13 @@ export class Mirror implements Target {
   async discard(io: Io): Promise<void> {
     this.#foreground++
     const at = this.sb.dataOffset + io.offset
-    await this.#everywhere(this.#writable, 'discard', (m) =>
-      io.fallocate(m.file!, (m.file!.blockDevice ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE) | FALLOC_FL_KEEP_SIZE, at, io.length),
-    )
+    await this.#everywhere(this.#writable, 'discard', (m) => io.fallocate(m.file!, zeroMode(m.file!), at, io.length))
   }
 
   async writeZeroes(io: Io): Promise<void> {
     this.#foreground++
     const at = this.sb.dataOffset + io.offset
-    await this.#everywhere(this.#writable, 'write zeroes', (m) =>
-      io.fallocate(m.file!, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, at, io.length),
-    )
+    await this.#everywhere(this.#writable, 'write zeroes', (m) => io.fallocate(m.file!, zeroMode(m.file!), at, io.length))
   }
 
   beforeWrites(ios: readonly Io[]): Promise<void> | undefined {
@@ -250,6 +253,7 @@ export class Mirror implements Target {
     const wasActive = targets.map((m) => m.state === 'active')
     const results = await Promise.allSettled(targets.map(op))
     let succeeded = false
+    let unsupported: unknown
     for (let i = 0; i < results.length; i++) {
       const r = results[i]!
       if (r.status === 'fulfilled') {
@@ -257,9 +261,14 @@ export class Mirror implements Target {
         continue
       }
       if (isCancel(r.reason)) throw r.reason
+      if (isUnsupported(r.reason)) {
+        unsupported = r.reason
+        continue
+      }
       targets[i]!.writeErrors++
       await this.#fail(targets[i]!, `${what} failed: ${(r.reason as Error).message}`)
     }
+    if (unsupported && !succeeded) throw unsupported
     if (!succeeded) throw new UblkError('EIO', `${what}: no member in sync took it`)
   }
 
