@@ -23,6 +23,7 @@ import {
   type Prepared,
   type System,
 } from './systems.ts'
+import { fioRun, mdRaid1, RAID1_CHUNK, RAID1_WORKLOADS, tsRaid1 } from './raid1.ts'
 
 const run = promisify(execFile)
 const MiB = 1 << 20
@@ -72,7 +73,7 @@ async function fioIops(path: string, rw: string, qd: number, jobs: number, runti
 }
 
 /** A file system that honours O_DIRECT (tmpfs does not), on a RAM-backed null_blk. */
-async function loopBackingFile(size: number): Promise<{ file: string; teardown(): Promise<void> }> {
+async function loopBackingFile(size: number): Promise<{ file: string; mnt: string; teardown(): Promise<void> }> {
   const store = await nullBlk('nbstore', 1, 1024, true)
   await run('mkfs.ext4', ['-q', '-F', store.path])
   const mnt = mkdtempSync('/tmp/bench-fs-')
@@ -81,6 +82,7 @@ async function loopBackingFile(size: number): Promise<{ file: string; teardown()
   await run('dd', ['if=/dev/zero', `of=${file}`, 'bs=1M', `count=${size / MiB}`, 'oflag=direct', 'status=none'])
   return {
     file,
+    mnt,
     async teardown() {
       await run('umount', [mnt])
       await store.teardown()
@@ -107,7 +109,30 @@ async function main(): Promise<void> {
 
   const points: Point[] = []
   const failures: string[] = []
+  const raid1: Array<{ system: string; workload: string; iops: number; bw: number }> = []
   try {
+    // RAID1 first: md and ours over the same two files, one workload at a time.
+    const raidSize = 128 * MiB
+    const members: [string, string] = [`${backing.mnt}/member-a.img`, `${backing.mnt}/member-b.img`]
+    for (const m of members) await run('truncate', ['-s', String(raidSize + 4 * MiB), m])
+    for (const w of RAID1_WORKLOADS) {
+      const contenders = [mdRaid1(members), tsRaid1(members, raidSize, true)]
+      if (w.rw === 'randwrite') contenders.push(tsRaid1(members, raidSize, false))
+      for (const system of contenders) {
+        let dev: Prepared | undefined
+        try {
+          dev = await system.prepare(1)
+          const r = await fioRun(dev.path, w, raidSize, runtime)
+          raid1.push({ system: system.name, workload: w.name, ...r })
+          process.stderr.write(`  ${system.name.padEnd(28)} ${w.name}: ${fmt(r.iops)} IOPS, ${(r.bw / MiB).toFixed(1)} MiB/s\n`)
+        } catch (err) {
+          failures.push(`${system.name} ${w.name}: ${String(err).split('\n')[0]}`)
+        } finally {
+          await dev?.teardown()
+        }
+      }
+    }
+
     for (const queues of queueCounts) {
       for (const rw of ['randread', 'randwrite'] as const) {
         for (const qd of qds) {
@@ -149,6 +174,19 @@ async function main(): Promise<void> {
     rust_loop_vs_rublk_loop: ratio('Rust loop', 'rublk loop'),
   }
 
+  const raidBw = (system: string, workload: string) => raid1.find((r) => r.system === system && r.workload === workload)?.bw
+  const raidRatio = (a: string, b: string, workload: string): number | null => {
+    const x = raidBw(a, workload)
+    const y = raidBw(b, workload)
+    return x !== undefined && y ? Number((x / y).toFixed(3)) : null
+  }
+  Object.assign(ratios, {
+    raid1_randwrite_vs_md: raidRatio('TypeScript RAID1', 'md raid1', '4k randwrite QD32'),
+    raid1_randread_vs_md: raidRatio('TypeScript RAID1', 'md raid1', '4k randread QD32'),
+    raid1_seqwrite_vs_md: raidRatio('TypeScript RAID1', 'md raid1', '1M seq write QD4'),
+    raid1_bitmap_cost: raidRatio('TypeScript RAID1', 'TypeScript RAID1 (no bitmap)', '4k randwrite QD32'),
+  })
+
   const names = systems.map((s) => s.name)
   console.log(`\n4 KiB random IO, fio io_uring direct, ${runtime} s per point, kernel ${release()}; IOPS`)
   console.log(['workload'.padEnd(22), ...names.map((n) => n.padStart(18))].join(''))
@@ -160,11 +198,21 @@ async function main(): Promise<void> {
       }
     }
   }
-  console.log('\nratios (4k randread, QD32, 1 queue):')
+  console.log(`\nRAID1 over two files on ext4 (md: loop dio members), bitmap chunk ${RAID1_CHUNK}, 1 queue; MiB/s (IOPS)`)
+  const raidSystems = ['md raid1', 'TypeScript RAID1', 'TypeScript RAID1 (no bitmap)']
+  console.log(['workload'.padEnd(22), ...raidSystems.map((n) => n.padStart(30))].join(''))
+  for (const w of RAID1_WORKLOADS) {
+    const cells = raidSystems.map((n) => {
+      const r = raid1.find((x) => x.system === n && x.workload === w.name)
+      return (r ? `${(r.bw / MiB).toFixed(1)} (${fmt(r.iops)})` : '-').padStart(30)
+    })
+    console.log([w.name.padEnd(22), ...cells].join(''))
+  }
+  console.log('\nratios (4k randread, QD32, 1 queue, unless named):')
   for (const [k, v] of Object.entries(ratios)) console.log(`  ${k.padEnd(26)} ${v ?? '-'}`)
   for (const f of failures) console.log(`failed: ${f}`)
 
-  const result = { kernel: release(), depth: DEPTH, runtime, points, ratios, failures }
+  const result = { kernel: release(), depth: DEPTH, runtime, points, raid1, ratios, failures }
   if (opts.out) writeFileSync(opts.out, JSON.stringify(result, null, 2) + '\n')
 }
 

@@ -4,6 +4,7 @@ import { Command, InvalidArgumentError } from 'commander'
 
 import { createDevice, deleteDevice, deviceInfo, kernelFeatures, listDevices, type DeviceInfo } from './device.js'
 import { UblkError } from './errors.js'
+import { addRaid1Commands } from './raid1/cli.js'
 import { parseSize as parseSizeOf } from './size.js'
 import { loopTarget, nullTarget } from './targets/index.js'
 
@@ -97,6 +98,7 @@ export function program(): Command {
       await deleteDevice(id)
       console.log(`deleted /dev/ublkb${id}`)
     })
+  addRaid1Commands(cli, parseSize, parseCount)
   cli
     .command('features')
     .description("what this kernel's ublk driver supports")

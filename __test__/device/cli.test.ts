@@ -1,11 +1,14 @@
 // The CLI against a real kernel: serve, list, a server killed with -9,
 // and deleting the dead device it left.
 import { spawn, type ChildProcess } from 'node:child_process'
+import { unlinkSync } from 'node:fs'
 import { join } from 'node:path'
 
 import test from 'ava'
 
+import { scratchFile } from '../helpers/files.ts'
 import { deviceGone, requireUblk } from '../helpers/kernel.ts'
+import { DATA_OFFSET, digestRange } from '../helpers/raid1.ts'
 import { sh } from '../helpers/shell.ts'
 
 const cli = join(__dirname, '..', '..', 'lib', 'cli.ts')
@@ -14,7 +17,8 @@ const ublkTs = (...args: string[]) => sh(process.execPath, ['--import', 'tsx', c
 test.before(() => requireUblk())
 
 function serve(...args: string[]): { child: ChildProcess; path: Promise<string>; output(): string } {
-  const child = spawn(process.execPath, ['--import', 'tsx', cli, 'add', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const command = args[0] === 'raid1' ? args : ['add', ...args]
+  const child = spawn(process.execPath, ['--import', 'tsx', cli, ...command], { stdio: ['ignore', 'pipe', 'pipe'] })
   let out = ''
   child.stderr!.on('data', (d: Buffer) => (out += d.toString()))
   const path = new Promise<string>((resolve, reject) => {
@@ -58,4 +62,32 @@ test.serial('a server killed with -9 leaves a dead device; delete removes it', a
   const again = await ublkTs('delete', String(id))
   t.is(again.code, 1)
   t.regex(again.stderr, /no ublk device with id \d+ \(ENODEV\)/)
+})
+
+test.serial('raid1: create, status, fail, add with --watch, stop from another process', async (t) => {
+  const members = [0, 1].map((i) => scratchFile(`cli-raid1-${i}`, 24 << 20))
+  const server = serve('raid1', 'create', ...members, '--chunk', '64k')
+  const path = await server.path
+  const id = path.replace('/dev/ublkb', '')
+  const status = async () => JSON.parse((await ublkTs('raid1', 'status', id, '--json')).stdout) as { state: string; members: Array<{ state: string }> }
+  t.is((await status()).state, 'optimal')
+  const write = await sh('dd', ['if=/dev/urandom', `of=${path}`, 'bs=1M', 'count=8', 'oflag=direct', 'conv=nocreat'])
+  t.is(write.code, 0, write.stderr)
+  const failed = await ublkTs('raid1', 'fail', id, '1')
+  t.is(failed.code, 0, failed.stderr)
+  t.is((await status()).state, 'degraded')
+  t.is((await ublkTs('raid1', 'fail', id, '0')).code, 1, 'the last member in sync cannot be failed')
+  await sh('dd', ['if=/dev/urandom', `of=${path}`, 'bs=1M', 'count=4', 'seek=2', 'oflag=direct', 'conv=nocreat'])
+  t.is((await ublkTs('raid1', 'add', id, members[1]!)).code, 0)
+  const watched = await ublkTs('raid1', 'status', id, '--watch')
+  t.is(watched.code, 0, watched.stderr)
+  t.regex(watched.stdout, /optimal/)
+  t.is((await status()).members[1]?.state, 'active')
+  t.is((await ublkTs('raid1', 'stop', id)).code, 0)
+  t.is(await new Promise((resolve) => server.child.once('exit', resolve)), 0, server.output())
+  t.regex(server.output(), /stopped cleanly/)
+  t.true(deviceGone(Number(id)))
+  t.is(digestRange(members[0]!, DATA_OFFSET, 23 << 20), digestRange(members[1]!, DATA_OFFSET, 23 << 20))
+  t.is((await ublkTs('raid1', 'status', id)).code, 1, 'no array any more')
+  for (const m of members) unlinkSync(m)
 })

@@ -1,0 +1,159 @@
+// `ublk-ts raid1 ...`: create or assemble an array and serve it in the
+// foreground; status, fail, add and stop talk to that process.
+import { SingleBar } from 'cli-progress'
+import type { Command } from 'commander'
+
+import { formatSize } from '../size.js'
+import { assembleRaid1, createRaid1, type Raid1Array, type Raid1Status } from './array.js'
+import { request, serveControl } from './control.js'
+
+interface ServeOptions {
+  chunk?: number
+  size?: number
+  force?: boolean
+  assumeClean?: boolean
+  bitmap: boolean
+  queues: number
+  depth: number
+}
+
+function summary(s: Raid1Status): string {
+  const lines = [
+    `${s.device.path}: RAID1 ${s.state}, ${formatSize(s.size)}, ${formatSize(s.chunkSize)} chunks, ${s.dirtyChunks}/${s.chunks} dirty, events ${s.events}`,
+    ...s.members.map(
+      (m) => `  slot ${m.slot} ${m.state.padEnd(10)} ${m.path}  (read errors ${m.readErrors}, write errors ${m.writeErrors}, repaired ${m.repairedReads})`,
+    ),
+  ]
+  if (s.resync) lines.push(`  ${s.resync.kind} resync: ${s.resync.done}/${s.resync.total} chunks`)
+  return lines.join('\n')
+}
+
+/** A progress bar that follows resyncs, fed by `poll` every 250 ms until `done` says stop. */
+async function followResync(poll: () => Promise<Raid1Status> | Raid1Status, done: (s: Raid1Status) => boolean): Promise<void> {
+  const bar = new SingleBar({
+    format: 'resync ({kind}) [{bar}] {percentage}% | {value}/{total} chunks | {copied}',
+    hideCursor: true,
+    noTTYOutput: true,
+    notTTYSchedule: 2000,
+    stream: process.stderr,
+  })
+  let shown = false
+  for (;;) {
+    const s = await poll()
+    const r = s.resync
+    if (r) {
+      if (!shown) bar.start(r.total, r.done, { kind: r.kind, copied: '0B' })
+      shown = true
+      bar.setTotal(r.total)
+      bar.update(r.done, { kind: r.kind, copied: formatSize(r.bytesCopied) })
+    } else if (shown) {
+      const last = s.lastResync
+      if (last) bar.update(last.done, { copied: formatSize(last.bytesCopied) })
+      bar.stop()
+      shown = false
+    }
+    if (done(s)) break
+    await new Promise((resolve) => setTimeout(resolve, 250))
+  }
+  if (shown) bar.stop()
+}
+
+async function serve(md: Raid1Array): Promise<void> {
+  md.onChange = (what) => console.error(`raid1: ${what}`)
+  let stop!: () => void
+  const stopped = new Promise<void>((resolve) => (stop = resolve))
+  const control = serveControl(md, stop)
+  console.log(`serving ${md.path} (RAID1 ${md.status().state}); Ctrl-C, SIGTERM or \`ublk-ts raid1 stop ${md.id}\` to stop`)
+  process.once('SIGINT', stop)
+  process.once('SIGTERM', stop)
+  let finished = false
+  const progress = followResync(
+    () => md.status(),
+    () => finished,
+  )
+  await stopped
+  finished = true
+  await progress
+  control.close()
+  await md.stop()
+  console.log(`${md.path} stopped cleanly`)
+}
+
+export function addRaid1Commands(cli: Command, parseSize: (s: string) => number, parseCount: (s: string) => number): void {
+  const raid1 = cli.command('raid1').description('RAID1 mirrors served by a TypeScript target')
+  const geometry = (c: Command) =>
+    c
+      .option('-q, --queues <n>', 'hardware queues', parseCount, 1)
+      .option('-d, --depth <n>', 'IOs in flight per queue', parseCount, 128)
+  geometry(
+    raid1
+      .command('create')
+      .description('create an array on new members and serve it in the foreground')
+      .argument('<members...>', 'member files or block devices')
+      .option('-c, --chunk <bytes>', 'bitmap chunk size (default 1M)', parseSize)
+      .option('-s, --size <bytes>', 'array size (default: what the smallest member holds)', parseSize)
+      .option('--no-bitmap', 'no write-intent bitmap (a crash then resyncs everything)')
+      .option('--assume-clean', 'block-device members already hold the same data: no initial sync')
+      .option('--force', 'overwrite members that belong to another array'),
+  ).action(async (members: string[], o: ServeOptions) => {
+    await serve(
+      await createRaid1({
+        members,
+        queues: o.queues,
+        depth: o.depth,
+        bitmap: o.bitmap,
+        ...(o.chunk !== undefined ? { chunkSize: o.chunk } : {}),
+        ...(o.size !== undefined ? { size: o.size } : {}),
+        ...(o.force ? { force: true } : {}),
+        ...(o.assumeClean ? { assumeClean: true } : {}),
+      }),
+    )
+  })
+  geometry(
+    raid1
+      .command('assemble')
+      .description('assemble an existing array and serve it in the foreground (resyncs what needs it)')
+      .argument('<members...>', 'member files or block devices'),
+  ).action(async (members: string[], o: ServeOptions) => {
+    await serve(await assembleRaid1({ members, queues: o.queues, depth: o.depth }))
+  })
+  raid1
+    .command('status')
+    .description('state, members and resync progress of a served array')
+    .argument('<id>', 'device id', parseCount)
+    .option('--json', 'as JSON')
+    .option('-w, --watch', 'follow a running resync with a progress bar until it ends')
+    .action(async (id: number, o: { json?: boolean; watch?: boolean }) => {
+      const get = () => request(id, { cmd: 'status' }) as Promise<Raid1Status>
+      if (o.watch) await followResync(get, (s) => !s.resync)
+      const s = await get()
+      console.log(o.json ? JSON.stringify(s, null, 2) : summary(s))
+    })
+  raid1
+    .command('fail')
+    .description('mark a member faulty; the array goes on degraded')
+    .argument('<id>', 'device id', parseCount)
+    .argument('<slot>', 'member slot', parseCount)
+    .action(async (id: number, slot: number) => {
+      await request(id, { cmd: 'fail', slot })
+      console.log(`slot ${slot} of /dev/ublkb${id} is faulty`)
+    })
+  raid1
+    .command('add')
+    .description('add a member: the one that left resyncs what changed, a new one everything')
+    .argument('<id>', 'device id', parseCount)
+    .argument('<path>', 'member file or block device')
+    .option('--force', 'overwrite a member of another array')
+    .action(async (id: number, path: string, o: { force?: boolean }) => {
+      await request(id, { cmd: 'add', path, force: o.force === true })
+      console.log(`${path} added to /dev/ublkb${id}; \`ublk-ts raid1 status ${id} --watch\` follows the resync`)
+    })
+  raid1
+    .command('stop')
+    .description('stop a served array cleanly')
+    .argument('<id>', 'device id', parseCount)
+    .action(async (id: number) => {
+      await request(id, { cmd: 'stop' })
+      console.log(`stopping /dev/ublkb${id}`)
+    })
+}
