@@ -42,3 +42,27 @@ test('createBridge validates the geometry like createDevice', (t) => {
   t.is(code(() => binding.createBridge({ target: 't', size: 0, queues: 1, depth: 4 }, noCaps, () => {})), 'EINVAL')
   t.is(code(() => binding.createBridge({ target: 't', size: 4096, depth: 0 }, noCaps, () => {})), 'EINVAL')
 })
+
+test('staging buffers are zeroed, page-sized as asked, bounded, and named by index only', (t) => {
+  const b = bridge()
+  try {
+    const index = b.allocStaging(5000)
+    const memory = new Uint8Array(b.stagingBuffer(index))
+    t.is(memory.byteLength, 5000)
+    t.true(memory.every((x) => x === 0))
+    t.is(code(() => b.allocStaging(0)), 'EINVAL', 'empty')
+    t.is(code(() => b.allocStaging(2 ** 40)), 'EINVAL', 'too large')
+    t.is(code(() => b.allocStaging(1.5)), 'EINVAL', 'not whole')
+    t.is(code(() => b.stagingBuffer(index + 100)), 'EBADF', 'unknown index')
+    t.true(b.freeStaging(index))
+    t.false(b.freeStaging(index), 'freed once')
+    t.is(code(() => b.stagingBuffer(index)), 'EBADF', 'gone from the table')
+    memory[0] = 1
+    t.is(memory[0], 1, 'a view taken before the free keeps its memory')
+    // A staging request whose buffer index is out of u32 range is refused as a whole.
+    const none = new Float64Array(0)
+    t.is(code(() => b.post(0, none, Float64Array.of(1, 0x400, 0, 0, -1, 0, 0, 4096, 0), [], false)), 'EINVAL')
+  } finally {
+    b.close()
+  }
+})
