@@ -26,8 +26,14 @@ export const RAID1_WORKLOADS: Raid1Workload[] = [
   { name: '1M seq write QD4', rw: 'write', bs: '1M', qd: 4 },
 ]
 
-/** IOPS and bytes per second of one fio run. */
-export async function fioRun(path: string, w: Raid1Workload, size: number, runtime: number): Promise<{ iops: number; bw: number }> {
+/** IOPS and bytes per second of one fio run (`jobs` processes, reported as one). */
+export async function fioRun(
+  path: string,
+  w: Pick<Raid1Workload, 'rw' | 'bs' | 'qd'>,
+  size: number,
+  runtime: number,
+  jobs = 1,
+): Promise<{ iops: number; bw: number }> {
   const { stdout } = await run(
     'fio',
     [
@@ -38,6 +44,8 @@ export async function fioRun(path: string, w: Raid1Workload, size: number, runti
       `--rw=${w.rw}`,
       `--bs=${w.bs}`,
       `--iodepth=${w.qd}`,
+      `--numjobs=${jobs}`,
+      '--group_reporting',
       `--size=${size}`,
       '--ramp_time=1',
       `--runtime=${runtime}`,

@@ -46,30 +46,8 @@ interface Point {
   iops: number
 }
 
-async function fioIops(path: string, rw: string, qd: number, jobs: number, runtime: number): Promise<number> {
-  const { stdout } = await run(
-    'fio',
-    [
-      '--name=bench',
-      `--filename=${path}`,
-      '--ioengine=io_uring',
-      '--direct=1',
-      `--rw=${rw}`,
-      '--bs=4k',
-      `--iodepth=${qd}`,
-      `--numjobs=${jobs}`,
-      '--group_reporting',
-      '--size=256M',
-      '--ramp_time=1',
-      `--runtime=${runtime}`,
-      '--time_based',
-      '--output-format=json',
-    ],
-    { maxBuffer: 16 * MiB },
-  )
-  const job = JSON.parse(stdout.slice(stdout.indexOf('{'))).jobs[0]
-  if (job.error) throw new Error(`fio on ${path}: error ${job.error}`)
-  return rw === 'randread' ? job.read.iops : job.write.iops
+async function fioIops(path: string, rw: 'randread' | 'randwrite', qd: number, jobs: number, runtime: number): Promise<number> {
+  return (await fioRun(path, { rw, bs: '4k', qd }, 256 * MiB, runtime, jobs)).iops
 }
 
 /** A file system that honours O_DIRECT (tmpfs does not), on a RAM-backed null_blk. */

@@ -1,5 +1,5 @@
 import binding = require('./binding.js')
-import { BackendKind, Dispatcher, MAX_SLEEP_MS } from './dispatch.js'
+import { BackendKind, Dispatcher } from './dispatch.js'
 import { native, nativeSync, toUblkError, UblkError } from './errors.js'
 import type { BackingFile, StagingBuffer, Target, TargetContext } from './target.js'
 
@@ -195,8 +195,6 @@ async function createServedDevice(options: DeviceOptions, target: Target): Promi
   return new Device(nativeDevice, { dispatcher, target })
 }
 
-const NO_FILE: BackingFile = { path: '(none)', size: 0, direct: false, readOnly: true, blockDevice: false, index: 0 }
-
 function contextFor(bridge: NativeBridge, dispatcher: Dispatcher, size: number): TargetContext {
   return {
     size,
@@ -218,11 +216,8 @@ function contextFor(bridge: NativeBridge, dispatcher: Dispatcher, size: number):
     async fdatasync(file, queue = 0) {
       await dispatcher.backend(queue, BackendKind.Fdatasync, 0, file, 0, 0, 0, 0, 0, 'fdatasync')
     },
-    async sleep(ms, queue = 0) {
-      if (!(ms >= 0 && ms <= MAX_SLEEP_MS)) {
-        throw new UblkError('EINVAL', `sleep takes 0..${MAX_SLEEP_MS} ms, got ${ms}`)
-      }
-      await dispatcher.backend(queue, BackendKind.Sleep, 0, NO_FILE, 0, 0, 0, Math.round(ms * 1000), 0, 'sleep')
+    sleep(ms, queue = 0) {
+      return dispatcher.sleep(queue, ms)
     },
   }
 }

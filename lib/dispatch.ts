@@ -33,7 +33,7 @@ export const enum BackendKind {
   Sleep = 5,
 }
 /** Sleeps are capped so the microseconds fit the request's length field. */
-export const MAX_SLEEP_MS = 60_000
+const MAX_SLEEP_MS = 60_000
 /** Bit in the request kind: the queue thread completes the IO when done. */
 const COMPLETES_IO = 0x100
 /** With COMPLETES_IO: a failed read is reported back instead. */
@@ -146,11 +146,8 @@ class IoRequest implements Io {
     await this.dispatcher.backend(this.queue, BackendKind.Fdatasync, 0, file, this.tag, this.entry.seq, 0, 0, 0, 'fdatasync')
   }
 
-  async sleep(ms: number): Promise<void> {
-    if (!(ms >= 0 && ms <= MAX_SLEEP_MS)) {
-      throw new UblkError('EINVAL', `sleep takes 0..${MAX_SLEEP_MS} ms, got ${ms}`)
-    }
-    await this.dispatcher.backend(this.queue, BackendKind.Sleep, 0, NO_FILE, this.tag, this.entry.seq, 0, Math.round(ms * 1000), 0, 'sleep')
+  sleep(ms: number): Promise<void> {
+    return this.dispatcher.sleep(this.queue, ms, this.tag, this.entry.seq)
   }
 
   async fallocate(file: BackingFile, mode: number, offset: number, length: number): Promise<void> {
@@ -336,6 +333,14 @@ export class Dispatcher {
     const flags = io.op === 'write' && io.fua ? RWF_DSYNC : 0
     out.requests.push(id, kind, flags, file.index, io.tag, entry.seq, 0, io.length, fileOffset)
     this.#scheduleFlush()
+  }
+
+  /** An io_uring timeout on `queue`'s ring (sleeps need no IO: tag and seq are only carried). */
+  async sleep(queue: number, ms: number, tag = 0, seq = 0): Promise<void> {
+    if (!(ms >= 0 && ms <= MAX_SLEEP_MS)) {
+      throw new UblkError('EINVAL', `sleep takes 0..${MAX_SLEEP_MS} ms, got ${ms}`)
+    }
+    await this.backend(queue, BackendKind.Sleep, 0, NO_FILE, tag, seq, 0, Math.round(ms * 1000), 0, 'sleep')
   }
 
   #takeBackendId(): number {
