@@ -19,6 +19,8 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "cargo test"
 cargo test --workspace --quiet
+# The device tests run this Rust-only target (the core's batch hook).
+cargo build -p ublk-core --example journaled_loop --quiet
 
 step "build the addon and the TypeScript layer"
 bash scripts/build.sh

@@ -4,6 +4,7 @@
 //! [`Target`], one thread and one io_uring per queue; [`control`] answers
 //! questions about devices and the kernel that need no queue.
 
+pub mod async_target;
 pub mod bridge;
 pub mod control;
 mod device;
@@ -14,6 +15,7 @@ mod options;
 mod target;
 pub mod targets;
 
+pub use async_target::{serve_async, AsyncOptions, AsyncTarget, Io, IoOp, WriteBatch, WriteExtent};
 pub use control::{DeviceInfo, DeviceState, KernelFeatures};
 pub use device::{builtin_target, Device};
 pub use error::{errno_name, Error, Result};
