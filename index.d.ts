@@ -34,6 +34,17 @@ export declare class NativeBridge {
    * now on; the memory lives while operations or JS views still use it.
    */
   freeStaging(index: number): boolean
+  /**
+   * Serves reads straight from backing files on the queue threads:
+   * region `r` (of `stripeBytes`) of the device is read from
+   * `files[r % files.length]` at `fileOffset` plus the device offset. A
+   * read that fails there reaches JavaScript with the failure attached.
+   * `null` sends every read to JavaScript again. Takes effect for reads
+   * that arrive after it returns.
+   */
+  setReadRoute(files: Array<number> | null, fileOffset: number, stripeBytes: number): void
+  /** Reads the read route served without JavaScript so far. */
+  routedReads(): number
   /** Releases the batch handler of a bridge that will not be started. */
   close(): void
 }

@@ -91,9 +91,9 @@ export class Device {
   }
 
   /** For TypeScript targets: IO batches handed over so far, and their IOs. */
-  stats(): { batches: number; ios: number } | undefined {
+  stats(): { batches: number; ios: number; routedReads: number } | undefined {
     const d = this.#served?.dispatcher
-    return d ? { batches: d.batches, ios: d.ios } : undefined
+    return d ? { batches: d.batches, ios: d.ios, routedReads: d.routedReads() } : undefined
   }
 
   /** The device as the kernel describes it now. */
@@ -200,7 +200,9 @@ function contextFor(bridge: NativeBridge, dispatcher: Dispatcher, size: number):
     size,
     async openFile(path, opts = {}): Promise<BackingFile> {
       const f = await native(() => bridge.openBacking(path, opts.direct ?? true, opts.readOnly ?? false))
-      return { path, index: f.index, size: f.size, direct: f.direct, readOnly: f.readOnly, blockDevice: f.blockDevice }
+      const file = { path, index: f.index, size: f.size, direct: f.direct, readOnly: f.readOnly, blockDevice: f.blockDevice }
+      dispatcher.registerFile(file)
+      return file
     },
     allocBuffer(bytes: number): StagingBuffer {
       const index = nativeSync(() => bridge.allocStaging(bytes))
@@ -218,6 +220,14 @@ function contextFor(bridge: NativeBridge, dispatcher: Dispatcher, size: number):
     },
     sleep(ms, queue = 0) {
       return dispatcher.sleep(queue, ms)
+    },
+    routeReads(route) {
+      if (route === undefined) return nativeSync(() => bridge.setReadRoute(null, 0, 0))
+      const files = route.files.map((f) => f.index)
+      nativeSync(() => bridge.setReadRoute(files, route.fileOffset ?? 0, route.stripeBytes ?? 1 << 20))
+    },
+    routedReads() {
+      return bridge.routedReads()
     },
   }
 }

@@ -4,7 +4,7 @@
 import { constants } from 'node:os'
 
 import { UblkError } from './errors.js'
-import type { BackingFile, Io, IoOp, ReadErrorHandler, StagingBuffer, Target } from './target.js'
+import type { BackingFile, FailedRead, Io, IoOp, ReadErrorHandler, StagingBuffer, Target } from './target.js'
 
 import type { NativeBridge } from '../index.js'
 
@@ -20,7 +20,7 @@ const OP_BY_CODE: Array<IoOp | undefined> = ['read', 'write', 'flush', 'discard'
 const FLAG_FUA = 1 << 5
 
 /** Floats per entry in the native tables (see crates/ublk-node/src/bridge.rs). */
-const IO_FIELDS = 6
+const IO_FIELDS = 8
 const REQUEST_FIELDS = 9
 const BACKEND_RESULT_FIELDS = 2
 
@@ -103,6 +103,7 @@ class QueueOutbox {
 
 class IoRequest implements Io {
   readonly buffer: Uint8Array
+  failedRead?: FailedRead
 
   constructor(
     private readonly dispatcher: Dispatcher,
@@ -174,6 +175,8 @@ export class Dispatcher {
   #flushScheduled = false
   #stopping = false
   #timer: NodeJS.Timeout | undefined
+  /** Files by index, to name the one a routed read failed on. */
+  readonly #files = new Map<number, BackingFile>()
 
   constructor(target: Target, options: DispatcherOptions) {
     this.#target = target
@@ -189,6 +192,15 @@ export class Dispatcher {
 
   attach(bridge: NativeBridge): void {
     this.#bridge = bridge
+  }
+
+  /** Reads the queue threads served through the read route, without the target. */
+  routedReads(): number {
+    return this.#bridge?.routedReads() ?? 0
+  }
+
+  registerFile(file: BackingFile): void {
+    this.#files.set(file.index, file)
   }
 
   /** The native batch handler; never throws back into native code. */
@@ -250,6 +262,12 @@ export class Dispatcher {
     }
     const length = ios[i + 5]!
     const io = new IoRequest(this, queue, tag, entry, op, ios[i + 4]!, length, (flags & FLAG_FUA) !== 0, data)
+    const routeError = ios[i + 7]!
+    if (routeError !== 0) {
+      const index = ios[i + 6]!
+      const file = this.#files.get(index) ?? { ...NO_FILE, path: `(file ${index})`, index }
+      io.failedRead = { file, error: backendError(routeError, `read of ${file.path}`) }
+    }
     const success = op === 'read' || op === 'write' ? length : 0
     return { io, entry, handler, success }
   }

@@ -66,6 +66,33 @@ export interface Io {
   fallocate(file: BackingFile, mode: number, offset: number, length: number): Promise<void>
   /** Waits `ms` milliseconds on the queue's io_uring (a timeout SQE), not a JS timer. */
   sleep(ms: number): Promise<void>
+  /**
+   * Set on a read the device's read route (see `TargetContext.routeReads`)
+   * sent to a file where it failed: the IO reaches the target only now,
+   * to be served from elsewhere (with `readFrom` or `buffer`).
+   */
+  readonly failedRead?: FailedRead
+}
+
+/** Where and how a routed read failed. */
+export interface FailedRead {
+  readonly file: BackingFile
+  readonly error: Error
+}
+
+/**
+ * How reads are served without JavaScript: device region `r` (of
+ * `stripeBytes`) is read from `files[r % files.length]` at `fileOffset`
+ * plus the device offset, by the queue thread, which completes the IO
+ * itself. Reads that fail there reach the target's `read` with
+ * `io.failedRead` set.
+ */
+export interface ReadRoute {
+  readonly files: readonly BackingFile[]
+  /** Added to the device offset (default 0); a multiple of 512. */
+  readonly fileOffset?: number
+  /** A power of two of at least 4096 (default 1 MiB). */
+  readonly stripeBytes?: number
 }
 
 /** Called when a passthrough read failed; the IO is answered by its outcome. */
@@ -114,6 +141,16 @@ export interface TargetContext {
   fdatasync(file: BackingFile, queue?: number): Promise<void>
   /** Waits on a queue's ring (an io_uring timeout). */
   sleep(ms: number, queue?: number): Promise<void>
+  /**
+   * Serves reads on the queue threads from now on, without calling the
+   * target (see `ReadRoute`); `undefined` sends every read to the target
+   * again. Takes effect for reads that arrive after it returns, so a
+   * target changes the route before it answers the IO that changed its
+   * state (a member found faulty). Throws EINVAL or EBADF for a bad route.
+   */
+  routeReads(route: ReadRoute | undefined): void
+  /** Reads served by the route so far. */
+  routedReads(): number
 }
 
 /**

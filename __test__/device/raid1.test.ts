@@ -115,7 +115,9 @@ test.serial('kill -9 during random writes: only dirty chunks are resynced, earli
 })
 
 /** A member behind device-mapper, whose table can be switched to fail every IO. */
-async function flakyMember(file: string): Promise<{ dev: string; fail(): Promise<void>; heal(): Promise<void>; remove(): Promise<void> }> {
+async function flakyMember(
+  file: string,
+): Promise<{ dev: string; fail(): Promise<void>; failReads(): Promise<void>; heal(): Promise<void>; remove(): Promise<void> }> {
   const loop = (await sh('losetup', ['-f', '--show', '--direct-io=on', file])).stdout.trim()
   const name = `ublk-flaky-${process.pid}`
   const sectors = MEMBER / 512
@@ -132,6 +134,8 @@ async function flakyMember(file: string): Promise<{ dev: string; fail(): Promise
   return {
     dev: `/dev/mapper/${name}`,
     fail: () => swap(`0 ${sectors} error`),
+    // dm-flakey, down for an hour from now: reads fail, writes go through.
+    failReads: () => swap(`0 ${sectors} flakey ${loop} 0 0 3600 1 error_reads`),
     heal: () => swap(`0 ${sectors} linear ${loop} 0`),
     async remove() {
       await sh('dmsetup', ['remove', '--noudevsync', name])
@@ -178,6 +182,37 @@ test.serial('a member failing under IO: no error reaches fio, degraded, re-add r
   }
   identical(t, a!, b!)
   for (const f of [a!, b!]) unlinkSync(f)
+})
+
+test.serial('read errors on a member are served from the other and repaired; the member stays in sync', async (t) => {
+  const [a, b] = members('badreads')
+  const flaky = await flakyMember(b!)
+  const pattern = join('/tmp', `ublk-raid1-reads-${process.pid}`)
+  writeFileSync(pattern, randomBytes(16 * MiB))
+  try {
+    const md = await createRaid1({ members: [a!, flaky.dev], chunkSize: CHUNK, assumeClean: true })
+    try {
+      const dd = await sh('dd', [`if=${pattern}`, `of=${md.path}`, 'bs=1M', 'oflag=direct', 'conv=nocreat,fsync'])
+      t.is(dd.code, 0, dd.stderr)
+      const routedBefore = md.device.stats()!.routedReads
+      await flaky.failReads()
+      const read = await sh('sh', ['-c', `dd if=${md.path} bs=64k count=256 iflag=direct status=none | sha256sum`])
+      const expected = await sh('sha256sum', [pattern])
+      t.is(read.stdout.split(' ')[0], expected.stdout.split(' ')[0], 'every read returned the data written')
+      const st = md.status()
+      t.is(st.state, 'optimal', 'a read error alone does not fail a member')
+      t.true(st.members[1]!.readErrors > 0, 'reads routed to the failing member failed there')
+      t.is(st.members[1]!.repairedReads, st.members[1]!.readErrors, 'each failed read was rewritten on the member')
+      t.true(md.device.stats()!.routedReads - routedBefore >= 128, 'reads were served without JavaScript')
+      await flaky.heal()
+    } finally {
+      await md.stop()
+    }
+  } finally {
+    await flaky.remove()
+  }
+  identical(t, a!, b!)
+  for (const f of [a!, b!, pattern]) unlinkSync(f)
 })
 
 test.serial('foreign, damaged and too small members are refused and nothing is overwritten', async (t) => {

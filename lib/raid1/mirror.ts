@@ -127,8 +127,13 @@ export class Mirror implements Target {
     this.#sweeper.unref()
   }
 
-  read(io: Io): void {
+  /** Reads the route could not serve: none while routing, or one that failed there. */
+  read(io: Io): Promise<void> | void {
     this.#foreground++
+    if (io.failedRead) {
+      const { file, error } = io.failedRead
+      return this.#recoverRead(io, this.members.find((m) => m.file?.index === file.index), error)
+    }
     const member = this.#reader(io.offset)
     if (!member) throw new UblkError('EIO', 'no member in sync')
     io.passthrough(member.file!, this.sb.dataOffset + io.offset, (err) => this.#recoverRead(io, member, err))
@@ -173,6 +178,7 @@ export class Mirror implements Target {
 
   async close(): Promise<void> {
     this.#closing = true
+    this.#route()
     this.#resync?.abort()
     if (this.#sweeper) clearInterval(this.#sweeper)
     await this.#resyncRunning
@@ -225,6 +231,20 @@ export class Mirror implements Target {
     for (const m of this.members) this.sb.slots[m.slot] = m.state
     this.#active = this.members.filter((m) => m.state === 'active' && m.file)
     this.#writable = this.members.filter((m) => m.state !== 'faulty' && m.file)
+    this.#route()
+  }
+
+  /**
+   * Lets the queue threads serve reads as `#reader` would choose: from the
+   * members in sync by region, or only from the source while a dirty
+   * resync has not made the others match it.
+   */
+  #route(): void {
+    if (!this.#ctx) return
+    const source = this.#dirtySource()
+    const readers = source ? (source.state === 'active' ? [source] : []) : this.#active
+    if (readers.length === 0 || this.#closing) return this.#ctx.routeReads(undefined)
+    this.#ctx.routeReads({ files: readers.map((m) => m.file!), fileOffset: this.sb.dataOffset, stripeBytes: READ_STRIPE })
   }
 
   async #attach(m: Member): Promise<void> {
@@ -237,11 +257,20 @@ export class Mirror implements Target {
 
   #reader(offset: number): Member | undefined {
     const active = this.#active
-    if (this.#resync?.progress.kind === 'dirty' && this.#resyncSource?.state === 'active') {
+    const source = this.#dirtySource()
+    if (source?.state === 'active') {
       // Until a dirty chunk is copied, only the source has the data reads must see.
-      if (this.#resync.pending.has(Math.floor(offset / this.sb.chunkSize))) return this.#resyncSource
+      const resync = this.#resync
+      const pending = resync?.progress.kind === 'dirty' ? resync.pending.has(Math.floor(offset / this.sb.chunkSize)) : true
+      if (pending) return source
     }
     return active[Math.floor(offset / READ_STRIPE) % active.length]
+  }
+
+  /** While members may differ in chunks a crash left dirty: the member whose data counts. */
+  #dirtySource(): Member | undefined {
+    if (this.#resync?.progress.kind === 'dirty') return this.#resyncSource
+    return this.#needsDirtyResync ? this.#active[0] : undefined
   }
 
   /**
@@ -272,9 +301,9 @@ export class Mirror implements Target {
     if (!succeeded) throw new UblkError('EIO', `${what}: no member in sync took it`)
   }
 
-  async #recoverRead(io: Io, failed: Member, err: Error): Promise<void> {
+  async #recoverRead(io: Io, failed: Member | undefined, err: Error): Promise<void> {
     if (isCancel(err)) throw err
-    failed.readErrors++
+    if (failed) failed.readErrors++
     const at = this.sb.dataOffset + io.offset
     for (const other of this.#active) {
       if (other === failed) continue
@@ -285,7 +314,7 @@ export class Mirror implements Target {
         other.readErrors++
         continue
       }
-      if (failed.state === 'active') await this.#repair(io, failed, other)
+      if (failed?.state === 'active') await this.#repair(io, failed, other)
       return
     }
     throw new UblkError('EIO', `read at ${io.offset}: no member could serve it`)
@@ -465,12 +494,13 @@ export class Mirror implements Target {
           kind,
           chunks,
           copy: (chunk) => this.#copyChunk(chunk, source, targets),
-          foregroundIos: () => this.#foreground,
+          foregroundIos: () => this.#foreground + this.#ctx.routedReads(),
         },
         this.#speed,
       )
       this.#resync = resync
       this.#resyncSource = source
+      this.#route()
       this.onChange?.(`${kind} resync of ${chunks.length} chunk(s) started`)
       let done = false
       try {
@@ -479,6 +509,7 @@ export class Mirror implements Target {
         this.#lastResync = { ...resync.progress }
         this.#resync = undefined
         this.#resyncSource = undefined
+        this.#route()
       }
       if (!done) {
         if (kind === 'dirty') this.#needsDirtyResync = true

@@ -22,8 +22,10 @@ use ublk_core::js_numbers::{integer, u16_arg, u32_arg};
 
 use crate::errors::to_napi;
 
-/// Floats per IO in the descriptor table: tag, seq, op, flags, offset, length.
-pub const IO_FIELDS: usize = 6;
+/// Floats per IO in the descriptor table: tag, seq, op, flags, offset,
+/// length, and for a routed read that failed, the file's index and the
+/// negative errno (-1 and 0 otherwise).
+pub const IO_FIELDS: usize = 8;
 /// Floats per IO result: tag, seq, result.
 pub const RESULT_FIELDS: usize = 3;
 /// Floats per backend request: id, kind, mode, file, tag, seq, bufOffset,
@@ -114,6 +116,8 @@ pub fn batch_to_js(env: &Env, queues: &[Arc<QueueShared>], batch: Batch) -> napi
             io.flags as f64,
             io.offset as f64,
             io.length as f64,
+            io.failed_read.map_or(-1.0, |f| f.file as f64),
+            io.failed_read.map_or(0.0, |f| f.error as f64),
         ]);
         let value = if carries_data(io.op) && io.length > 0 {
             external_buffer(raw_env, shared, io.tag, io.length as usize)?

@@ -24,7 +24,8 @@ use crate::bridge::{
 use crate::errors::{guard, to_napi};
 use crate::info::DeviceInfo;
 use ublk_core::bridge::{
-    BackingFile, BackingFiles, Batch, BridgeTarget, Capabilities, QueueShared, MAX_STAGING_BYTES,
+    BackingFile, BackingFiles, Batch, BridgeTarget, Capabilities, QueueShared, ReadRoute,
+    MAX_STAGING_BYTES,
 };
 use ublk_core::js_numbers::{integer, u16_arg, u32_arg};
 
@@ -455,6 +456,37 @@ impl NativeBridge {
     #[napi]
     pub fn free_staging(&self, index: u32) -> bool {
         self.bridged.target.staging().free(index)
+    }
+
+    /// Serves reads straight from backing files on the queue threads:
+    /// region `r` (of `stripeBytes`) of the device is read from
+    /// `files[r % files.length]` at `fileOffset` plus the device offset. A
+    /// read that fails there reaches JavaScript with the failure attached.
+    /// `null` sends every read to JavaScript again. Takes effect for reads
+    /// that arrive after it returns.
+    #[napi(ts_args_type = "files: Array<number> | null, fileOffset: number, stripeBytes: number")]
+    pub fn set_read_route(
+        &self,
+        files: Option<Vec<u32>>,
+        file_offset: f64,
+        stripe_bytes: f64,
+    ) -> napi::Result<()> {
+        let route = match files {
+            None => None,
+            Some(files) => Some(ReadRoute {
+                files,
+                file_offset: integer("fileOffset", file_offset, i64::MAX as u64)
+                    .map_err(to_napi)?,
+                stripe_bytes: integer("stripeBytes", stripe_bytes, 1 << 40).map_err(to_napi)?,
+            }),
+        };
+        self.bridged.target.set_read_route(route).map_err(to_napi)
+    }
+
+    /// Reads the read route served without JavaScript so far.
+    #[napi]
+    pub fn routed_reads(&self) -> f64 {
+        self.bridged.target.routed_reads() as f64
     }
 
     /// Releases the batch handler of a bridge that will not be started.

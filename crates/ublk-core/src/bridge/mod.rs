@@ -11,6 +11,7 @@
 mod backing;
 mod inbox;
 mod queue;
+mod route;
 mod staging;
 pub mod synthetic;
 
@@ -26,6 +27,7 @@ use crate::target::{DeviceParams, Target};
 
 pub use backing::{BackingFile, BackingFiles};
 pub use inbox::QueueInbox;
+pub use route::{ReadRoute, MAX_ROUTE_FILES};
 pub use staging::{StagingBuffer, StagingBuffers, MAX_STAGING_BYTES};
 
 /// One IO handed to the application.
@@ -42,6 +44,18 @@ pub struct IoRequest {
     pub offset: u64,
     /// Bytes; 0 for flush.
     pub length: u32,
+    /// A read the device's [`ReadRoute`] sent to a file failed there: the
+    /// IO is the application's to serve from elsewhere.
+    pub failed_read: Option<FailedRead>,
+}
+
+/// Where and how a routed read failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailedRead {
+    /// The backing file's index.
+    pub file: u32,
+    /// Negative errno (EIO for a transfer that came up short).
+    pub error: i32,
 }
 
 /// Everything one reap of a queue's ring produced for the application.
@@ -170,11 +184,18 @@ impl QueueShared {
 pub struct BridgeTarget {
     kind: String,
     caps: Capabilities,
-    sink: Arc<dyn BatchSink>,
     queues: Vec<Arc<QueueShared>>,
-    files: Arc<BackingFiles>,
-    staging: Arc<StagingBuffers>,
-    stopping: Arc<AtomicBool>,
+    device: DeviceShared,
+}
+
+/// What every queue of a bridged device shares.
+#[derive(Clone)]
+pub(crate) struct DeviceShared {
+    pub sink: Arc<dyn BatchSink>,
+    pub files: Arc<BackingFiles>,
+    pub staging: Arc<StagingBuffers>,
+    pub routes: Arc<route::RouteTable>,
+    pub stopping: Arc<AtomicBool>,
 }
 
 impl BridgeTarget {
@@ -203,11 +224,14 @@ impl BridgeTarget {
         Ok(BridgeTarget {
             kind: kind.into(),
             caps,
-            sink,
             queues: shared,
-            files: Arc::new(BackingFiles::default()),
-            staging: Arc::new(StagingBuffers::default()),
-            stopping: Arc::new(AtomicBool::new(false)),
+            device: DeviceShared {
+                sink,
+                files: Arc::new(BackingFiles::default()),
+                staging: Arc::new(StagingBuffers::default()),
+                routes: Arc::default(),
+                stopping: Arc::new(AtomicBool::new(false)),
+            },
         })
     }
 
@@ -220,17 +244,28 @@ impl BridgeTarget {
     }
 
     pub fn files(&self) -> &Arc<BackingFiles> {
-        &self.files
+        &self.device.files
     }
 
     pub fn staging(&self) -> &Arc<StagingBuffers> {
-        &self.staging
+        &self.device.staging
+    }
+
+    /// Sends reads straight to backing files from now on (see
+    /// [`ReadRoute`]), or, with `None`, every read to the application.
+    pub fn set_read_route(&self, route: Option<ReadRoute>) -> Result<()> {
+        self.device.routes.set(&self.device.files, route)
+    }
+
+    /// Reads served by the read route so far, without the application.
+    pub fn routed_reads(&self) -> u64 {
+        self.device.routes.served()
     }
 
     /// Fails every IO the application holds and every IO still to come with
     /// EIO, so that stopping the device never waits for the application.
     pub fn cancel_all(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
+        self.device.stopping.store(true, Ordering::SeqCst);
         for q in &self.queues {
             q.inbox.wake();
         }
@@ -279,15 +314,7 @@ impl Target for BridgeTarget {
             .get(qid as usize)
             .ok_or_else(|| Error::invalid(format!("no bridge state for queue {qid}")))?
             .clone();
-        queue::serve(
-            qid,
-            dev,
-            shared,
-            self.sink.clone(),
-            self.files.clone(),
-            self.staging.clone(),
-            self.stopping.clone(),
-        )
+        queue::serve(qid, dev, shared, self.device.clone())
     }
 
     fn ring_depth(&self, depth: u16) -> u16 {

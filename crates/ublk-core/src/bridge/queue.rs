@@ -4,7 +4,7 @@
 //! or a backend operation finishing. New IOs and finished backend
 //! operations are collected and handed to the application once per reap.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,9 +12,12 @@ use io_uring::{opcode, squeue, types};
 use libublk::io::{UblkDev, UblkIOCtx, UblkQueue};
 use libublk::{BufDesc, UblkIORes};
 
-use super::backing::{BackingFile, BackingFiles};
-use super::staging::{StagingBuffer, StagingBuffers};
-use super::{BackendKind, BackendRequest, Batch, BatchSink, IoRequest, IoResult, QueueShared};
+use super::backing::BackingFile;
+use super::route::{ResolvedRoute, RouteCache};
+use super::staging::StagingBuffer;
+use super::{
+    BackendKind, BackendRequest, Batch, DeviceShared, FailedRead, IoRequest, IoResult, QueueShared,
+};
 use crate::error::Result;
 use crate::target::open_queue;
 
@@ -58,6 +61,15 @@ struct Completes {
     length: u32,
     is_read: bool,
     report_failure: bool,
+    /// Sent by the read route: if it fails, the IO goes to the application.
+    routed: Option<RoutedRead>,
+}
+
+/// What the application needs of a routed read that failed.
+struct RoutedRead {
+    file: u32,
+    offset: u64,
+    flags: u32,
 }
 
 struct InflightBackend {
@@ -75,10 +87,8 @@ struct InflightBackend {
 struct QueueState {
     qid: u16,
     shared: Arc<QueueShared>,
-    sink: Arc<dyn BatchSink>,
-    files: Arc<BackingFiles>,
-    staging: Arc<StagingBuffers>,
-    stopping: Arc<AtomicBool>,
+    device: DeviceShared,
+    route: RouteCache,
     cancelled: bool,
     tags: Vec<TagState>,
     backend: Vec<Option<InflightBackend>>,
@@ -96,20 +106,15 @@ pub(crate) fn serve(
     qid: u16,
     dev: &UblkDev,
     shared: Arc<QueueShared>,
-    sink: Arc<dyn BatchSink>,
-    files: Arc<BackingFiles>,
-    staging: Arc<StagingBuffers>,
-    stopping: Arc<AtomicBool>,
+    device: DeviceShared,
 ) -> Result<()> {
     let queue = open_queue(qid, dev, &shared.buffers)?;
     let depth = shared.depth() as usize;
     let mut state = QueueState {
         qid,
         shared,
-        sink,
-        files,
-        staging,
-        stopping,
+        device,
+        route: RouteCache::default(),
         cancelled: false,
         tags: vec![TagState::default(); depth],
         backend: Vec::new(),
@@ -163,7 +168,7 @@ impl QueueState {
     fn on_new_io(&mut self, q: &UblkQueue, tag: u16) {
         let iod = q.get_iod(tag);
         let length = iod.nr_sectors << 9;
-        if self.stopping.load(Ordering::Relaxed) {
+        if self.device.stopping.load(Ordering::Relaxed) {
             self.tags[tag as usize].length = length;
             self.complete(q, tag, -libc::EIO);
             return;
@@ -176,14 +181,99 @@ impl QueueState {
         st.completing = 0;
         st.completing_error = None;
         st.handed_back = false;
+        let (seq, op, flags, offset) = (
+            st.seq,
+            iod.op_flags & 0xff,
+            iod.op_flags >> 8,
+            iod.start_sector << 9,
+        );
+        if op == libublk::sys::UBLK_IO_OP_READ && length > 0 {
+            if let Some(route) = self.device.routes.load(&mut self.route).cloned() {
+                if self.route_read(q, tag, &route, offset, flags) {
+                    return;
+                }
+            }
+        }
         self.out.ios.push(IoRequest {
             tag,
-            seq: st.seq,
-            op: (iod.op_flags & 0xff) as u8,
-            flags: iod.op_flags >> 8,
-            offset: iod.start_sector << 9,
+            seq,
+            op: op as u8,
+            flags,
+            offset,
             length,
+            failed_read: None,
         });
+    }
+
+    /// Sends a new read straight to the file the route picks, completing
+    /// the IO when it finishes; false if it cannot go (the application
+    /// then gets it as usual).
+    fn route_read(
+        &mut self,
+        q: &UblkQueue,
+        tag: u16,
+        route: &ResolvedRoute,
+        offset: u64,
+        flags: u32,
+    ) -> bool {
+        let length = self.tags[tag as usize].length;
+        let (index, file) = route.pick(offset);
+        let Some(file_offset) = route.file_offset.checked_add(offset) else {
+            return false;
+        };
+        if length as usize > self.shared.buf_bytes {
+            return false;
+        }
+        let Some(slot) = self.take_slot() else {
+            return false;
+        };
+        // The whole IO, in the tag's own buffer: the driver sized both.
+        let sqe = opcode::Read::new(
+            types::Fd(file.raw_fd()),
+            self.shared.buffers[tag as usize].as_mut_ptr(),
+            length,
+        )
+        .offset(file_offset)
+        .build();
+        self.backend[slot as usize] = Some(InflightBackend {
+            id: 0,
+            tag: Some(tag),
+            completes: Some(Completes {
+                buf_offset: 0,
+                length,
+                is_read: true,
+                report_failure: true,
+                routed: Some(RoutedRead {
+                    file: *index,
+                    offset,
+                    flags,
+                }),
+            }),
+            timeout: None,
+            _file: Some(file.clone()),
+            _staging: None,
+        });
+        let st = &mut self.tags[tag as usize];
+        st.backend_inflight += 1;
+        st.completing += 1;
+        self.device.routes.count_served();
+        if let Err(e) = q.ublk_submit_sqe_sync(sqe.user_data(target_user_data(OP_BACKEND, slot))) {
+            log::error!("queue {}: submit routed read: {e}", self.qid);
+            self.on_backend_done(q, slot, -libc::EIO);
+        }
+        true
+    }
+
+    /// A free backend slot, or none when all 2^24 are in use.
+    fn take_slot(&mut self) -> Option<u32> {
+        if let Some(slot) = self.free_slots.pop() {
+            return Some(slot);
+        }
+        if self.backend.len() >= MAX_SLOTS {
+            return None;
+        }
+        self.backend.push(None);
+        Some((self.backend.len() - 1) as u32)
     }
 
     fn complete(&mut self, q: &UblkQueue, tag: u16, result: i32) {
@@ -204,7 +294,7 @@ impl QueueState {
         for req in pending.requests {
             self.submit_backend(q, req);
         }
-        if self.stopping.load(Ordering::SeqCst) && !self.cancelled {
+        if self.device.stopping.load(Ordering::SeqCst) && !self.cancelled {
             self.cancelled = true;
             // IOs not yet handed over are failed below with the rest.
             self.out.ios.clear();
@@ -257,19 +347,15 @@ impl QueueState {
         };
         let uses_buffer =
             matches!(req.kind, BackendKind::Read | BackendKind::Write) && staging.is_none();
-        let slot = match self.free_slots.pop() {
-            Some(s) => s,
-            None if self.backend.len() >= MAX_SLOTS => return self.refuse(q, &req, libc::EAGAIN),
-            None => {
-                self.backend.push(None);
-                (self.backend.len() - 1) as u32
-            }
+        let Some(slot) = self.take_slot() else {
+            return self.refuse(q, &req, libc::EAGAIN);
         };
         let completes = (uses_buffer && req.completes_io).then_some(Completes {
             buf_offset: req.buf_offset,
             length: req.length,
             is_read: req.kind == BackendKind::Read,
             report_failure: req.report_failure,
+            routed: None,
         });
         self.backend[slot as usize] = Some(InflightBackend {
             id: req.id,
@@ -317,7 +403,7 @@ impl QueueState {
                 staging: None,
             });
         }
-        let file = self.files.get(req.file).ok_or(libc::EBADF)?;
+        let file = self.device.files.get(req.file).ok_or(libc::EBADF)?;
         let fd = types::Fd(file.raw_fd());
         req.file_offset
             .checked_add(req.length as u64)
@@ -331,7 +417,7 @@ impl QueueState {
                         if req.completes_io {
                             return Err(libc::EINVAL);
                         }
-                        let buffer = self.staging.get(index).ok_or(libc::EBADF)?;
+                        let buffer = self.device.staging.get(index).ok_or(libc::EBADF)?;
                         let ptr = buffer
                             .range(req.buf_offset, req.length)
                             .ok_or(libc::EINVAL)?;
@@ -500,7 +586,23 @@ impl QueueState {
         let st = &mut self.tags[tag as usize];
         st.completing -= 1;
         if !ok {
-            if c.report_failure {
+            if let Some(r) = &c.routed {
+                // The application has never seen this IO: it arrives now,
+                // with the failure, and is the application's to answer.
+                st.handed_back = true;
+                self.out.ios.push(IoRequest {
+                    tag,
+                    seq: st.seq,
+                    op: libublk::sys::UBLK_IO_OP_READ as u8,
+                    flags: r.flags,
+                    offset: r.offset,
+                    length: c.length,
+                    failed_read: Some(FailedRead {
+                        file: r.file,
+                        error: if result < 0 { result } else { -libc::EIO },
+                    }),
+                });
+            } else if c.report_failure {
                 st.handed_back = true;
             } else if st.completing_error.is_none() {
                 st.completing_error = Some(if result < 0 { result } else { -libc::EIO });
@@ -542,7 +644,7 @@ impl QueueState {
                 ..Default::default()
             },
         );
-        match self.sink.deliver(batch) {
+        match self.device.sink.deliver(batch) {
             Ok(()) => self.batch_outstanding = true,
             Err(batch) => {
                 // Nobody is listening any more: fail the IOs rather than hold them.

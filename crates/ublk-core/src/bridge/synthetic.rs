@@ -33,6 +33,7 @@ pub fn run(
                 flags: 0,
                 offset: (issued % 1024) * 4096,
                 length: 4096,
+                failed_read: None,
             });
             issued += 1;
             if batch.ios.len() == batch_max {
