@@ -1,5 +1,7 @@
 // The bridge's native entry points refuse malformed input from JavaScript
 // with EINVAL; these need no kernel.
+import { unlinkSync, writeFileSync } from 'node:fs'
+
 import test from 'ava'
 
 import binding = require('../lib/binding.js')
@@ -64,5 +66,28 @@ test('staging buffers are zeroed, page-sized as asked, bounded, and named by ind
     t.is(code(() => b.post(0, none, Float64Array.of(1, 0x400, 0, 0, -1, 0, 0, 4096, 0), [], false)), 'EINVAL')
   } finally {
     b.close()
+  }
+})
+
+test('read routes are checked in native code: files open in this bridge, a power-of-two stripe, an aligned offset', async (t) => {
+  const b = bridge()
+  const path = `/tmp/ublk-route-${process.pid}.img`
+  writeFileSync(path, Buffer.alloc(1 << 20))
+  try {
+    const { index } = await b.openBacking(path, false, true)
+    t.is(code(() => b.setReadRoute([index], 4096, 1 << 20)), 'ok')
+    t.is(code(() => b.setReadRoute([index, index], 0, 4096)), 'ok', 'a file may take several regions')
+    t.is(code(() => b.setReadRoute([], 0, 4096)), 'EINVAL', 'no files')
+    t.is(code(() => b.setReadRoute([index + 7], 0, 4096)), 'EBADF', 'not opened here')
+    t.is(code(() => b.setReadRoute([index], 0, 3 << 12)), 'EINVAL', 'stripe not a power of two')
+    t.is(code(() => b.setReadRoute([index], 0, 2048)), 'EINVAL', 'stripe below 4 KiB')
+    t.is(code(() => b.setReadRoute([index], 100, 4096)), 'EINVAL', 'offset not sector aligned')
+    t.is(code(() => b.setReadRoute([index], -512, 4096)), 'EINVAL', 'negative offset')
+    t.is(code(() => b.setReadRoute([index], 2 ** 64, 4096)), 'EINVAL', 'offset out of range')
+    t.is(code(() => b.setReadRoute(null, 0, 0)), 'ok', 'null ends routing')
+    t.is(b.routedReads(), 0)
+  } finally {
+    b.close()
+    unlinkSync(path)
   }
 })

@@ -11,6 +11,12 @@ export interface LoopOptions {
   /** O_DIRECT where the file system allows it (default true). */
   direct?: boolean
   readOnly?: boolean
+  /**
+   * Serve reads on the queue threads without calling into JavaScript
+   * (`TargetContext.routeReads`; default true). False keeps every read
+   * on the JavaScript path, one trip per IO.
+   */
+  routeReads?: boolean
 }
 
 /**
@@ -25,8 +31,13 @@ export function loopTarget(path: string, options: LoopOptions = {}): Target {
   }
 
   // Reads and writes go straight between the file and the IO's buffer, and
-  // the queue thread completes them: one trip through JavaScript per IO.
-  const read = (io: Io): void => io.passthrough(backing(), io.offset)
+  // the queue thread completes them: one trip through JavaScript per IO,
+  // none for reads while they are routed (a routed read that failed
+  // arrives here with its error).
+  const read = (io: Io): void => {
+    if (io.failedRead) throw io.failedRead.error
+    io.passthrough(backing(), io.offset)
+  }
   const write = (io: Io): void => io.passthrough(backing(), io.offset)
 
   const target: Target = {
@@ -38,6 +49,7 @@ export function loopTarget(path: string, options: LoopOptions = {}): Target {
           code: 'EINVAL',
         })
       }
+      if (options.routeReads ?? true) ctx.routeReads({ files: [file] })
     },
     read,
     fua: true,

@@ -347,7 +347,7 @@ impl Bridged {
 
     pub fn release(&self) {
         self.sink.close();
-        self.target.files().close_all();
+        self.target.close_files();
         self.target.staging().free_all();
     }
 }

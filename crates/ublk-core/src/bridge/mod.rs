@@ -257,6 +257,13 @@ impl BridgeTarget {
         self.device.routes.set(&self.device.files, route)
     }
 
+    /// Closes every backing file, the read route's included; requests that
+    /// name them fail with EBADF from then on.
+    pub fn close_files(&self) {
+        let _ = self.device.routes.set(&self.device.files, None);
+        self.device.files.close_all();
+    }
+
     /// Reads served by the read route so far, without the application.
     pub fn routed_reads(&self) -> u64 {
         self.device.routes.served()
