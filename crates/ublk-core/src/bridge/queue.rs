@@ -235,7 +235,8 @@ impl QueueState {
         )
         .offset(file_offset)
         .build();
-        self.backend[slot as usize] = Some(InflightBackend {
+        self.device.routes.count_served();
+        let inflight = InflightBackend {
             id: 0,
             tag: Some(tag),
             completes: Some(Completes {
@@ -252,16 +253,26 @@ impl QueueState {
             timeout: None,
             _file: Some(file.clone()),
             _staging: None,
-        });
-        let st = &mut self.tags[tag as usize];
-        st.backend_inflight += 1;
-        st.completing += 1;
-        self.device.routes.count_served();
+        };
+        self.launch(q, slot, sqe, inflight);
+        true
+    }
+
+    /// Records a backend operation in `slot`, counts it against its IO's
+    /// tag, and submits it; a submission that fails finishes it with EIO.
+    fn launch(&mut self, q: &UblkQueue, slot: u32, sqe: squeue::Entry, op: InflightBackend) {
+        if let Some(tag) = op.tag {
+            let st = &mut self.tags[tag as usize];
+            st.backend_inflight += 1;
+            if op.completes.is_some() {
+                st.completing += 1;
+            }
+        }
+        self.backend[slot as usize] = Some(op);
         if let Err(e) = q.ublk_submit_sqe_sync(sqe.user_data(target_user_data(OP_BACKEND, slot))) {
-            log::error!("queue {}: submit routed read: {e}", self.qid);
+            log::error!("queue {}: submit backend op: {e}", self.qid);
             self.on_backend_done(q, slot, -libc::EIO);
         }
-        true
     }
 
     /// A free backend slot, or none when all 2^24 are in use.
@@ -357,25 +368,15 @@ impl QueueState {
             report_failure: req.report_failure,
             routed: None,
         });
-        self.backend[slot as usize] = Some(InflightBackend {
+        let op = InflightBackend {
             id: req.id,
             tag: uses_buffer.then_some(req.tag),
             completes,
             timeout,
             _file: file,
             _staging: staging,
-        });
-        if uses_buffer {
-            let st = &mut self.tags[req.tag as usize];
-            st.backend_inflight += 1;
-            if req.completes_io {
-                st.completing += 1;
-            }
-        }
-        if let Err(e) = q.ublk_submit_sqe_sync(sqe.user_data(target_user_data(OP_BACKEND, slot))) {
-            log::error!("queue {}: submit backend op: {e}", self.qid);
-            self.on_backend_done(q, slot, -libc::EIO);
-        }
+        };
+        self.launch(q, slot, sqe, op);
     }
 
     /// Answers a request that cannot run; one that was to complete its IO
