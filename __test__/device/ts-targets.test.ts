@@ -7,8 +7,8 @@ import test from 'ava'
 import { createDevice, listDevices, loopTarget, ramdiskTarget, withIoDelay } from '../../lib/index.ts'
 import type { BackingFile, DeviceOptions, Io, Target } from '../../lib/index.ts'
 
-import { deviceAndFileDigests, scratchFile } from '../helpers/files.ts'
-import { fio } from '../helpers/fio.ts'
+import { scratchFile } from '../helpers/files.ts'
+import { fio, verifyAgainstFile } from '../helpers/fio.ts'
 import { deviceGone, requireUblk, sysfsBlock } from '../helpers/kernel.ts'
 import { ddRead, sh } from '../helpers/shell.ts'
 
@@ -66,10 +66,7 @@ test.serial('TypeScript loop: fio verify, and the file holds exactly what was wr
   const file = scratchFile('loop', 32 * MiB)
   const dev = await createDevice({ target: loopTarget(file), size: 32 * MiB, queues: 2, depth: 64 })
   try {
-    const r = await fio(dev.path, { rw: 'randwrite', bs: '4k', iodepth: 32, size: '32M', verify: 'crc32c' })
-    t.is(r.errors, 0)
-    const [fromDevice, fromFile] = await deviceAndFileDigests(dev.path, file)
-    t.is(fromDevice, fromFile)
+    await verifyAgainstFile(t, dev.path, file, { rw: 'randwrite', bs: '4k', iodepth: 32, size: '32M' })
   } finally {
     await dev.stop()
     unlinkSync(file)
@@ -260,10 +257,7 @@ test.serial('a target on readFrom/writeTo: fio verify, and the file matches', as
   const file = scratchFile('explicit', 16 * MiB)
   const dev = await createDevice({ target: explicitLoop(file), size: 16 * MiB, queues: 2 })
   try {
-    const r = await fio(dev.path, { rw: 'randwrite', bs: '16k', iodepth: 16, size: '16M', verify: 'crc32c' })
-    t.is(r.errors, 0)
-    const [fromDevice, fromFile] = await deviceAndFileDigests(dev.path, file)
-    t.is(fromDevice, fromFile)
+    await verifyAgainstFile(t, dev.path, file, { rw: 'randwrite', bs: '16k', iodepth: 16, size: '16M' })
   } finally {
     await dev.stop()
     unlinkSync(file)

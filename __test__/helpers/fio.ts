@@ -1,6 +1,10 @@
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 
+import type { ExecutionContext } from 'ava'
+
+import { deviceAndFileDigests } from './files.ts'
+
 const run = promisify(execFile)
 
 export interface FioJob {
@@ -58,4 +62,21 @@ export async function fio(filename: string, job: FioJob): Promise<FioResult> {
     readIops: jobs.reduce((n, j) => n + j.read.iops, 0),
     writeIops: jobs.reduce((n, j) => n + j.write.iops, 0),
   }
+}
+
+/**
+ * fio crc32c verify through `device`; then the file behind it must hold
+ * exactly what the device reads back. Returns fio's result.
+ */
+export async function verifyAgainstFile(
+  t: Pick<ExecutionContext, 'is'>,
+  device: string,
+  file: string,
+  job: Omit<FioJob, 'verify'>,
+): Promise<FioResult> {
+  const r = await fio(device, { ...job, verify: 'crc32c' })
+  t.is(r.errors, 0, 'fio verify')
+  const [fromDevice, fromFile] = await deviceAndFileDigests(device, file)
+  t.is(fromDevice, fromFile, 'the file holds what the device reads back')
+  return r
 }
