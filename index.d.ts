@@ -13,10 +13,10 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 export declare class NativeBridge {
   /**
    * Hands IO results (`[tag, seq, result]*`) and backend requests
-   * (`[id, kind, mode, file, tag, seq, bufOffset, length, fileOffset]*`) to
-   * queue `queue`, after detaching the completed IOs' buffers.
-   * `batchTaken` tells the queue its last batch was taken in, so it may
-   * hand over the next one.
+   * (`[id, kind, mode, file, tag, seq, bufOffset, length, fileOffset]*`)
+   * to queue `queue`, after detaching the completed IOs' buffers.
+   * `batchTaken` tells the queue its last hand-over was taken in.
+   * A malformed request is refused alone (its id gets the errno).
    */
   post(queue: number, results: Float64Array, requests: Float64Array, detach: Array<ArrayBuffer | null>, batchTaken: boolean): void
   /** Opens a backing file for this device's backend IO. */
@@ -24,16 +24,16 @@ export declare class NativeBridge {
   /**
    * Allocates a zeroed, page-aligned staging buffer of `size` bytes for
    * backend IO that is not an IO's data (metadata, resync copies).
-   * Returns its index; `stagingBuffer(index)` gives the memory.
+   * Returns its handle; `stagingBuffer(handle)` gives the memory.
    */
   allocStaging(size: number): number
   /** The memory of a staging buffer, as an ArrayBuffer that keeps it alive. */
-  stagingBuffer(index: number): ArrayBuffer
+  stagingBuffer(handle: number): ArrayBuffer
   /**
    * Forgets a staging buffer: requests naming it fail with EBADF from
    * now on; the memory lives while operations or JS views still use it.
    */
-  freeStaging(index: number): boolean
+  freeStaging(handle: number): boolean
   /**
    * Serves reads straight from backing files on the queue threads:
    * region `r` (of `stripeBytes`) of the device is read from
@@ -45,7 +45,10 @@ export declare class NativeBridge {
   setReadRoute(files: Array<number> | null, fileOffset: number, stripeBytes: number): void
   /** Reads the read route served without JavaScript so far. */
   routedReads(): number
-  /** Releases the batch handler of a bridge that will not be started. */
+  /**
+   * Releases the batch handler and files of a bridge that will not be
+   * started.
+   */
   close(): void
 }
 
@@ -59,6 +62,11 @@ export declare class NativeDevice {
   get target(): string
   /** True once `stop()` completed, or the device was deleted by id. */
   get stopped(): boolean
+  /**
+   * False once the device is stopped, or no longer served because the
+   * kernel device went away (it still needs `stop()` then).
+   */
+  get serving(): boolean
   /** The device as the kernel describes it now. */
   info(): Promise<DeviceInfo>
   /**
@@ -70,10 +78,10 @@ export declare class NativeDevice {
 
 /**
  * Prepares a device served by JavaScript: `onBatch(queue, ios, buffers,
- * backendResults)` is called once per ring reap, answers go back through
- * `NativeBridge.post`. Start it with `startBridgedDevice`.
+ * backendResults, events)` is called once per hand-over, answers go back
+ * through `NativeBridge.post`. Start it with `startBridgedDevice`.
  */
-export declare function createBridge(options: NativeDeviceOptions, capabilities: NativeCapabilities, onBatch: (queue: number, ios: Float64Array, buffers: Array<ArrayBuffer | null>, backend: Float64Array) => void): NativeBridge
+export declare function createBridge(options: NativeDeviceOptions, capabilities: NativeCapabilities, onBatch: (queue: number, ios: Float64Array, buffers: Array<ArrayBuffer | null>, backend: Float64Array, events: Float64Array) => void): NativeBridge
 
 /**
  * Adds a device served by a built-in target and starts it; resolves once
@@ -129,7 +137,8 @@ export interface KernelFeatures {
 export declare function listDevices(): Promise<Array<DeviceInfo>>
 
 export interface NativeBackingFile {
-  index: number
+  /** The file's handle in this device. */
+  handle: number
   size: number
   direct: boolean
   readOnly: boolean
@@ -143,10 +152,15 @@ export interface NativeCapabilities {
   fua: boolean
   discard: boolean
   writeZeroes: boolean
+  /** The target has batch hooks: write batches are announced to it. */
+  batchHooks: boolean
 }
 
 export interface NativeDeviceOptions {
-  /** Built-in target kind: "null" or "loop". */
+  /**
+   * Built-in target kind ("null" or "loop"), or the kind name a
+   * JavaScript target reports.
+   */
   target: string
   /** Backing file or block device of a "loop" target. */
   path?: string
@@ -170,6 +184,9 @@ export interface NativeDeviceOptions {
  * took. For the dispatch-path benchmark: no kernel involved.
  */
 export declare function runSyntheticBridge(bridge: NativeBridge, total: number, batchMax: number): Promise<number>
+
+/** Sends the core's warnings and errors to `handler` from now on. */
+export declare function setLogHandler(handler: (level: string, device: number, queue: number, message: string) => void): void
 
 /**
  * Starts a device prepared by `createBridge`; resolves once its block

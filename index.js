@@ -844,5 +844,6 @@ module.exports.deviceInfo = nativeBinding.deviceInfo
 module.exports.kernelFeatures = nativeBinding.kernelFeatures
 module.exports.listDevices = nativeBinding.listDevices
 module.exports.runSyntheticBridge = nativeBinding.runSyntheticBridge
+module.exports.setLogHandler = nativeBinding.setLogHandler
 module.exports.startBridgedDevice = nativeBinding.startBridgedDevice
 module.exports.stopAllDevices = nativeBinding.stopAllDevices

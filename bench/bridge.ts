@@ -6,7 +6,8 @@
 import { parseArgs } from 'node:util'
 
 import binding = require('../lib/binding.js')
-import { Dispatcher } from '../lib/dispatch.ts'
+import { Dispatcher } from '../lib/dispatch/index.ts'
+import { Handles } from '../lib/handles.ts'
 import { nullTarget } from '../lib/index.ts'
 
 const { values: opts } = parseArgs({
@@ -16,13 +17,12 @@ const DEPTH = 128
 const total = Number(opts.ios)
 
 async function measure(batchMax: number): Promise<number> {
-  let dispatcher: Dispatcher | undefined
+  const dispatcher = new Dispatcher(nullTarget(), { queues: 1, depth: DEPTH, ioTimeoutMs: 0, handles: new Handles() })
   const bridge = binding.createBridge(
     { target: 'bench', size: 1 << 30, queues: 1, depth: DEPTH, maxIoBytes: 4096 },
-    { readOnly: false, flush: false, fua: false, discard: false, writeZeroes: false },
-    (q, ios, bufs, backend) => dispatcher?.onBatch(q, ios, bufs, backend),
+    { readOnly: false, flush: false, fua: false, discard: false, writeZeroes: false, batchHooks: false },
+    dispatcher.onBatch,
   )
-  dispatcher = new Dispatcher(nullTarget(), { queues: 1, depth: DEPTH, ioTimeoutMs: 0 })
   dispatcher.attach(bridge)
   const ns = await binding.runSyntheticBridge(bridge, total, batchMax)
   return total / (ns / 1e9)

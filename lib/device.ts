@@ -1,9 +1,10 @@
 import binding = require('./binding.js')
-import { BackendKind, Dispatcher } from './dispatch.js'
-import { native, nativeSync, toUblkError, UblkError } from './errors.js'
-import type { BackingFile, StagingBuffer, Target, TargetContext } from './target.js'
+import type { Dispatcher } from './dispatch/index.js'
+import { native, UblkError } from './errors.js'
+import { serve } from './served.js'
+import type { Target } from './target.js'
 
-import type { DeviceInfo, KernelFeatures, NativeBridge, NativeDevice } from '../index.js'
+import type { DeviceInfo, KernelFeatures, NativeDevice } from '../index.js'
 
 export type { DeviceInfo, KernelFeatures }
 
@@ -36,22 +37,25 @@ interface Served {
   target: Target
 }
 
-/** Devices this process serves, by id, so `deleteDevice(id)` goes through them. */
-const served = new Map<number, Device>()
-
 /** A started ublk device served by this process. */
 export class Device {
   readonly #native: NativeDevice
   readonly #served: Served | undefined
   #stopping: Promise<void> | undefined
-  /** Keeps the process alive while the device runs, as a listening server does. */
-  readonly #keepAlive = setInterval(() => {}, 2 ** 31 - 1)
+  #closed: Promise<void> | undefined
+  /**
+   * Keeps the process alive while the device runs, as a listening server
+   * does, and notices a device stopped elsewhere (by `deleteDevice(id)`, or
+   * deleted in the kernel by another process) to let go of it here too.
+   */
+  readonly #keepAlive = setInterval(() => {
+    if (!this.#native.serving) void this.stop().catch(() => {})
+  }, 1000)
 
   /** @internal use `createDevice()` */
   constructor(nativeDevice: NativeDevice, target?: Served) {
     this.#native = nativeDevice
     this.#served = target
-    served.set(nativeDevice.id, this)
   }
 
   /** Lets the process exit while the device runs (it is then stopped on exit). */
@@ -112,11 +116,26 @@ export class Device {
   }
 
   async #stop(): Promise<void> {
-    clearInterval(this.#keepAlive)
-    if (served.get(this.id) === this) served.delete(this.id)
     this.#served?.dispatcher.shutdown()
-    await native(() => this.#native.stop())
-    await this.#served?.target.close?.()
+    try {
+      await native(() => this.#native.stop())
+    } finally {
+      await this.afterStop()
+    }
+  }
+
+  /**
+   * @internal Runs once the device stopped, however it was stopped (by
+   * `stop()`, or by `deleteDevice(id)` from anywhere in this process):
+   * fails what the target still holds and closes the target.
+   */
+  afterStop(): Promise<void> {
+    this.#closed ??= (async () => {
+      clearInterval(this.#keepAlive)
+      this.#served?.dispatcher.shutdown()
+      await this.#served?.target.close?.()
+    })()
+    return this.#closed
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -135,6 +154,13 @@ function stopDevicesOnExit(): void {
   if (exitHandlerInstalled) return
   exitHandlerInstalled = true
   process.on('exit', () => binding.stopAllDevices())
+  binding.setLogHandler(warn)
+}
+
+/** A warning or error of the native core, as a process warning naming its device and queue. */
+function warn(level: string, device: number, queue: number, message: string): void {
+  const where = device >= 0 ? `ublk device ${device}${queue >= 0 ? ` queue ${queue}` : ''}: ` : ''
+  process.emitWarning(`${where}${message}`, { type: 'UblkWarning', code: `UBLK_${level.toUpperCase()}`, detail: JSON.stringify({ device, queue, level }) })
 }
 
 /** Adds a device, starts serving it, and resolves once `/dev/ublkbN` exists. */
@@ -154,82 +180,15 @@ export async function createDevice(options: DeviceOptions): Promise<Device> {
   return new Device(nativeDevice)
 }
 
-function capabilitiesOf(target: Target) {
-  if (typeof target.read !== 'function') {
-    throw new UblkError('EINVAL', 'a target needs at least a read(io) method')
-  }
-  return {
-    readOnly: typeof target.write !== 'function',
-    flush: typeof target.flush === 'function',
-    fua: target.fua === true && typeof target.write === 'function',
-    discard: typeof target.discard === 'function',
-    writeZeroes: typeof target.writeZeroes === 'function',
-  }
-}
-
 async function createServedDevice(options: DeviceOptions, target: Target): Promise<Device> {
   const { target: _target, ioTimeoutMs = 30_000, path: _path, ...geometry } = options
   if (typeof ioTimeoutMs !== 'number' || !(ioTimeoutMs >= 0)) {
     throw new UblkError('EINVAL', `ioTimeoutMs must be a number of milliseconds >= 0, got ${String(ioTimeoutMs)}`)
   }
-  const capabilities = capabilitiesOf(target)
-  let dispatcher: Dispatcher | undefined
-  const bridge: NativeBridge = await native(() =>
-    binding.createBridge({ ...geometry, target: target.name ?? 'typescript' }, capabilities, (q, ios, bufs, backend) =>
-      dispatcher?.onBatch(q, ios, bufs, backend),
-    ),
-  )
-  dispatcher = new Dispatcher(target, {
-    queues: geometry.queues ?? 1,
-    depth: geometry.depth ?? 64,
-    ioTimeoutMs,
-  })
-  dispatcher.attach(bridge)
-  try {
-    await target.open?.(contextFor(bridge, dispatcher, geometry.size))
-  } catch (err) {
-    bridge.close()
-    throw toUblkError(err)
-  }
-  const nativeDevice = await native(() => binding.startBridgedDevice(bridge))
-  return new Device(nativeDevice, { dispatcher, target })
-}
-
-function contextFor(bridge: NativeBridge, dispatcher: Dispatcher, size: number): TargetContext {
-  return {
-    size,
-    async openFile(path, opts = {}): Promise<BackingFile> {
-      const f = await native(() => bridge.openBacking(path, opts.direct ?? true, opts.readOnly ?? false))
-      const file = { path, index: f.index, size: f.size, direct: f.direct, readOnly: f.readOnly, blockDevice: f.blockDevice }
-      dispatcher.registerFile(file)
-      return file
-    },
-    allocBuffer(bytes: number): StagingBuffer {
-      const index = nativeSync(() => bridge.allocStaging(bytes))
-      const memory = nativeSync(() => bridge.stagingBuffer(index))
-      return { index, bytes: new Uint8Array(memory), free: () => void bridge.freeStaging(index) }
-    },
-    read(file, buffer, fileOffset, options = {}) {
-      return dispatcher.staged(options.queue ?? 0, BackendKind.Read, file, buffer, fileOffset, options)
-    },
-    write(file, buffer, fileOffset, options = {}) {
-      return dispatcher.staged(options.queue ?? 0, BackendKind.Write, file, buffer, fileOffset, options)
-    },
-    async fdatasync(file, queue = 0) {
-      await dispatcher.backend(queue, BackendKind.Fdatasync, 0, file, 0, 0, 0, 0, 0, 'fdatasync')
-    },
-    sleep(ms, queue = 0) {
-      return dispatcher.sleep(queue, ms)
-    },
-    routeReads(route) {
-      if (route === undefined) return nativeSync(() => bridge.setReadRoute(null, 0, 0))
-      const files = route.files.map((f) => f.index)
-      nativeSync(() => bridge.setReadRoute(files, route.fileOffset ?? 0, route.stripeBytes ?? 1 << 20))
-    },
-    routedReads() {
-      return bridge.routedReads()
-    },
-  }
+  const served = await serve(target, geometry, ioTimeoutMs)
+  const device = new Device(served.native, { dispatcher: served.dispatcher, target })
+  served.onStopped(() => void device.afterStop())
+  return device
 }
 
 /** Every ublk device on this machine, whoever serves it. */
@@ -247,8 +206,6 @@ export function deviceInfo(id: number): Promise<DeviceInfo> {
  * stopped through its owner, as `device.stop()` would.
  */
 export function deleteDevice(id: number): Promise<void> {
-  const own = served.get(id)
-  if (own) return own.stop()
   return native(() => binding.deleteDevice(id))
 }
 

@@ -1,8 +1,12 @@
 import { constants } from 'node:os'
 
+const ERRNO = constants.errno as Record<string, number | undefined>
+const EIO = ERRNO.EIO ?? 5
+
 /**
  * Every failure of this library: `code` is the errno's name (`'EINVAL'`,
- * `'ENODEV'`, ...) and `errno` its number, as with Node's own system errors.
+ * `'ENODEV'`, ...) and `errno` its negative number, as with Node's own
+ * system errors (`-22` for `EINVAL`).
  */
 export class UblkError extends Error {
   readonly code: string
@@ -12,13 +16,34 @@ export class UblkError extends Error {
     super(message, options)
     this.name = 'UblkError'
     this.code = code
-    this.errno = errnoNumber(code)
+    this.errno = -(ERRNO[code] ?? 0)
   }
 }
 
-function errnoNumber(code: string): number {
-  const table = constants.errno as Record<string, number | undefined>
-  return table[code] ?? 0
+/** The number of an errno name, e.g. 28 for `'ENOSPC'` (0 if unknown). */
+export function errnoNumber(code: string): number {
+  return ERRNO[code] ?? 0
+}
+
+/** The errno (positive) an error stands for: the one its `code` names, or EIO. */
+export function errnoOf(err: unknown): number {
+  const code = (err as { code?: unknown } | null)?.code
+  if (typeof code === 'string') {
+    const n = ERRNO[code]
+    if (n !== undefined) return n
+  }
+  return EIO
+}
+
+/** The name of a positive errno, e.g. `'ENOSPC'` for 28. */
+export function errnoName(errno: number): string {
+  return Object.keys(ERRNO).find((k) => ERRNO[k] === errno) ?? 'EIO'
+}
+
+/** A backend operation's negative result as an error. */
+export function backendError(result: number, what: string): UblkError {
+  const code = errnoName(-result)
+  return new UblkError(code, `${what} failed: ${code}`)
 }
 
 const ERRNO_PREFIX = /^(E[A-Z0-9]+): ([\s\S]*)$/

@@ -3,7 +3,11 @@
 /** The IO operations a target can receive. */
 export type IoOp = 'read' | 'write' | 'flush' | 'discard' | 'writeZeroes'
 
-/** A file opened for backend IO on the device's queue rings. */
+/**
+ * A file opened for backend IO on the device's queue rings, by
+ * `TargetContext.openFile`. Only the device that opened it accepts it;
+ * anything else given where a file is expected is refused with EBADF.
+ */
 export interface BackingFile {
   readonly path: string
   readonly size: number
@@ -11,11 +15,13 @@ export interface BackingFile {
   readonly direct: boolean
   readonly readOnly: boolean
   readonly blockDevice: boolean
-  /** @internal index in the device's file table */
-  readonly index: number
 }
 
-/** `fallocate(2)` modes the backend accepts. */
+/**
+ * `fallocate(2)` modes the backend accepts: 0 (allocate), KEEP_SIZE,
+ * PUNCH_HOLE | KEEP_SIZE, ZERO_RANGE and ZERO_RANGE | KEEP_SIZE. Any other
+ * mode is refused with EINVAL.
+ */
 export const FALLOC_FL_KEEP_SIZE = 0x01
 export const FALLOC_FL_PUNCH_HOLE = 0x02
 export const FALLOC_FL_ZERO_RANGE = 0x10
@@ -106,8 +112,6 @@ export type ReadErrorHandler = (err: Error) => Promise<void> | void
  */
 export interface StagingBuffer {
   readonly bytes: Uint8Array
-  /** @internal index in the device's staging table */
-  readonly index: number
   /** Gives the memory back once no request uses it. */
   free(): void
 }

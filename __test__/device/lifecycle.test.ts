@@ -10,6 +10,7 @@ import { runFixture } from '../helpers/child.ts'
 import { rejectsWithCode } from '../helpers/errors.ts'
 import { fio } from '../helpers/fio.ts'
 import { deviceGone, requireUblk, sysfsBlock } from '../helpers/kernel.ts'
+import { until } from '../helpers/poll.ts'
 
 const GiB = 1 << 30
 
@@ -139,6 +140,39 @@ test.serial('without root: EACCES, and the process goes on', async (t) => {
   const codes = await runFixture<{ create: string; list: string }>('as-nobody.ts')
   t.is(codes.create, 'EACCES')
   t.is(codes.list, 'EACCES')
+})
+
+test.serial('a read-only /run: creating a device fails with EROFS at once and leaves nothing behind', async (t) => {
+  const before = (await listDevices()).map((d) => d.id)
+  // A private mount namespace in which /run is a read-only bind mount of itself.
+  const readOnlyRun = ['unshare', '-m', 'sh', '-c', 'mount --bind /run /run && mount -o remount,bind,ro /run && exec "$@"', 'sh']
+  const outcome = await runFixture<Record<'rust' | 'typescript', { code: string; ms: number }>>('readonly-run.ts', readOnlyRun)
+  t.log(`Rust target: ${outcome.rust.code} in ${outcome.rust.ms} ms; TypeScript target: ${outcome.typescript.code} in ${outcome.typescript.ms} ms`)
+  for (const { code, ms } of [outcome.rust, outcome.typescript]) {
+    t.true(code === 'EROFS' || code === 'EACCES', `failed with ${code}`)
+    t.true(ms < 20_000, `in ${ms} ms`)
+  }
+  t.deepEqual((await listDevices()).map((d) => d.id), before, 'no device was left behind')
+})
+
+test.serial('a device deleted by another process: its server warns, naming it, and lets go of it', async (t) => {
+  const dev = await createDevice({ target: 'null', size: 64 << 20, queues: 2 })
+  const warnings: Error[] = []
+  const onWarning = (w: Error) => warnings.push(w)
+  process.on('warning', onWarning)
+  try {
+    const other = await runFixture<{ code: string }>('delete-device.ts', ['env', `UBLK_DELETE_ID=${dev.id}`])
+    t.is(other.code, 'ok')
+    await until(() => dev.stopped, 'the server lets go of the device')
+    await until(() => warnings.some((w) => w.message.includes(`ublk device ${dev.id}`)), 'a warning names the device')
+    const warning = warnings.find((w) => w.message.includes(`ublk device ${dev.id}`))!
+    t.is(warning.name, 'UblkWarning')
+    t.log(warning.message)
+    t.true(deviceGone(dev.id))
+  } finally {
+    process.off('warning', onWarning)
+    await dev.stop()
+  }
 })
 
 test.serial('a process that exits without stopping leaves no device behind', async (t) => {

@@ -16,6 +16,7 @@ import { rejectsWithCode } from '../helpers/errors.ts'
 import { scratchFile } from '../helpers/files.ts'
 import { fio } from '../helpers/fio.ts'
 import { deviceGone, requireUblk } from '../helpers/kernel.ts'
+import { until } from '../helpers/poll.ts'
 import { bitsSetOnDisk, DATA_OFFSET, digestRange } from '../helpers/raid1.ts'
 import { sh } from '../helpers/shell.ts'
 
@@ -27,7 +28,6 @@ const CHUNK = 64 * 1024
 
 test.before(() => requireUblk())
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 function members(name: string, n = 2): string[] {
   return Array.from({ length: n }, (_, i) => scratchFile(`raid1-${name}-${i}`, MEMBER))
@@ -78,13 +78,13 @@ test.serial('kill -9 during random writes: only dirty chunks are resynced, earli
   writeFileSync(pattern, randomBytes(8 * MiB))
   const dd = await sh('dd', [`if=${pattern}`, `of=${path}`, 'bs=1M', 'oflag=direct', 'conv=nocreat,fsync'])
   t.is(dd.code, 0, dd.stderr)
-  await sleep(1500)
+  await until(() => bitsSetOnDisk(a!, 4096) === 0, 'the bits of the idle region are cleared on disk')
 
   // Random writes to [16 MiB, 24 MiB) until the server dies.
   const writer = fio(path, { rw: 'randwrite', bs: '4k', iodepth: 32, size: '8M', runtime: 30, extra: ['--offset=16M'] }).catch(
     () => undefined,
   )
-  await sleep(2500)
+  await until(() => bitsSetOnDisk(a!, 4096) > 0, 'writes in flight have marked their chunks on disk')
   child.kill('SIGKILL')
   await new Promise((resolve) => child.once('exit', resolve))
   await writer
@@ -152,7 +152,7 @@ test.serial('a member failing under IO: no error reaches fio, degraded, re-add r
     const md = await createRaid1({ members: [a!, flaky.dev], chunkSize: CHUNK, assumeClean: true, bitmapClearDelayMs: 200 })
     try {
       const writes = fio(md.path, { rw: 'randwrite', bs: '4k', iodepth: 16, size: '16M', verify: 'crc32c' })
-      await sleep(1000)
+      await until(() => md.status().dirtyChunks > 0, 'writes are going on')
       await flaky.fail()
       const r = await writes
       t.is(r.errors, 0, 'the writer saw no error')
@@ -160,7 +160,8 @@ test.serial('a member failing under IO: no error reaches fio, degraded, re-add r
       t.is(st.state, 'degraded')
       t.is(st.members[1]?.state, 'faulty')
       t.true(st.members[1]!.writeErrors > 0)
-      await sleep(600)
+      const sweeps = md.status().bitmapSweeps
+      await until(() => md.status().bitmapSweeps >= sweeps + 3, 'the bit cleaner has run three times since')
       const dirty = md.status().dirtyChunks
       t.true(dirty > 0, 'bits are kept while degraded')
 

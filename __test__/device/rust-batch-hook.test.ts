@@ -17,6 +17,7 @@ import { deleteDevice } from '../../lib/index.ts'
 import { deviceAndFileDigests, scratchFile } from '../helpers/files.ts'
 import { fio } from '../helpers/fio.ts'
 import { deviceGone, requireUblk } from '../helpers/kernel.ts'
+import { until } from '../helpers/poll.ts'
 
 const MiB = 1 << 20
 const BINARY = join(__dirname, '..', '..', 'target', 'debug', 'examples', 'journaled_loop')
@@ -98,7 +99,7 @@ test.serial('Rust batch hook: after kill -9, every written block lies inside a j
   const journalFile = scratchFile('journaled-crash-log', 0)
   const { child, path, id } = await serve(data, journalFile, 500)
   const writer = fio(path, { rw: 'randwrite', bs: '4k', iodepth: 32, size: '32M', runtime: 30 }).catch(() => undefined)
-  await new Promise((resolve) => setTimeout(resolve, 2500))
+  await until(() => readJournal(journalFile).begun.size >= 50, 'fifty batches have been journaled')
   child.kill('SIGKILL')
   await new Promise((resolve) => child.once('exit', resolve))
   await writer

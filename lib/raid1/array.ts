@@ -58,6 +58,8 @@ export interface Raid1Status {
   bitmap: boolean
   dirtyChunks: number
   bitmapFlushes: number
+  /** Passes of the lazy bit cleaner so far (one per `bitmapClearDelayMs`). */
+  bitmapSweeps: number
   events: number
   /** The resync running now. */
   resync?: ResyncProgress
@@ -118,6 +120,7 @@ export class Raid1Array {
       bitmap: m.bitmapEnabled,
       dirtyChunks: m.bitmap.dirtyCount,
       bitmapFlushes: m.bitmap.flushes,
+      bitmapSweeps: m.bitmap.sweeps,
       events: m.sb.events,
       ...(resync ? { resync } : {}),
       ...(m.lastResync ? { lastResync: m.lastResync } : {}),

@@ -81,6 +81,11 @@ export class WriteIntentBitmap {
     return [...this.#set].sort((a, b) => a - b)
   }
 
+  /** Passes of the lazy cleaner so far. */
+  get sweeps(): number {
+    return this.#tick
+  }
+
   get dirtyCount(): number {
     return this.#set.size
   }

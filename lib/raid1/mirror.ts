@@ -132,7 +132,7 @@ export class Mirror implements Target {
     this.#foreground++
     if (io.failedRead) {
       const { file, error } = io.failedRead
-      return this.#recoverRead(io, this.members.find((m) => m.file?.index === file.index), error)
+      return this.#recoverRead(io, this.members.find((m) => m.file === file), error)
     }
     const member = this.#reader(io.offset)
     if (!member) throw new UblkError('EIO', 'no member in sync')

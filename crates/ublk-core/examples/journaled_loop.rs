@@ -1,5 +1,5 @@
-//! A loop device with a write-ahead intent journal, written as an
-//! [`AsyncTarget`]: the batch prologue appends one record naming every
+//! A loop device with a write-ahead intent journal, written as a
+//! [`Target`] with the batch hooks: the batch prologue appends one record naming every
 //! extent the batch will write and makes it durable with one write; the
 //! data writes follow; the epilogue appends the batch's end record.
 //! After a crash, the data file can only differ from what it held before
@@ -19,10 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use io_uring::{opcode, types};
-use ublk_core::async_target::submit;
-use ublk_core::bridge::{BackingFile, BackingFiles};
-use ublk_core::{serve_async, AsyncOptions, AsyncTarget, Device, DeviceOptions, Error};
+use ublk_core::files::BackingFile;
+use ublk_core::runtime::ops;
+use ublk_core::{Capabilities, Device, DeviceOptions, Error, QueueContext, Target};
 use ublk_core::{Io, IoOp, Result, WriteBatch};
 
 #[derive(Default)]
@@ -44,58 +43,59 @@ impl JournaledLoop {
     /// Appends `record` to the journal; with `durable`, it is on stable
     /// storage when this returns.
     async fn append(&self, record: String, durable: bool) -> Result<()> {
-        let bytes = record.into_bytes();
-        let at = self
-            .journal_end
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let bytes = record.into_bytes().into_boxed_slice();
+        let len = bytes.len();
+        let at = self.journal_end.fetch_add(len as u64, Ordering::Relaxed);
         let flags = if durable { libc::RWF_DSYNC } else { 0 };
-        let sqe = opcode::Write::new(
-            types::Fd(self.journal.raw_fd()),
-            bytes.as_ptr(),
-            bytes.len() as u32,
-        )
-        .offset(at)
-        .rw_flags(flags)
-        .build();
-        match submit(sqe).await {
-            n if n == bytes.len() as i32 => Ok(()),
+        match ops::write_owned(&self.journal, at, bytes, flags)?.await {
+            n if n == len as i32 => Ok(()),
             n if n < 0 => Err(Error::new(-n, "journal write failed")),
             _ => Err(Error::new(libc::EIO, "short journal write")),
         }
     }
 }
 
-impl AsyncTarget for JournaledLoop {
+impl Target for JournaledLoop {
+    type Queue = ();
+
     fn kind(&self) -> &str {
         "journaled-loop"
     }
 
-    async fn handle_io(&self, mut io: Io<'_>) -> i32 {
-        let fd = types::Fd(self.data.raw_fd());
-        let (offset, len, fua) = (io.offset, io.len, io.fua);
-        let sqe = match io.op {
-            IoOp::Read => opcode::Read::new(fd, io.data().as_mut_ptr(), len)
-                .offset(offset)
-                .build(),
-            IoOp::Write => {
-                self.counters.writes.fetch_add(1, Ordering::Relaxed);
-                opcode::Write::new(fd, io.data().as_ptr(), len)
-                    .offset(offset)
-                    .rw_flags(if fua { libc::RWF_DSYNC } else { 0 })
-                    .build()
-            }
-            IoOp::Flush => opcode::Fsync::new(fd)
-                .flags(types::FsyncFlags::DATASYNC)
-                .build(),
-            _ => return -libc::EOPNOTSUPP,
-        };
-        match submit(sqe).await {
-            n if n < 0 => n,
-            _ => io.done(),
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            flush: true,
+            fua: true,
+            ..Capabilities::default()
         }
     }
 
-    async fn before_writes(&self, batch: &WriteBatch) -> Result<()> {
+    fn open_queue(&self, _queue: &QueueContext) -> Result<()> {
+        Ok(())
+    }
+
+    async fn handle_io(&self, _queue: &(), io: Io<'_>) -> i32 {
+        let data = &self.data;
+        let op = match io.op {
+            IoOp::Read => io.read_into(data, io.offset, 0, io.len),
+            IoOp::Write => {
+                self.counters.writes.fetch_add(1, Ordering::Relaxed);
+                let flags = if io.fua { libc::RWF_DSYNC } else { 0 };
+                io.write_from(data, io.offset, 0, io.len, flags)
+            }
+            IoOp::Flush => ops::fsync(data, true),
+            _ => return -libc::EOPNOTSUPP,
+        };
+        match op {
+            Ok(op) => match op.await {
+                n if n < 0 => n,
+                _ => io.done(),
+            },
+            Err(e) => -e.errno(),
+        }
+    }
+
+    async fn before_writes(&self, _queue: &(), batch: &WriteBatch) -> Result<()> {
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         let mut record = format!("B {}.{}", batch.qid(), batch.seq());
         for w in batch.extents() {
@@ -105,7 +105,7 @@ impl AsyncTarget for JournaledLoop {
         self.append(record, true).await
     }
 
-    async fn after_writes(&self, batch: &WriteBatch) {
+    async fn after_writes(&self, _queue: &(), batch: &WriteBatch) {
         self.counters.epilogues.fetch_add(1, Ordering::Relaxed);
         let record = format!("E {}.{}\n", batch.qid(), batch.seq());
         if let Err(e) = self.append(record, false).await {
@@ -170,9 +170,8 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
-    let files = BackingFiles::default();
-    let (_, data) = files.open(&args.data, true, false)?;
-    let (_, journal) = files.open(&args.journal, false, false)?;
+    let data = Arc::new(BackingFile::open(&args.data, true, false)?);
+    let journal = Arc::new(BackingFile::open(&args.journal, false, false)?);
     let counters = Arc::new(Counters::default());
     let target = JournaledLoop {
         journal_end: AtomicU64::new(journal.size),
@@ -184,12 +183,10 @@ fn run(args: Args) -> Result<()> {
         size: data.size & !4095,
         queues: args.queues,
         depth: args.depth,
+        io_delay: args.io_delay,
         ..Default::default()
     };
-    let options = AsyncOptions {
-        io_delay: args.io_delay,
-    };
-    let mut device = Device::create(&opts, serve_async(target, options))?;
+    let device = Device::create(&opts, target)?;
     println!("{{\"device\": \"{}\"}}", device.block_path());
 
     // Serve until whoever started us closes our standard input.

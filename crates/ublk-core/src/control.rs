@@ -235,10 +235,14 @@ pub(crate) fn info_from_ctrl(ctrl: &UblkCtrl) -> Result<DeviceInfo> {
     })
 }
 
-/// Stops and deletes a device by id. For a device this process serves,
-/// stop its [`crate::Device`] instead: deleting waits until the serving
-/// process lets go of the device.
+/// Stops and deletes a device by id. A device this process serves is
+/// stopped through its owner ([`crate::Device::stop`]), so its queue
+/// threads are joined instead of left waiting.
 pub fn delete_device(id: u32) -> Result<()> {
+    check_device_id(id)?;
+    if crate::device::stop_served(id)? {
+        return Ok(());
+    }
     let ctrl = open_existing(id)?;
     ctrl.del_dev().map(|_| ()).map_err(|e| {
         let err = Error::from_ublk(format!("delete ublk device {id}"), e);

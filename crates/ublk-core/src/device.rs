@@ -1,37 +1,66 @@
-//! A started ublk device owned by this process: added, its queues served
-//! by one thread each, and started; stopping it joins the threads and
-//! deletes it.
+//! A started ublk device served by this process: added, its queues served
+//! by one thread each, and started; stopping it fails what its target still
+//! holds, stops it, joins the threads, deletes it and lets the target go.
 //!
-//! Start is split so that user recovery fits later: adding a device and
-//! re-attaching to a quiesced one differ only in how the control handle is
-//! built; serving the queues and starting are shared.
+//! Every device this process serves is in one registry, so that deleting
+//! one by id ([`crate::control::delete_device`]) goes through its owner and
+//! the process can stop all of them when it exits.
 
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, LazyLock, Mutex, Weak};
 use std::thread::JoinHandle;
 
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::UblkDev;
-use libublk::{sys, UblkFlags};
+use libublk::UblkFlags;
 
 use crate::control::{check_control, ensure_control_ring, info_from_ctrl, DeviceInfo};
 use crate::error::{Error, Result};
 use crate::options::{kernel_max_queues, DeviceOptions};
-use crate::target::Target;
+use crate::runtime::{basic_params, IoBuffers, QueueArgs, QueueControl, Serve, Served, Target};
 
+/// A device this process serves. Clones are handles to the same device;
+/// it is stopped by [`Device::stop`], or when the last handle goes.
+#[derive(Clone)]
 pub struct Device {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: u32,
+    kind: String,
     ctrl: Arc<UblkCtrl>,
+    /// `None` once stopped.
+    running: Mutex<Option<Running>>,
+}
+
+/// What a running device holds.
+struct Running {
+    runtime: Arc<dyn Serve>,
     queues: Vec<JoinHandle<()>>,
+    controls: Vec<Arc<QueueControl>>,
     /// First error any queue thread ended with.
     queue_error: Arc<Mutex<Option<Error>>>,
-    id: u32,
-    stopped: bool,
 }
+
+/// Every device this process serves, by id.
+static SERVED: LazyLock<Mutex<HashMap<u32, Weak<Inner>>>> = LazyLock::new(Default::default);
 
 impl Device {
     /// Adds a new device, serves its queues with `target` and starts it;
-    /// returns once `/dev/ublkbN` exists.
-    pub fn create(opts: &DeviceOptions, target: Arc<dyn Target>) -> Result<Device> {
+    /// returns once `/dev/ublkbN` exists. On failure nothing is left behind.
+    pub fn create<T: Target>(opts: &DeviceOptions, target: T) -> Result<Device> {
+        Self::create_served(opts, Arc::new(Served(Arc::new(target))))
+    }
+
+    /// [`Device::create`] for a target shared with its creator (who may
+    /// need it while the device runs, as a bridge's owner does).
+    pub fn create_shared<T: Target>(opts: &DeviceOptions, target: Arc<T>) -> Result<Device> {
+        Self::create_served(opts, Arc::new(Served(target)))
+    }
+
+    fn create_served(opts: &DeviceOptions, runtime: Arc<dyn Serve>) -> Result<Device> {
         // Bad input is reported as such even where the driver is missing.
         opts.validate(kernel_max_queues())?;
         check_control()?;
@@ -46,190 +75,324 @@ impl Device {
                 ));
             }
         }
-
         let ctrl = UblkCtrlBuilder::default()
-            .name(target.kind())
+            .name(runtime.kind())
             .id(opts.id.map_or(-1, |id| id as i32))
             .nr_queues(opts.queues)
             .depth(opts.depth)
             .io_buf_bytes(opts.max_io_bytes)
-            .ctrl_flags(target.ctrl_flags())
+            .ctrl_flags(runtime.ctrl_flags())
             .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
             .build()
             .map_err(|e| add_error(opts, e))?;
-
-        // Older kernels drop flags they do not know, and the driver caps
-        // queues silently: check that we got what we asked for.
-        let info = ctrl.dev_info();
-        if info.nr_hw_queues != opts.queues {
-            return Err(Error::invalid(format!(
-                "the kernel gave {} queues instead of {}",
-                info.nr_hw_queues, opts.queues
-            )));
-        }
-        let wanted = target.ctrl_flags();
-        if info.flags & wanted != wanted {
-            return Err(Error::new(
-                libc::EOPNOTSUPP,
-                format!(
-                    "this kernel does not support the ublk features {:?} that target {} needs",
-                    crate::features::feature_names(wanted & !info.flags),
-                    target.kind()
-                ),
-            ));
-        }
-
-        Self::serve_and_start(Arc::new(ctrl), opts, target)
-    }
-
-    fn serve_and_start(
-        ctrl: Arc<UblkCtrl>,
-        opts: &DeviceOptions,
-        target: Arc<dyn Target>,
-    ) -> Result<Device> {
+        let ctrl = Arc::new(ctrl);
         let id = ctrl.dev_info().dev_id;
-        let mut configure_error = None;
-        let dev = UblkDev::new(
-            target.kind().to_string(),
-            |dev| {
-                set_basic_params(dev, opts);
-                let ring_depth = target.ring_depth(opts.depth);
-                dev.tgt.sq_depth = ring_depth;
-                dev.tgt.cq_depth = ring_depth;
-                target.configure(&mut dev.tgt.params).map_err(|e| {
-                    configure_error = Some(e);
-                    libublk::UblkError::InvalidVal
-                })
-            },
-            &ctrl,
-        );
-        let dev = Arc::new(match (dev, configure_error) {
-            (_, Some(e)) => return Err(e.context(format!("configure {} target", target.kind()))),
-            (Err(e), None) => return Err(Error::from_ublk(format!("open ublk device {id}"), e)),
-            (Ok(dev), None) => dev,
-        });
-
-        let queue_error = Arc::new(Mutex::new(None));
-        let (tx, rx) = mpsc::channel();
-        let mut queues = Vec::with_capacity(opts.queues as usize);
-        for qid in 0..opts.queues {
-            let (q_dev, q_target, q_tx, q_error) =
-                (dev.clone(), target.clone(), tx.clone(), queue_error.clone());
-            let spawned = std::thread::Builder::new()
-                .name(format!("ublk{id}-q{qid}"))
-                .spawn(move || {
-                    let _ = q_tx.send((qid, UblkCtrl::init_queue_thread()));
-                    let outcome =
-                        catch_unwind(AssertUnwindSafe(|| q_target.serve_queue(qid, &q_dev)));
-                    let err = match outcome {
-                        Ok(Ok(())) => return,
-                        Ok(Err(e)) => e,
-                        Err(_) => Error::new(libc::EIO, format!("queue {qid} thread panicked")),
-                    };
-                    log::error!("ublk device {id}: {err}");
-                    q_error.lock().unwrap().get_or_insert(err);
+        let checked = check_granted(&ctrl, opts, &*runtime);
+        let started = checked.and_then(|()| start(&ctrl, opts, runtime));
+        match started {
+            Ok(running) => {
+                let inner = Arc::new(Inner {
+                    id,
+                    kind: running.runtime.kind().to_string(),
+                    ctrl,
+                    running: Mutex::new(Some(running)),
                 });
-            match spawned {
-                Ok(handle) => queues.push(handle),
-                Err(e) => {
-                    // Let start fail instead of waiting for this queue.
-                    dev.notify_buffer_registration_complete(true);
-                    queue_error
-                        .lock()
-                        .unwrap()
-                        .get_or_insert(Error::from(e).context("spawn queue thread"));
-                    break;
+                SERVED.lock().unwrap().insert(id, Arc::downgrade(&inner));
+                Ok(Device { inner })
+            }
+            Err(e) => {
+                // Added but not started: delete it, so nothing is left.
+                let _ = ensure_control_ring();
+                if let Err(del) = ctrl.del_dev() {
+                    log::error!("ublk device {id}: delete after a failed start: {del}");
                 }
+                Err(e)
             }
         }
-        drop(tx);
-        for (qid, tid) in rx.iter().take(queues.len()) {
-            ctrl.set_thread_affinity(qid, tid);
-            let _ = ctrl.configure_queue(&dev, qid, tid);
-        }
-
-        let mut device = Device {
-            ctrl,
-            queues,
-            queue_error,
-            id,
-            stopped: false,
-        };
-        if let Err(e) = device.ctrl.start_dev(&dev) {
-            let start_err = Error::from_ublk(format!("start ublk device {id}"), e);
-            let _ = device.shutdown();
-            // A queue's own failure explains a failed start better.
-            let cause = device.queue_error.lock().unwrap().take();
-            return Err(cause.unwrap_or(start_err));
-        }
-        Ok(device)
     }
 
     pub fn id(&self) -> u32 {
-        self.id
+        self.inner.id
+    }
+
+    /// The target's kind name.
+    pub fn kind(&self) -> &str {
+        &self.inner.kind
     }
 
     pub fn block_path(&self) -> String {
-        self.ctrl.get_bdev_path()
+        self.inner.ctrl.get_bdev_path()
     }
 
     pub fn char_path(&self) -> String {
-        self.ctrl.get_cdev_path()
+        self.inner.ctrl.get_cdev_path()
     }
 
     /// The device as the kernel describes it now.
     pub fn info(&self) -> Result<DeviceInfo> {
-        info_from_ctrl(&self.ctrl)
+        if self.is_stopped() {
+            return Err(Error::new(
+                libc::ENODEV,
+                format!("ublk device {} was stopped", self.id()),
+            ));
+        }
+        info_from_ctrl(&self.inner.ctrl)
     }
 
     pub fn is_stopped(&self) -> bool {
-        self.stopped
+        self.inner.running.lock().unwrap().is_none()
     }
 
-    /// Stops the device, waits for its queue threads and deletes it.
-    /// Calling it again is a no-op.
-    pub fn stop(&mut self) -> Result<()> {
-        if self.stopped {
-            return Ok(());
+    /// Whether the device is still served: not stopped, and its queue
+    /// threads still running (they end by themselves when the kernel
+    /// device goes away, deleted by another process, say). A device that
+    /// is no longer served still needs [`Device::stop`] to let go of it.
+    pub fn is_serving(&self) -> bool {
+        match self.inner.running.try_lock() {
+            Ok(running) => running
+                .as_ref()
+                .is_some_and(|r| r.queues.iter().any(|q| !q.is_finished())),
+            // Someone is stopping it right now.
+            Err(_) => false,
         }
-        self.shutdown()?;
-        match self.queue_error.lock().unwrap().take() {
+    }
+
+    /// Stops the device and deletes it: what the target still holds is
+    /// failed first, so this never waits for it. Calling it again is a
+    /// no-op.
+    pub fn stop(&self) -> Result<()> {
+        self.inner.stop()
+    }
+}
+
+impl Inner {
+    fn stop(&self) -> Result<()> {
+        // Stopping sends control commands from whatever thread calls it.
+        ensure_control_ring()?;
+        // Held throughout, so a second caller waits for the first to finish.
+        let mut running = self.running.lock().unwrap();
+        let Some(run) = running.take() else {
+            return Ok(());
+        };
+        {
+            let mut served = SERVED.lock().unwrap();
+            let ours = served
+                .get(&self.id)
+                .is_some_and(|w| std::ptr::eq(w.as_ptr(), self));
+            if ours {
+                served.remove(&self.id);
+            }
+        }
+        for control in &run.controls {
+            control.stopping();
+        }
+        run.runtime.stopping();
+        let stopped = self.ctrl.kill_dev();
+        for handle in run.queues {
+            let _ = handle.join();
+        }
+        let deleted = self.ctrl.del_dev();
+        run.runtime.stopped();
+        for (what, res) in [("stop", stopped), ("delete", deleted)] {
+            if let Err(e) = res {
+                let err = Error::from_ublk(format!("{what} ublk device {}", self.id), e);
+                // Somebody deleted it already, which is the goal anyway.
+                if err.errno() != libc::ENODEV {
+                    return Err(err);
+                }
+            }
+        }
+        drop(run.controls);
+        let queue_error = run.queue_error.lock().unwrap().take();
+        match queue_error {
             Some(e) => Err(e.context(format!("ublk device {} queue", self.id))),
             None => Ok(()),
         }
     }
+}
 
-    fn shutdown(&mut self) -> Result<()> {
-        self.stopped = true;
-        ensure_control_ring()?;
-        // ENODEV: somebody deleted it already, which is the goal anyway.
-        let stop = self.ctrl.kill_dev();
-        for handle in self.queues.drain(..) {
-            let _ = handle.join();
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            log::error!("ublk device {}: {e}", self.id);
         }
-        let del = self.ctrl.del_dev();
-        for (what, res) in [("stop", stop), ("delete", del)] {
-            match res {
-                Err(libublk::UblkError::OtherError(e)) if e == -libc::ENODEV => {}
-                Err(e) => {
-                    return Err(Error::from_ublk(
-                        format!("{what} ublk device {}", self.id),
-                        e,
-                    ))
-                }
-                Ok(_) => {}
-            }
-        }
-        Ok(())
     }
 }
 
-impl Drop for Device {
-    fn drop(&mut self) {
-        if !self.stopped {
-            let _ = self.shutdown();
+/// Stops a device this process serves; `Ok(false)` if it serves none with
+/// that id.
+pub fn stop_served(id: u32) -> Result<bool> {
+    let device = SERVED.lock().unwrap().get(&id).and_then(Weak::upgrade);
+    match device {
+        Some(inner) => inner.stop().map(|()| true),
+        None => Ok(false),
+    }
+}
+
+/// Stops every device this process serves, e.g. when it exits.
+pub fn stop_all_served() {
+    let devices: Vec<_> = SERVED
+        .lock()
+        .unwrap()
+        .values()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for inner in devices {
+        if let Err(e) = inner.stop() {
+            log::error!("ublk device {}: {e}", inner.id);
         }
     }
+}
+
+/// Older kernels drop flags they do not know, and the driver caps queues
+/// silently: checks that the device got what was asked for.
+fn check_granted(ctrl: &UblkCtrl, opts: &DeviceOptions, runtime: &dyn Serve) -> Result<()> {
+    let info = ctrl.dev_info();
+    if info.nr_hw_queues != opts.queues {
+        return Err(Error::invalid(format!(
+            "the kernel gave {} queues instead of {}",
+            info.nr_hw_queues, opts.queues
+        )));
+    }
+    let wanted = runtime.ctrl_flags();
+    if info.flags & wanted != wanted {
+        return Err(Error::new(
+            libc::EOPNOTSUPP,
+            format!(
+                "this kernel does not support the ublk features {:?} that target {} needs",
+                crate::features::feature_names(wanted & !info.flags),
+                runtime.kind()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Serves the queues of an added device and starts it. On failure every
+/// queue thread has ended when this returns.
+fn start(ctrl: &Arc<UblkCtrl>, opts: &DeviceOptions, runtime: Arc<dyn Serve>) -> Result<Running> {
+    let id = ctrl.dev_info().dev_id;
+    let mut params_error = None;
+    let dev = UblkDev::new(
+        runtime.kind().to_string(),
+        |dev| {
+            dev.tgt.dev_size = opts.size;
+            dev.tgt.params = basic_params(opts);
+            let ring_depth = runtime.ring_depth(opts.depth);
+            dev.tgt.sq_depth = ring_depth;
+            dev.tgt.cq_depth = ring_depth;
+            runtime.set_params(&mut dev.tgt.params).map_err(|e| {
+                params_error = Some(e);
+                libublk::UblkError::InvalidVal
+            })
+        },
+        ctrl,
+    );
+    let dev = Arc::new(match (dev, params_error) {
+        (_, Some(e)) => return Err(e.context(format!("configure {} target", runtime.kind()))),
+        (Err(e), None) => return Err(Error::from_ublk(format!("open ublk device {id}"), e)),
+        (Ok(dev), None) => dev,
+    });
+
+    let queue_error = Arc::new(Mutex::new(None));
+    let mut controls = Vec::with_capacity(opts.queues as usize);
+    let mut queues = Vec::with_capacity(opts.queues as usize);
+    let (tx, rx) = mpsc::channel();
+    let mut spawn_error = None;
+    for qid in 0..opts.queues {
+        let control = match QueueControl::new() {
+            Ok(c) => c,
+            Err(e) => {
+                spawn_error = Some(e);
+                break;
+            }
+        };
+        controls.push(control.clone());
+        let buffers = IoBuffers::new(opts.depth, opts.max_io_bytes);
+        let (q_dev, q_runtime, q_tx, q_error) = (
+            dev.clone(),
+            runtime.clone(),
+            tx.clone(),
+            queue_error.clone(),
+        );
+        let io_delay = opts.io_delay;
+        let spawned = std::thread::Builder::new()
+            .name(queue_thread_name(id, qid))
+            .spawn(move || {
+                let _ = q_tx.send((qid, UblkCtrl::init_queue_thread()));
+                let args = QueueArgs {
+                    qid,
+                    dev: &q_dev,
+                    buffers: &buffers,
+                    control: &control,
+                    io_delay,
+                };
+                let outcome = catch_unwind(AssertUnwindSafe(|| q_runtime.serve_queue(args)));
+                let err = match outcome {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) if control.aborted() && e.errno() == libc::ECANCELED => return,
+                    Ok(Err(e)) => e,
+                    Err(_) => Error::new(libc::EIO, format!("queue {qid} thread panicked")),
+                };
+                log::error!("ublk device {id}: {err}");
+                q_error.lock().unwrap().get_or_insert(err);
+            });
+        match spawned {
+            Ok(handle) => queues.push(handle),
+            Err(e) => {
+                spawn_error = Some(Error::from(e).context("spawn queue thread"));
+                break;
+            }
+        }
+    }
+    drop(tx);
+    if spawn_error.is_some() {
+        // Let start fail instead of waiting for the missing queues.
+        dev.notify_buffer_registration_complete(true);
+    }
+    for (qid, tid) in rx.iter().take(queues.len()) {
+        ctrl.set_thread_affinity(qid, tid);
+        let _ = ctrl.configure_queue(&dev, qid, tid);
+    }
+    let started = match spawn_error {
+        Some(e) => Err(e),
+        None => ctrl
+            .start_dev(&dev)
+            .map(|_| ())
+            .map_err(|e| Error::from_ublk(format!("start ublk device {id}"), e)),
+    };
+    if let Err(start_error) = started {
+        // The kernel aborts no fetch commands of a device that never
+        // started: the queues are told to leave by themselves.
+        runtime.stopping();
+        for control in &controls {
+            control.abort();
+        }
+        for handle in queues {
+            let _ = handle.join();
+        }
+        drop(dev);
+        // A queue's own failure explains a failed start better.
+        let cause = queue_error.lock().unwrap().take();
+        return Err(cause.unwrap_or(start_error));
+    }
+    Ok(Running {
+        runtime,
+        queues,
+        controls,
+        queue_error,
+    })
+}
+
+fn queue_thread_name(id: u32, qid: u16) -> String {
+    format!("ublk{id}-q{qid}")
+}
+
+/// The device id and queue a queue thread serves, from its name; `None`
+/// for any other thread.
+pub fn queue_of_thread(name: &str) -> Option<(u32, u16)> {
+    let (device, queue) = name.strip_prefix("ublk")?.split_once("-q")?;
+    Some((device.parse().ok()?, queue.parse().ok()?))
 }
 
 fn add_error(opts: &DeviceOptions, e: libublk::UblkError) -> Error {
@@ -247,53 +410,14 @@ fn add_error(opts: &DeviceOptions, e: libublk::UblkError) -> Error {
     }
 }
 
-fn set_basic_params(dev: &mut UblkDev, opts: &DeviceOptions) {
-    let lbs_shift = opts.logical_block_size.trailing_zeros() as u8;
-    // Physical blocks and IO hints stay at least a page: file systems and
-    // the page cache then issue page-sized IO.
-    let pbs_shift = lbs_shift.max(12);
-    dev.tgt.dev_size = opts.size;
-    dev.tgt.params = sys::ublk_params {
-        types: sys::UBLK_PARAM_TYPE_BASIC,
-        basic: sys::ublk_param_basic {
-            attrs: sys::UBLK_ATTR_VOLATILE_CACHE,
-            logical_bs_shift: lbs_shift,
-            physical_bs_shift: pbs_shift,
-            io_opt_shift: pbs_shift,
-            io_min_shift: pbs_shift,
-            max_sectors: opts.max_io_bytes >> 9,
-            dev_sectors: opts.size >> 9,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-}
-
-/// The Rust targets this crate ships, by kind name; `backing` is the file
-/// or block device of a `loop` target.
-pub fn builtin_target(kind: &str, backing: Option<&str>) -> Result<Arc<dyn Target>> {
-    match (kind, backing) {
-        ("null", _) => Ok(Arc::new(crate::targets::NullTarget)),
-        ("loop", Some(path)) => Ok(Arc::new(crate::targets::LoopTarget::open(path, true)?)),
-        ("loop", None) => Err(Error::invalid("the loop target needs a backing file path")),
-        (other, _) => Err(Error::invalid(format!(
-            "unknown target {other:?}; built-in targets: null, loop"
-        ))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn unknown_target_is_einval() {
-        let err = builtin_target("raid7", None).err().unwrap();
-        assert_eq!(err.code(), "EINVAL");
-        assert!(err.message().contains("raid7"));
-        assert!(builtin_target("null", None).is_ok());
-        assert_eq!(builtin_target("loop", None).err().unwrap().code(), "EINVAL");
-        let missing = builtin_target("loop", Some("/nonexistent/disk.img"));
-        assert_eq!(missing.err().unwrap().code(), "ENOENT");
+    fn queue_threads_are_named_by_device_and_queue() {
+        assert_eq!(queue_of_thread(&queue_thread_name(12, 3)), Some((12, 3)));
+        assert_eq!(queue_of_thread("main"), None);
+        assert_eq!(queue_of_thread("ublkx-q1"), None);
     }
 }

@@ -1,6 +1,8 @@
 //! What a caller asks for when adding a device, and the checks that run
 //! before anything reaches the kernel.
 
+use std::time::Duration;
+
 use crate::error::{Error, Result};
 
 /// Largest queue depth the ublk driver accepts (`UBLK_MAX_QUEUE_DEPTH`).
@@ -9,6 +11,8 @@ pub const MAX_DEPTH: u16 = 4096;
 pub const MAX_IO_BYTES: u32 = 32 << 20;
 /// Device ids the driver hands out are below this (`UBLK_MAX_UBLKS`).
 pub const MAX_DEVICE_ID: u32 = 1 << 20;
+/// Longest random delay [`DeviceOptions::io_delay`] may ask for.
+pub const MAX_IO_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceOptions {
@@ -24,6 +28,10 @@ pub struct DeviceOptions {
     pub depth: u16,
     /// Largest single IO in bytes (the device's max_sectors), page aligned.
     pub max_io_bytes: u32,
+    /// Delays each IO by a random time up to this before its target sees
+    /// it (on an io_uring timeout), to provoke interleavings in tests and
+    /// benchmarks. At most [`MAX_IO_DELAY`].
+    pub io_delay: Option<Duration>,
 }
 
 impl Default for DeviceOptions {
@@ -35,6 +43,7 @@ impl Default for DeviceOptions {
             queues: 1,
             depth: 64,
             max_io_bytes: 512 << 10,
+            io_delay: None,
         }
     }
 }
@@ -82,6 +91,12 @@ impl DeviceOptions {
         }
         if let Some(id) = self.id {
             check_device_id(id)?;
+        }
+        if self.io_delay.is_some_and(|d| d > MAX_IO_DELAY) {
+            return Err(Error::invalid(format!(
+                "the IO delay must be at most {MAX_IO_DELAY:?}, got {:?}",
+                self.io_delay.unwrap_or_default()
+            )));
         }
         Ok(())
     }

@@ -4,7 +4,6 @@ use napi::bindgen_prelude::AsyncTask;
 use napi::{Env, Task};
 use napi_derive::napi;
 
-use crate::device::stop_owned_device;
 use crate::errors::{guard, to_napi};
 use crate::info::{DeviceInfo, KernelFeatures};
 use ublk_core::js_numbers::u32_arg;
@@ -71,11 +70,6 @@ impl Task for DeleteDevice {
     fn compute(&mut self) -> napi::Result<()> {
         guard("delete device", || {
             let id = std::mem::replace(&mut self.id, Ok(0))?;
-            // A device served by this process is stopped through its owner,
-            // so its queue threads are joined instead of left waiting.
-            if stop_owned_device(id)? {
-                return Ok(());
-            }
             ublk_core::control::delete_device(id).map_err(to_napi)
         })
     }
@@ -91,6 +85,13 @@ pub fn delete_device(id: f64) -> AsyncTask<DeleteDevice> {
     AsyncTask::new(DeleteDevice {
         id: u32_arg("id", id).map_err(to_napi),
     })
+}
+
+/// Stops every device this process serves, synchronously. For exit
+/// handlers: `process.exit()` skips the environment cleanup hooks.
+#[napi]
+pub fn stop_all_devices() {
+    ublk_core::stop_all_served();
 }
 
 /// What the running kernel's ublk driver supports.

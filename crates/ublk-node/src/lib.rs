@@ -5,9 +5,13 @@
 // `clippy --all-targets` still checks a `cfg(test)` build, where
 // napi-derive registers no exports and every exported item looks unused.
 #![cfg_attr(test, allow(dead_code))]
+// Every unsafe block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod bridge;
 mod control;
 mod device;
 mod errors;
+mod handover;
 mod info;
+mod log_forward;

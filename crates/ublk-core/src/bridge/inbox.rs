@@ -5,13 +5,16 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
-use super::{BackendRequest, IoResult};
+use super::wire::{BackendRequest, IoResult, Refused};
 use crate::error::{Error, Result};
+
+/// A decoded backend request, or why it cannot run.
+pub type Request = std::result::Result<BackendRequest, Refused>;
 
 #[derive(Default)]
 pub(crate) struct Pending {
     pub results: Vec<IoResult>,
-    pub requests: Vec<BackendRequest>,
+    pub requests: Vec<Request>,
     /// The application finished taking in the last batch handed to it.
     pub batch_taken: bool,
 }
@@ -44,15 +47,15 @@ impl QueueInbox {
     /// Queues IO results and backend requests and wakes the queue thread;
     /// `batch_taken` says the application is ready for the next batch.
     /// Never blocks on the queue thread: it holds the lock only to swap.
-    pub fn post(&self, results: &[IoResult], requests: &[BackendRequest], batch_taken: bool) {
+    pub fn post(&self, results: Vec<IoResult>, requests: Vec<Request>, batch_taken: bool) {
         if results.is_empty() && requests.is_empty() && !batch_taken {
             return;
         }
         let was_empty = {
             let mut p = self.pending.lock().unwrap();
             let was_empty = p.is_empty();
-            p.results.extend_from_slice(results);
-            p.requests.extend_from_slice(requests);
+            p.results.extend(results);
+            p.requests.extend(requests);
             p.batch_taken |= batch_taken;
             was_empty
         };
@@ -79,7 +82,7 @@ impl QueueInbox {
         std::mem::take(&mut *self.pending.lock().unwrap())
     }
 
-    pub(crate) fn eventfd(&self) -> RawFd {
+    pub fn eventfd(&self) -> RawFd {
         self.eventfd.as_raw_fd()
     }
 }
@@ -96,8 +99,8 @@ mod tests {
             seq: 2,
             result: 4096,
         };
-        inbox.post(&[r], &[], false);
-        inbox.post(&[r], &[], true);
+        inbox.post(vec![r], vec![], false);
+        inbox.post(vec![r], vec![], true);
         let mut counter = 0u64;
         // SAFETY: reads 8 bytes into a live u64.
         let n = unsafe { libc::read(inbox.eventfd(), (&mut counter as *mut u64).cast(), 8) };

@@ -12,8 +12,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::backing::{BackingFile, BackingFiles};
 use crate::error::{Error, Result};
+use crate::files::{BackingFile, BackingFiles};
 
 /// Most files a route spreads reads over.
 pub const MAX_ROUTE_FILES: usize = 64;
@@ -21,7 +21,7 @@ pub const MAX_ROUTE_FILES: usize = 64;
 /// How reads map onto backing files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadRoute {
-    /// Indexes from [`BackingFiles::open`]. Region `r` of the device (see
+    /// Handles from [`BackingFiles::open`]. Region `r` of the device (see
     /// `stripe_bytes`) is read from `files[r % files.len()]`.
     pub files: Vec<u32>,
     /// Added to the device offset to get the offset in the file.
@@ -39,7 +39,7 @@ pub(crate) struct ResolvedRoute {
 }
 
 impl ResolvedRoute {
-    /// The file (index and handle) a read at device offset `offset` goes to.
+    /// The file (handle and file) a read at device offset `offset` goes to.
     pub fn pick(&self, offset: u64) -> &(u32, Arc<BackingFile>) {
         let region = offset >> self.stripe_shift;
         &self.files[(region % self.files.len() as u64) as usize]
@@ -135,24 +135,28 @@ fn resolve(files: &BackingFiles, route: ReadRoute) -> Result<ResolvedRoute> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::files::tests::scratch_file;
 
-    fn table_with_files(n: usize) -> (BackingFiles, Vec<u32>, Vec<std::path::PathBuf>) {
+    /// `n` files opened read-only in a new table; the temp files go when
+    /// the returned guards do.
+    fn table_with_files(n: usize) -> (BackingFiles, Vec<u32>, Vec<tempfile::NamedTempFile>) {
         let files = BackingFiles::default();
-        let mut indexes = Vec::new();
-        let mut paths = Vec::new();
-        for i in 0..n {
-            let path = std::env::temp_dir().join(format!("ublk-route-{}-{i}", std::process::id()));
-            std::fs::write(&path, vec![0u8; 8192]).unwrap();
-            let (index, _) = files.open(path.to_str().unwrap(), false, true).unwrap();
-            indexes.push(index);
-            paths.push(path);
-        }
-        (files, indexes, paths)
+        let scratch: Vec<_> = (0..n).map(|_| scratch_file(8192)).collect();
+        let handles = scratch
+            .iter()
+            .map(|f| {
+                files
+                    .open(f.path().to_str().unwrap(), false, true)
+                    .unwrap()
+                    .0
+            })
+            .collect();
+        (files, handles, scratch)
     }
 
     #[test]
     fn reads_alternate_by_region_and_changes_reach_the_cache() {
-        let (files, indexes, paths) = table_with_files(2);
+        let (files, indexes, _scratch) = table_with_files(2);
         let table = RouteTable::default();
         let mut cache = RouteCache::default();
         assert!(table.load(&mut cache).is_none());
@@ -170,14 +174,11 @@ mod tests {
         assert_eq!(r.file_offset, 1 << 20);
         table.set(&files, None).unwrap();
         assert!(table.load(&mut cache).is_none());
-        for p in paths {
-            std::fs::remove_file(p).unwrap();
-        }
     }
 
     #[test]
     fn bad_routes_are_refused_and_leave_the_route_alone() {
-        let (files, indexes, paths) = table_with_files(1);
+        let (files, indexes, _scratch) = table_with_files(1);
         let table = RouteTable::default();
         let good = ReadRoute {
             files: indexes.clone(),
@@ -195,7 +196,7 @@ mod tests {
             ),
             (
                 ReadRoute {
-                    files: vec![999],
+                    files: vec![indexes[0] + 1000],
                     ..good.clone()
                 },
                 "EBADF",
@@ -234,8 +235,5 @@ mod tests {
         }
         let mut cache = RouteCache::default();
         assert!(table.load(&mut cache).is_some(), "the good route stays");
-        for p in paths {
-            std::fs::remove_file(p).unwrap();
-        }
     }
 }

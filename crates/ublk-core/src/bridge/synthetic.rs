@@ -4,18 +4,21 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Batch, BatchSink, IoRequest, QueueShared};
+use super::wire::IoRequest;
+use super::{Batch, BatchSink, QueueShared};
 use crate::error::{Error, Result};
+use crate::runtime::{IoBuffers, IoOp};
 
 /// Keeps `depth` reads of 4 KiB in flight until `total` completed, handing
 /// them over in batches of at most `batch_max` (1: one hand-over per IO).
 pub fn run(
     shared: &QueueShared,
     sink: &dyn BatchSink,
+    depth: u16,
     total: u64,
     batch_max: usize,
 ) -> Result<Duration> {
-    let depth = shared.depth();
+    let _ = shared.buffers.set(IoBuffers::new(depth, 4096));
     let batch_max = batch_max.max(1);
     let mut free: Vec<u16> = (0..depth).rev().collect();
     let mut seqs = vec![0u32; depth as usize];
@@ -29,10 +32,11 @@ pub fn run(
             batch.ios.push(IoRequest {
                 tag,
                 seq: seqs[tag as usize],
-                op: 0,
+                op: IoOp::Read,
                 flags: 0,
                 offset: (issued % 1024) * 4096,
                 length: 4096,
+                batch: None,
                 failed_read: None,
             });
             issued += 1;

@@ -6,3 +6,42 @@ mod null;
 
 pub use loop_file::LoopTarget;
 pub use null::NullTarget;
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::options::DeviceOptions;
+
+/// Creates a device served by a target this crate ships, by kind name;
+/// `backing` is the file or block device of a `loop` target.
+pub fn create_builtin(opts: &DeviceOptions, kind: &str, backing: Option<&str>) -> Result<Device> {
+    match (kind, backing) {
+        ("null", _) => Device::create(opts, NullTarget),
+        ("loop", Some(path)) => Device::create(opts, LoopTarget::open(path, true)?),
+        ("loop", None) => Err(Error::invalid("the loop target needs a backing file path")),
+        (other, _) => Err(Error::invalid(format!(
+            "unknown target {other:?}; built-in targets: null, loop"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_targets_and_missing_files_are_refused_before_the_kernel() {
+        let opts = DeviceOptions {
+            size: 1 << 20,
+            ..Default::default()
+        };
+        let err = create_builtin(&opts, "raid7", None).err().unwrap();
+        assert_eq!(err.code(), "EINVAL");
+        assert!(err.message().contains("raid7"));
+        assert_eq!(
+            create_builtin(&opts, "loop", None).err().unwrap().code(),
+            "EINVAL"
+        );
+        let missing = create_builtin(&opts, "loop", Some("/nonexistent/disk.img"));
+        assert_eq!(missing.err().unwrap().code(), "ENOENT");
+    }
+}

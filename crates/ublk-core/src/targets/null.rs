@@ -1,41 +1,45 @@
 //! A device that stores nothing: reads return whatever the buffer holds,
 //! writes are dropped. Measures the cost of the ublk path itself.
 
-use libublk::io::{UblkDev, UblkIOCtx, UblkQueue};
-use libublk::{sys, BufDesc, UblkIORes};
-
 use crate::error::Result;
-use crate::target::{open_queue, Target};
+use crate::runtime::{Capabilities, Io, IoOp, QueueContext, Target};
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NullTarget;
 
 impl Target for NullTarget {
+    type Queue = ();
+
     fn kind(&self) -> &str {
         "null"
     }
 
-    fn serve_queue(&self, qid: u16, dev: &UblkDev) -> Result<()> {
-        let bufs = dev.alloc_queue_io_bufs();
-        let queue = open_queue(qid, dev, &bufs)?;
-        queue.wait_and_handle_io(|q: &UblkQueue, tag: u16, _io: &UblkIOCtx| {
-            let iod = q.get_iod(tag);
-            let res = null_result(iod.op_flags & 0xff, iod.nr_sectors);
-            let buf = BufDesc::Slice(bufs[tag as usize].as_slice());
-            // Completing can only fail on a buffer/flag mismatch, which this
-            // target never creates.
-            let _ = q.complete_io_cmd_unified(tag, buf, Ok(UblkIORes::Result(res)));
-        });
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            flush: true,
+            ..Capabilities::default()
+        }
+    }
+
+    fn ring_depth(&self, depth: u16) -> u16 {
+        // Only the IO commands: the null target submits nothing of its own.
+        depth
+    }
+
+    fn open_queue(&self, _queue: &QueueContext) -> Result<()> {
         Ok(())
+    }
+
+    async fn handle_io(&self, _queue: &(), io: Io<'_>) -> i32 {
+        null_result(io.op, io.done())
     }
 }
 
 /// Every data op succeeds in full; unknown ops are refused.
-fn null_result(op: u32, nr_sectors: u32) -> i32 {
+fn null_result(op: IoOp, success: i32) -> i32 {
     match op {
-        sys::UBLK_IO_OP_READ | sys::UBLK_IO_OP_WRITE => (nr_sectors << 9) as i32,
-        sys::UBLK_IO_OP_FLUSH | sys::UBLK_IO_OP_DISCARD | sys::UBLK_IO_OP_WRITE_ZEROES => 0,
-        _ => -libc::EOPNOTSUPP,
+        IoOp::Other(_) => -libc::EOPNOTSUPP,
+        _ => success,
     }
 }
 
@@ -45,9 +49,8 @@ mod tests {
 
     #[test]
     fn results_per_op() {
-        assert_eq!(null_result(sys::UBLK_IO_OP_READ, 8), 4096);
-        assert_eq!(null_result(sys::UBLK_IO_OP_WRITE, 1), 512);
-        assert_eq!(null_result(sys::UBLK_IO_OP_FLUSH, 0), 0);
-        assert_eq!(null_result(sys::UBLK_IO_OP_ZONE_OPEN, 0), -libc::EOPNOTSUPP);
+        assert_eq!(null_result(IoOp::Read, 4096), 4096);
+        assert_eq!(null_result(IoOp::Flush, 0), 0);
+        assert_eq!(null_result(IoOp::Other(10), 0), -libc::EOPNOTSUPP);
     }
 }

@@ -1,13 +1,14 @@
-//! Staging buffers: memory the application owns for backend IO that is not
-//! an IO's data, such as metadata (a RAID1 bitmap, a superblock) or a chunk
-//! being copied during resync. Like backing files they are named by index,
-//! so a request can only reach memory this table handed out, and every
-//! range is checked against the buffer's length.
+//! Staging buffers: memory owned by the native side for backend IO that is
+//! not an IO's data, such as metadata (a RAID1 bitmap, a superblock) or a
+//! chunk being copied during resync. Like backing files they are named by
+//! handle, so a request can only reach memory its device handed out, and
+//! every range is checked against the buffer's length.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::files::HandleTable;
 
 /// O_DIRECT needs sector alignment; page alignment also suits 4k devices.
 const ALIGN: usize = 4096;
@@ -21,14 +22,16 @@ pub struct StagingBuffer {
     len: usize,
 }
 
-// SAFETY: the buffer is plain memory; concurrent access is the kernel
-// writing while an operation is in flight, which the application accepts
-// as it does for any buffer it hands to IO.
+// SAFETY: the buffer is plain memory that never moves and is freed only
+// when the last reference goes; concurrent access is the kernel writing
+// while an operation is in flight, which the application accepts as it
+// does for any buffer it hands to IO.
 unsafe impl Send for StagingBuffer {}
+// SAFETY: as for Send: shared references only hand out the pointer.
 unsafe impl Sync for StagingBuffer {}
 
 impl StagingBuffer {
-    fn new(len: usize) -> Result<StagingBuffer> {
+    pub fn new(len: usize) -> Result<StagingBuffer> {
         if len == 0 || len > MAX_STAGING_BYTES {
             return Err(Error::invalid(format!(
                 "a staging buffer holds 1..{MAX_STAGING_BYTES} bytes, not {len}"
@@ -77,41 +80,13 @@ impl Drop for StagingBuffer {
     }
 }
 
-/// The staging buffers of one bridged device, by index.
-#[derive(Default)]
-pub struct StagingBuffers {
-    buffers: RwLock<Vec<Option<Arc<StagingBuffer>>>>,
-}
+/// The staging buffers of one device, by handle.
+pub type StagingBuffers = HandleTable<StagingBuffer>;
 
 impl StagingBuffers {
-    /// Allocates a zeroed buffer of `len` bytes; returns its index.
+    /// Allocates a zeroed buffer of `len` bytes; returns its handle.
     pub fn alloc(&self, len: usize) -> Result<(u32, Arc<StagingBuffer>)> {
-        let buffer = Arc::new(StagingBuffer::new(len)?);
-        let mut buffers = self.buffers.write().unwrap();
-        buffers.push(Some(buffer.clone()));
-        Ok(((buffers.len() - 1) as u32, buffer))
-    }
-
-    pub fn get(&self, index: u32) -> Option<Arc<StagingBuffer>> {
-        self.buffers.read().unwrap().get(index as usize)?.clone()
-    }
-
-    /// Drops the table's reference; operations in flight and views the
-    /// application still holds keep the memory until they are done.
-    /// Indexes are never reused.
-    pub fn free(&self, index: u32) -> bool {
-        self.buffers
-            .write()
-            .unwrap()
-            .get_mut(index as usize)
-            .and_then(Option::take)
-            .is_some()
-    }
-
-    pub fn free_all(&self) {
-        for b in self.buffers.write().unwrap().iter_mut() {
-            b.take();
-        }
+        self.insert(StagingBuffer::new(len)?)
     }
 }
 
@@ -122,8 +97,7 @@ mod tests {
     #[test]
     fn buffers_are_aligned_zeroed_and_bounded() {
         let table = StagingBuffers::default();
-        let (idx, buf) = table.alloc(5000).unwrap();
-        assert_eq!(idx, 0);
+        let (handle, buf) = table.alloc(5000).unwrap();
         assert_eq!(buf.as_mut_ptr() as usize % ALIGN, 0);
         // SAFETY: 5000 bytes were allocated.
         let bytes = unsafe { std::slice::from_raw_parts(buf.as_mut_ptr(), buf.len()) };
@@ -138,10 +112,10 @@ mod tests {
             table.alloc(MAX_STAGING_BYTES + 1).unwrap_err().code(),
             "EINVAL"
         );
-        assert!(table.free(0));
-        assert!(!table.free(0), "freed once");
-        assert!(table.get(0).is_none());
-        let (idx, _) = table.alloc(1).unwrap();
-        assert_eq!(idx, 1, "indexes are not reused");
+        assert!(table.remove(handle));
+        assert!(!table.remove(handle), "freed once");
+        assert!(table.get(handle).is_none());
+        let (next, _) = table.alloc(1).unwrap();
+        assert_ne!(next, handle, "handles are not reused");
     }
 }

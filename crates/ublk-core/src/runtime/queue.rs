@@ -1,0 +1,346 @@
+//! One queue thread: its executor, one task per tag, the reap loop, and
+//! the drain that makes sure nothing the kernel still uses is freed.
+
+use std::cell::Cell;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{squeue, types};
+use libublk::io::UblkQueue;
+use libublk::uring_async::{ublk_reap_io_events_with_update_queue, ublk_wake_task};
+use libublk::{sys, BufDesc, UblkError};
+use smol::LocalExecutor;
+
+use super::batch::Batches;
+use super::io::{Io, IoBuffers, IoDesc, Lends};
+use super::{ops, QueueArgs, QueueContext, Spawner, Target};
+use crate::error::{Error, Result};
+
+/// Largest errno the kernel uses; a result below its negative is no errno.
+const MAX_ERRNO: i32 = 4095;
+/// How long the ring sleeps without any event before it counts as idle.
+const IDLE: Duration = Duration::from_secs(20);
+/// How long a queue that went down waits for its backend operations.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A way to make a queue thread end before its device ever started (a
+/// failed start), when the kernel will not abort its fetch commands.
+pub(crate) struct QueueControl {
+    eventfd: OwnedFd,
+    abort: AtomicBool,
+    /// This process is stopping the device: the queue ending is expected.
+    stopping: AtomicBool,
+}
+
+impl QueueControl {
+    pub fn new() -> Result<Arc<QueueControl>> {
+        // SAFETY: plain syscall; the fd is owned below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(Error::from(std::io::Error::last_os_error()).context("eventfd"));
+        }
+        Ok(Arc::new(QueueControl {
+            // SAFETY: fd was just created and is owned by nobody else.
+            eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
+            abort: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+        }))
+    }
+
+    /// Makes the queue thread leave at once, whatever its IOs are doing.
+    pub fn abort(&self) {
+        self.abort.store(true, Ordering::SeqCst);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd; a full
+        // counter (EAGAIN) already means "wake up".
+        unsafe {
+            libc::write(
+                self.eventfd.as_raw_fd(),
+                (&one as *const u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
+
+    pub fn aborted(&self) -> bool {
+        self.abort.load(Ordering::SeqCst)
+    }
+
+    /// This process is about to stop the device.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+}
+
+/// What every task of one queue shares.
+struct QueueRun<'a, T: Target> {
+    queue: &'a UblkQueue<'a>,
+    target: &'a T,
+    state: &'a T::Queue,
+    buffers: &'a Arc<IoBuffers>,
+    lends: Vec<Rc<Lends>>,
+    batches: Batches,
+    io_delay: Option<Duration>,
+}
+
+pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
+    let QueueArgs {
+        qid,
+        dev,
+        buffers,
+        control,
+        io_delay,
+    } = args;
+    // Device start waits until every queue has fetched; a queue that fails
+    // before that must still report in, or start would wait forever.
+    let report_failure = |e: Error| {
+        dev.notify_buffer_registration_complete(true);
+        e
+    };
+    let queue = UblkQueue::new(qid, dev)
+        .map_err(|e| report_failure(Error::from_ublk(format!("create queue {qid}"), e)))?;
+    let spawner = Spawner::default();
+    let ctx = QueueContext {
+        qid,
+        depth: buffers.depth(),
+        buffers: buffers.clone(),
+        spawner: spawner.clone(),
+    };
+    let state = target.open_queue(&ctx).map_err(report_failure)?;
+    let control_read =
+        ops::read_eventfd(control.eventfd.as_raw_fd(), control.clone()).map_err(report_failure)?;
+
+    let run = QueueRun {
+        queue: &queue,
+        target,
+        state: &state,
+        buffers,
+        lends: (0..buffers.depth()).map(|_| Rc::default()).collect(),
+        batches: Batches::new(qid, buffers.depth()),
+        io_delay,
+    };
+    let exe = LocalExecutor::new();
+    let tasks: Vec<_> = queue
+        .tags()
+        .map(|tag| exe.spawn(io_task(&run, tag)))
+        .collect();
+    let tick = || {
+        run.batches.seal();
+        loop {
+            while exe.try_tick() {}
+            let finished = run.batches.take_finished();
+            let spawned = spawner.take();
+            if finished.is_empty() && spawned.is_empty() {
+                break;
+            }
+            for batch in finished {
+                let run = &run;
+                exe.spawn(async move { run.target.after_writes(run.state, &batch).await })
+                    .detach();
+            }
+            for task in spawned {
+                exe.spawn(task).detach();
+            }
+        }
+        target.after_reap(&state);
+    };
+    let on_cqe = |cqe: &io_uring::cqueue::Entry| {
+        let user_data = cqe.user_data();
+        if ops::is_op(user_data) {
+            ublk_wake_task(user_data, cqe);
+            ops::completed(user_data);
+            return;
+        }
+        if cqe.result() == sys::UBLK_IO_RES_OK as i32 {
+            let tag = (user_data & 0xffff) as u16;
+            run.batches.note(tag, IoDesc::decode(queue.get_iod(tag)));
+        }
+        ublk_wake_task(user_data, cqe);
+    };
+    let aborted = Cell::new(false);
+    let poll = || async {
+        if control.aborted() {
+            aborted.set(true);
+            return Err(UblkError::QueueIsDown);
+        }
+        let idle = types::Timespec::from(IDLE);
+        libublk::uring_poll_io_fn::<squeue::Entry>(&queue, Some(idle), 1)
+    };
+    let reap = |timed_out| ublk_reap_io_events_with_update_queue(&queue, timed_out, None, on_cqe);
+    let done = || aborted.get() || tasks.iter().all(|t| t.is_finished());
+    let outcome = smol::block_on(exe.run(libublk::run_uring_tasks(poll, reap, tick, done)));
+
+    if !aborted.get() && !control.stopping.load(Ordering::SeqCst) {
+        log::warn!(
+            "queue {qid} stopped serving: the kernel stopped the device without this process (deleted by another one?)"
+        );
+    }
+    // Down: let the background tasks' operations end, and wait for every
+    // operation the kernel still holds before anything is freed.
+    target.close_queue(&state);
+    let control_cancel = ops::cancel(control_read.user_data());
+    drop(control_read);
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while ops::in_flight() > 0 && Instant::now() < deadline {
+        let ts = types::Timespec::from(Duration::from_millis(100));
+        let _ = libublk::io::with_task_io_ring_mut(|ring| {
+            ring.submitter()
+                .submit_with_args(1, &types::SubmitArgs::new().timespec(&ts))
+        });
+        let _ = ublk_reap_io_events_with_update_queue(&queue, false, None, on_cqe);
+        tick();
+    }
+    drop(control_cancel);
+    if ops::in_flight() > 0 {
+        log::error!(
+            "queue {qid}: {} backend operations did not finish within {DRAIN_TIMEOUT:?}; their memory is leaked",
+            ops::in_flight()
+        );
+        // The kernel may still write into what these tasks own.
+        ops::leak_in_flight();
+        std::mem::forget(buffers.clone());
+        std::mem::forget(tasks);
+        std::mem::forget(exe);
+        std::mem::forget(run);
+        std::mem::forget(state);
+    }
+    if aborted.get() {
+        return Err(Error::new(
+            libc::ECANCELED,
+            format!("queue {qid} was aborted"),
+        ));
+    }
+    outcome.map_err(|e| Error::from_ublk(format!("serve queue {qid}"), e))
+}
+
+/// The life of one tag: fetch an IO, serve it, commit its result and
+/// fetch the next, until the queue goes down.
+async fn io_task<T: Target>(run: &QueueRun<'_, T>, tag: u16) {
+    let q = run.queue;
+    let io_buf = run.buffers.io_buf(tag);
+    let buf = || BufDesc::Slice(io_buf.as_slice());
+    if let Err(e) = q.submit_io_prep_cmd(tag, buf(), 0, Some(io_buf)).await {
+        return log_task_end(q.get_qid(), tag, e);
+    }
+    let mut rng = DelayRng::new(q.get_qid(), tag);
+    loop {
+        let desc = IoDesc::decode(q.get_iod(tag));
+        let result = serve_io(run, tag, desc, &mut rng).await;
+        // Operations a handler dropped may still use the buffer.
+        run.lends[tag as usize].returned().await;
+        let result = checked_result(result, desc);
+        if let Err(e) = q.submit_io_commit_cmd(tag, buf(), result).await {
+            return log_task_end(q.get_qid(), tag, e);
+        }
+    }
+}
+
+async fn serve_io<T: Target>(
+    run: &QueueRun<'_, T>,
+    tag: u16,
+    desc: IoDesc,
+    rng: &mut DelayRng,
+) -> i32 {
+    let mut io = Io::new(
+        run.queue.get_qid(),
+        tag,
+        desc,
+        run.buffers,
+        &run.lends[tag as usize],
+    );
+    let batch = run.batches.take(tag);
+    if let Some(max) = run.io_delay {
+        let _ = ops::sleep(rng.up_to(max)).await;
+    }
+    let Some(batch) = batch else {
+        return run.target.handle_io(run.state, io).await;
+    };
+    io.batch = Some(batch.seq());
+    let result = batch.serve(run.target, run.state, io).await;
+    run.batches.finish(batch);
+    result
+}
+
+/// What a target returned, as the kernel may be told: bytes within the
+/// IO's length, or an errno; anything else is an I/O error.
+fn checked_result(result: i32, desc: IoDesc) -> i32 {
+    let max = if desc.op.carries_data() {
+        desc.len as i64
+    } else {
+        0
+    };
+    if result < -MAX_ERRNO || result as i64 > max {
+        -libc::EIO
+    } else {
+        result
+    }
+}
+
+fn log_task_end(qid: u16, tag: u16, e: UblkError) {
+    if !matches!(e, UblkError::QueueIsDown) {
+        log::error!("queue {qid} tag {tag}: {e}");
+    }
+}
+
+/// A small xorshift: delays only need to differ, not to be unpredictable.
+struct DelayRng(u64);
+
+impl DelayRng {
+    fn new(qid: u16, tag: u16) -> DelayRng {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        DelayRng(seed ^ ((qid as u64) << 32 | tag as u64) | 1)
+    }
+
+    fn up_to(&mut self, max: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let max_ns = max.as_nanos().min(u64::MAX as u128) as u64;
+        Duration::from_nanos(if max_ns == 0 {
+            0
+        } else {
+            self.0 % (max_ns + 1)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::IoOp;
+
+    #[test]
+    fn delays_stay_within_the_bound() {
+        let mut rng = DelayRng::new(1, 7);
+        let max = Duration::from_micros(300);
+        assert!((0..1000).all(|_| rng.up_to(max) <= max));
+        assert_eq!(rng.up_to(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn results_are_bytes_of_the_io_or_errnos() {
+        let read = IoDesc {
+            op: IoOp::Read,
+            flags: 0,
+            offset: 0,
+            len: 4096,
+        };
+        assert_eq!(checked_result(4096, read), 4096);
+        assert_eq!(checked_result(512, read), 512);
+        assert_eq!(checked_result(8192, read), -libc::EIO);
+        assert_eq!(checked_result(-libc::ENOSPC, read), -libc::ENOSPC);
+        assert_eq!(checked_result(-5000, read), -libc::EIO);
+        let flush = IoDesc {
+            op: IoOp::Flush,
+            len: 0,
+            ..read
+        };
+        assert_eq!(checked_result(0, flush), 0);
+        assert_eq!(checked_result(4096, flush), -libc::EIO);
+    }
+}

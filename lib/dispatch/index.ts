@@ -1,0 +1,275 @@
+// Runs a TypeScript target: turns each hand-over from a queue thread into
+// calls of the target's methods, and sends results and backend requests
+// back in one native call per tick (see ./outbox.ts).
+import { backendError, errnoNumber, errnoOf, UblkError } from '../errors.js'
+import type { Handles } from '../handles.js'
+import type { BackingFile, Io, IoOp, ReadErrorHandler, Target } from '../target.js'
+import {
+  BACKEND_RESULT_FIELDS,
+  COMPLETES_IO,
+  EVENT_BATCH_DONE,
+  EVENT_BATCH_OPEN,
+  EVENT_FIELDS,
+  EVENT_STOPPED,
+  FLAG_FUA,
+  FOR_IO,
+  IO_FIELDS,
+  KIND_READ,
+  KIND_WRITE,
+  NO_BATCH,
+  OP_DISCARD,
+  OP_FLUSH,
+  OP_READ,
+  OP_WRITE,
+  OP_WRITE_ZEROES,
+  REPORT_FAILURE,
+  RWF_DSYNC,
+} from '../wire.js'
+import { WriteBatches } from './batches.js'
+import { IoRequest, type IoHost, type Outstanding } from './io.js'
+import { Outbox } from './outbox.js'
+
+import type { NativeBridge } from '../../index.js'
+
+export { Outbox } from './outbox.js'
+
+const ETIMEDOUT = errnoNumber('ETIMEDOUT')
+const EOPNOTSUPP = errnoNumber('EOPNOTSUPP')
+const ECANCELED = errnoNumber('ECANCELED')
+
+/** IO ops by the kernel's code. */
+const OP_BY_CODE = new Map<number, IoOp>([
+  [OP_READ, 'read'],
+  [OP_WRITE, 'write'],
+  [OP_FLUSH, 'flush'],
+  [OP_DISCARD, 'discard'],
+  [OP_WRITE_ZEROES, 'writeZeroes'],
+])
+
+/** An IO recorded and ready for its method. */
+interface Admitted {
+  io: IoRequest
+  entry: Outstanding
+  handler: (io: Io) => Promise<void> | void
+  success: number
+}
+
+export interface DispatcherOptions {
+  queues: number
+  depth: number
+  /** Fail an IO the target has not completed after this many ms (0: never). */
+  ioTimeoutMs: number
+  handles: Handles
+  /** The device stopped, whoever stopped it. */
+  onStopped?: () => void
+}
+
+/** Serves one device's IOs with a target; one per device. */
+export class Dispatcher implements IoHost {
+  readonly outbox: Outbox
+  readonly handles: Handles
+  readonly #target: Target
+  readonly #outstanding: Array<Array<Outstanding | undefined>>
+  readonly #batches: WriteBatches | undefined
+  readonly #timeoutMs: number
+  readonly #onStopped: (() => void) | undefined
+  #bridge: NativeBridge | undefined
+  #stopping = false
+  #timer: NodeJS.Timeout | undefined
+
+  /** Hand-overs and IOs so far (their ratio is the mean batch size). */
+  batches = 0
+  ios = 0
+
+  constructor(target: Target, options: DispatcherOptions) {
+    this.#target = target
+    this.handles = options.handles
+    this.#timeoutMs = options.ioTimeoutMs
+    this.#onStopped = options.onStopped
+    this.outbox = new Outbox(options.queues)
+    this.#outstanding = Array.from({ length: options.queues }, () => new Array(options.depth))
+    if (hasBatchHooks(target)) this.#batches = new WriteBatches(target, options.queues, errnoOf)
+    if (Number.isFinite(this.#timeoutMs) && this.#timeoutMs > 0) {
+      const period = Math.max(10, Math.min(1000, this.#timeoutMs / 4))
+      this.#timer = setInterval(() => this.#expire(), period)
+      this.#timer.unref()
+    }
+  }
+
+  attach(bridge: NativeBridge): void {
+    this.#bridge = bridge
+    this.outbox.attach(bridge)
+  }
+
+  /** Reads the queue threads served through the read route, without the target. */
+  routedReads(): number {
+    return this.#bridge?.routedReads() ?? 0
+  }
+
+  /** The native batch handler; never throws back into native code. */
+  onBatch = (queue: number, ios: Float64Array, buffers: Array<ArrayBuffer | null>, backend: Float64Array, events: Float64Array): void => {
+    try {
+      for (let i = 0; i < backend.length; i += BACKEND_RESULT_FIELDS) {
+        this.outbox.settle(backend[i]!, backend[i + 1]!)
+      }
+      for (let i = 0; i < events.length; i += EVENT_FIELDS) this.#event(queue, events[i]!, events[i + 1]!, events[i + 2]!)
+      const now = Date.now()
+      for (let i = 0, n = 0; i < ios.length; i += IO_FIELDS, n++) {
+        const admitted = this.#admit(queue, ios, i, buffers[n] ?? null, now)
+        const batch = ios[i + 6]!
+        if (batch !== NO_BATCH && this.#batches?.add(queue, batch, admitted && this.#member(admitted))) continue
+        if (admitted) void this.#run(admitted)
+      }
+      this.batches++
+      this.ios += ios.length / IO_FIELDS
+    } catch (err) {
+      // A bug here must not take the process down; the IOs time out.
+      process.emitWarning(`ublk dispatch failed: ${String(err)}`, 'UblkWarning')
+    } finally {
+      // The queue holds further IOs until this hand-over is acknowledged,
+      // so that hand-overs grow with load rather than multiply.
+      if (queue >= 0 && queue < this.outbox.queues) this.outbox.batchTaken(queue)
+    }
+  }
+
+  #event(queue: number, kind: number, batch: number, count: number): void {
+    if (kind === EVENT_BATCH_OPEN) this.#batches?.open(queue, batch, count)
+    else if (kind === EVENT_BATCH_DONE) this.#batches?.done(queue, batch)
+    else if (kind === EVENT_STOPPED) this.#onStopped?.()
+  }
+
+  #member(a: Admitted) {
+    return {
+      io: a.io,
+      run: () => this.#run(a),
+      fail: (errno: number) => this.#finish(a.io.queue, a.io.tag, a.entry, -errno),
+    }
+  }
+
+  /** Records a new IO; returns it ready to run, or undefined if it was answered at once. */
+  #admit(queue: number, ios: Float64Array, i: number, data: ArrayBuffer | null, now: number): Admitted | undefined {
+    const tag = ios[i]!
+    const seq = ios[i + 1]!
+    const op = OP_BY_CODE.get(ios[i + 2]!)
+    const entry: Outstanding = { seq, buffer: data, deadline: now + this.#timeoutMs, native: false }
+    const previous = this.#outstanding[queue]![tag]
+    // The tag's last IO was a passthrough read that succeeded: no report
+    // will come for it.
+    if (previous?.fallbackId !== undefined) this.outbox.forget(previous.fallbackId)
+    this.#outstanding[queue]![tag] = entry
+    if (this.#stopping) {
+      this.#finish(queue, tag, entry, -ECANCELED)
+      return undefined
+    }
+    const handler = op && this.#target[op]
+    if (!op || !handler) {
+      this.#finish(queue, tag, entry, -EOPNOTSUPP)
+      return undefined
+    }
+    const length = ios[i + 5]!
+    const io = new IoRequest(this, queue, tag, entry, op, ios[i + 4]!, length, (ios[i + 3]! & FLAG_FUA) !== 0, data)
+    const routeError = ios[i + 8]!
+    if (routeError !== 0) {
+      const handle = ios[i + 7]!
+      const file = this.handles.fileOf(handle) ?? { path: `(file ${handle})`, size: 0, direct: false, readOnly: true, blockDevice: false }
+      io.failedRead = { file, error: backendError(routeError, `read of ${file.path}`) }
+    }
+    const success = op === 'read' || op === 'write' ? length : 0
+    return { io, entry, handler, success }
+  }
+
+  /** Calls the target's method for an IO; resolves when the IO is answered. */
+  #run(a: Admitted): Promise<void> {
+    const { io, entry, handler, success } = a
+    let outcome: Promise<void> | void
+    try {
+      outcome = handler.call(this.#target, io)
+    } catch (err) {
+      this.#finish(io.queue, io.tag, entry, -errnoOf(err))
+      return Promise.resolve()
+    }
+    if (outcome && typeof (outcome as Promise<void>).then === 'function') {
+      return (outcome as Promise<void>).then(
+        () => this.#finish(io.queue, io.tag, entry, success),
+        (err: unknown) => this.#finish(io.queue, io.tag, entry, -errnoOf(err)),
+      )
+    }
+    this.#finish(io.queue, io.tag, entry, success)
+    return Promise.resolve()
+  }
+
+  /** Completes an IO once: late answers (after a timeout or stop) are dropped. */
+  #finish(queue: number, tag: number, entry: Outstanding, result: number): void {
+    const slots = this.#outstanding[queue]!
+    if (slots[tag] !== entry) return
+    slots[tag] = undefined
+    if (entry.native) return
+    this.outbox.result(queue, tag, entry.seq, result, entry.buffer)
+  }
+
+  passthrough(io: IoRequest, file: BackingFile, fileOffset: number, onReadError?: ReadErrorHandler): void {
+    const entry = io.entry
+    if ((io.op !== 'read' && io.op !== 'write') || this.#outstanding[io.queue]![io.tag] !== entry || entry.native) {
+      throw new UblkError('EINVAL', 'passthrough needs a read or write that is still outstanding')
+    }
+    if (onReadError && io.op !== 'read') throw new UblkError('EINVAL', 'onReadError is for reads')
+    if (this.#stopping) throw new UblkError('ECANCELED', 'passthrough: the device is stopping')
+    const handle = this.handles.handleOf(file, 'passthrough')
+    // From here the queue thread owns the buffer and the completion; id 0
+    // asks for no answer. A request it refuses fails the IO with its errno.
+    entry.native = true
+    this.outbox.detach(io.queue, entry.buffer)
+    entry.buffer = null
+    let kind = (io.op === 'read' ? KIND_READ : KIND_WRITE) | COMPLETES_IO | FOR_IO
+    let id = 0
+    if (onReadError) {
+      kind |= REPORT_FAILURE
+      id = this.outbox.takeId()
+      entry.fallbackId = id
+      const recover = (err: Error): void => {
+        // The queue thread gave the IO back: it is answered from here on.
+        entry.native = false
+        entry.fallbackId = undefined
+        entry.deadline = Date.now() + this.#timeoutMs
+        void this.#run({ io, entry, handler: () => onReadError(err), success: io.length })
+      }
+      this.outbox.expect(id, { resolve: () => recover(new UblkError('EIO', 'read failed')), reject: recover, what: `read of ${file.path}` })
+    }
+    const flags = io.op === 'write' && io.fua ? RWF_DSYNC : 0
+    this.outbox.push(io.queue, id, kind, flags, handle, { tag: io.tag, seq: entry.seq }, 0, io.length, fileOffset)
+  }
+
+  #expire(): void {
+    const now = Date.now()
+    for (let q = 0; q < this.#outstanding.length; q++) {
+      const slots = this.#outstanding[q]!
+      for (let tag = 0; tag < slots.length; tag++) {
+        const entry = slots[tag]
+        if (entry && !entry.native && entry.deadline <= now) this.#finish(q, tag, entry, -ETIMEDOUT)
+      }
+    }
+  }
+
+  /**
+   * Before the device stops: IOs the target still holds are failed (their
+   * buffers detached now), new ones are refused, backend requests rejected.
+   */
+  shutdown(): void {
+    if (this.#stopping) return
+    this.#stopping = true
+    if (this.#timer) clearInterval(this.#timer)
+    for (let q = 0; q < this.#outstanding.length; q++) {
+      const slots = this.#outstanding[q]!
+      for (let tag = 0; tag < slots.length; tag++) {
+        const entry = slots[tag]
+        if (entry) this.#finish(q, tag, entry, -ECANCELED)
+      }
+    }
+    this.outbox.close()
+  }
+}
+
+/** Whether a target runs batch hooks, and so must be told of write batches. */
+export function hasBatchHooks(target: Target): boolean {
+  return typeof target.beforeWrites === 'function' || typeof target.afterWrites === 'function'
+}

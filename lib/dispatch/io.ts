@@ -1,0 +1,97 @@
+// One IO as a TypeScript target sees it: what the kernel asks, the IO's
+// buffer, and backend operations on the queue's ring that use it.
+import { UblkError } from '../errors.js'
+import type { BackingFile, FailedRead, Io, IoOp, ReadErrorHandler } from '../target.js'
+import { FOR_IO, KIND_FALLOCATE, KIND_FDATASYNC, KIND_FSYNC, KIND_READ, KIND_SLEEP, KIND_WRITE, RWF_DSYNC } from '../wire.js'
+
+import type { Handles } from '../handles.js'
+import type { Outbox } from './outbox.js'
+
+const EMPTY = new Uint8Array(0)
+
+/** The dispatcher's record of an IO the target holds. */
+export interface Outstanding {
+  seq: number
+  buffer: ArrayBuffer | null
+  deadline: number
+  /** Handed to the queue thread, which completes it (see `passthrough`). */
+  native: boolean
+  /** The id a failed passthrough read is reported under. */
+  fallbackId?: number
+}
+
+/** What an IO needs of its dispatcher. */
+export interface IoHost {
+  readonly outbox: Outbox
+  readonly handles: Handles
+  passthrough(io: IoRequest, file: BackingFile, fileOffset: number, onReadError?: ReadErrorHandler): void
+}
+
+export class IoRequest implements Io {
+  readonly buffer: Uint8Array
+  failedRead?: FailedRead
+
+  constructor(
+    private readonly host: IoHost,
+    readonly queue: number,
+    readonly tag: number,
+    /** @internal the dispatcher's record of this IO */
+    readonly entry: Outstanding,
+    readonly op: IoOp,
+    readonly offset: number,
+    readonly length: number,
+    readonly fua: boolean,
+    data: ArrayBuffer | null,
+  ) {
+    this.buffer = data ? new Uint8Array(data) : EMPTY
+  }
+
+  passthrough(file: BackingFile, fileOffset: number, onReadError?: ReadErrorHandler): void {
+    this.host.passthrough(this, file, fileOffset, onReadError)
+  }
+
+  readFrom(file: BackingFile, fileOffset: number, bufOffset = 0, length = this.length - bufOffset): Promise<number> {
+    return this.#request(KIND_READ, 0, file, bufOffset, length, fileOffset, 'read')
+  }
+
+  writeTo(
+    file: BackingFile,
+    fileOffset: number,
+    bufOffset = 0,
+    length = this.length - bufOffset,
+    options: { dsync?: boolean } = {},
+  ): Promise<number> {
+    return this.#request(KIND_WRITE, options.dsync ? RWF_DSYNC : 0, file, bufOffset, length, fileOffset, 'write')
+  }
+
+  async fsync(file: BackingFile): Promise<void> {
+    await this.#request(KIND_FSYNC, 0, file, 0, 0, 0, 'fsync')
+  }
+
+  async fdatasync(file: BackingFile): Promise<void> {
+    await this.#request(KIND_FDATASYNC, 0, file, 0, 0, 0, 'fdatasync')
+  }
+
+  async fallocate(file: BackingFile, mode: number, offset: number, length: number): Promise<void> {
+    await this.#request(KIND_FALLOCATE, mode, file, 0, length, offset, 'fallocate')
+  }
+
+  async sleep(ms: number): Promise<void> {
+    await this.host.outbox.request(this.queue, KIND_SLEEP | FOR_IO, 0, 0, this.#target(), 0, Math.round(ms * 1000), 0, 'sleep')
+  }
+
+  #target(): { tag: number; seq: number } {
+    return { tag: this.tag, seq: this.entry.seq }
+  }
+
+  #request(kind: number, mode: number, file: BackingFile, bufOffset: number, length: number, fileOffset: number, what: string): Promise<number> {
+    const name = `${what} of ${(file as { path?: unknown } | null)?.path ?? 'a file'}`
+    let handle: number
+    try {
+      handle = this.host.handles.handleOf(file, name)
+    } catch (err) {
+      return Promise.reject(err as UblkError)
+    }
+    return this.host.outbox.request(this.queue, kind | FOR_IO, mode, handle, this.#target(), bufOffset, length, fileOffset, name)
+  }
+}

@@ -1,0 +1,126 @@
+// A device served by a TypeScript target: the native bridge, the
+// dispatcher that calls the target, and the context the target opens its
+// files and runs its own backend IO through.
+import binding = require('./binding.js')
+import { hasBatchHooks, Dispatcher } from './dispatch/index.js'
+import { native, nativeSync, toUblkError, UblkError } from './errors.js'
+import { Handles } from './handles.js'
+import type { BackingFile, StagingBuffer, Target, TargetContext } from './target.js'
+import { KIND_FDATASYNC, KIND_READ, KIND_SLEEP, KIND_WRITE, RWF_DSYNC, STAGING } from './wire.js'
+
+import type { NativeBridge, NativeDevice, NativeDeviceOptions } from '../index.js'
+
+export interface ServedDevice {
+  native: NativeDevice
+  dispatcher: Dispatcher
+  /** Registers what runs once the device stopped, however it was stopped. */
+  onStopped(listener: () => void): void
+}
+
+/** What the target's methods decide the device advertises. */
+function capabilitiesOf(target: Target) {
+  if (typeof target.read !== 'function') {
+    throw new UblkError('EINVAL', 'a target needs at least a read(io) method')
+  }
+  return {
+    readOnly: typeof target.write !== 'function',
+    flush: typeof target.flush === 'function',
+    fua: target.fua === true && typeof target.write === 'function',
+    discard: typeof target.discard === 'function',
+    writeZeroes: typeof target.writeZeroes === 'function',
+    batchHooks: hasBatchHooks(target),
+  }
+}
+
+/** Prepares the bridge, opens the target, starts the device. */
+export async function serve(
+  target: Target,
+  geometry: Omit<NativeDeviceOptions, 'target' | 'path'>,
+  ioTimeoutMs: number,
+): Promise<ServedDevice> {
+  const capabilities = capabilitiesOf(target)
+  const stopped: Array<() => void> = []
+  const handles = new Handles()
+  const dispatcher = new Dispatcher(target, {
+    queues: geometry.queues ?? 1,
+    depth: geometry.depth ?? 64,
+    ioTimeoutMs,
+    handles,
+    onStopped: () => {
+      for (const listener of stopped.splice(0)) listener()
+    },
+  })
+  const bridge: NativeBridge = await native(() =>
+    binding.createBridge({ ...geometry, target: target.name ?? 'typescript' }, capabilities, dispatcher.onBatch),
+  )
+  dispatcher.attach(bridge)
+  try {
+    await target.open?.(contextFor(bridge, dispatcher, handles, geometry.size))
+  } catch (err) {
+    bridge.close()
+    throw toUblkError(err)
+  }
+  const nativeDevice = await native(() => binding.startBridgedDevice(bridge))
+  return { native: nativeDevice, dispatcher, onStopped: (listener) => stopped.push(listener) }
+}
+
+function queueOf(queue: number | undefined): number {
+  return queue ?? 0
+}
+
+function contextFor(bridge: NativeBridge, dispatcher: Dispatcher, handles: Handles, size: number): TargetContext {
+  const outbox = dispatcher.outbox
+  /** Runs a backend request outside any IO, on a staging buffer or on nothing. */
+  const staged = (
+    kind: number,
+    file: BackingFile,
+    buffer: StagingBuffer,
+    fileOffset: number,
+    options: { queue?: number; bufOffset?: number; length?: number; dsync?: boolean },
+  ): Promise<number> => {
+    const what = `${kind === KIND_READ ? 'read' : 'write'} of ${file?.path ?? 'a file'}`
+    try {
+      const fileHandle = handles.handleOf(file, what)
+      const staging = handles.handleOf(buffer, what)
+      const bufOffset = options.bufOffset ?? 0
+      const length = options.length ?? buffer.bytes.byteLength - bufOffset
+      const flags = options.dsync && kind === KIND_WRITE ? RWF_DSYNC : 0
+      return outbox.request(queueOf(options.queue), kind | STAGING, flags, fileHandle, { staging }, bufOffset, length, fileOffset, what)
+    } catch (err) {
+      return Promise.reject(err as Error)
+    }
+  }
+  return {
+    size,
+    async openFile(path, opts = {}): Promise<BackingFile> {
+      const opened = await native(() => bridge.openBacking(path, opts.direct ?? true, opts.readOnly ?? false))
+      return handles.file(path, opened)
+    },
+    allocBuffer(bytes: number): StagingBuffer {
+      const handle = nativeSync(() => bridge.allocStaging(bytes))
+      const memory = nativeSync(() => bridge.stagingBuffer(handle))
+      return handles.staging(handle, memory, () => void bridge.freeStaging(handle))
+    },
+    read(file, buffer, fileOffset, options = {}) {
+      return staged(KIND_READ, file, buffer, fileOffset, options)
+    },
+    write(file, buffer, fileOffset, options = {}) {
+      return staged(KIND_WRITE, file, buffer, fileOffset, options)
+    },
+    async fdatasync(file, queue) {
+      const what = `fdatasync of ${file?.path ?? 'a file'}`
+      await outbox.request(queueOf(queue), KIND_FDATASYNC, 0, handles.handleOf(file, what), null, 0, 0, 0, what)
+    },
+    async sleep(ms, queue) {
+      await outbox.request(queueOf(queue), KIND_SLEEP, 0, 0, null, 0, Math.round(ms * 1000), 0, 'sleep')
+    },
+    routeReads(route) {
+      if (route === undefined) return nativeSync(() => bridge.setReadRoute(null, 0, 0))
+      const files = route.files.map((f) => handles.handleOf(f, 'read route'))
+      nativeSync(() => bridge.setReadRoute(files, route.fileOffset ?? 0, route.stripeBytes ?? 1 << 20))
+    },
+    routedReads() {
+      return bridge.routedReads()
+    },
+  }
+}
