@@ -2,7 +2,7 @@
 // dispatcher that calls the target, and the context the target opens its
 // files and runs its own backend IO through.
 import binding = require('./binding.js')
-import { hasBatchHooks, Dispatcher } from './dispatch/index.js'
+import { Dispatcher, hasBatchHooks } from './dispatch/index.js'
 import { native, nativeSync, toUblkError, UblkError } from './errors.js'
 import { Handles } from './handles.js'
 import type { BackingFile, StagingBuffer, Target, TargetContext } from './target.js'
@@ -64,10 +64,6 @@ export async function serve(
   return { native: nativeDevice, dispatcher, onStopped: (listener) => stopped.push(listener) }
 }
 
-function queueOf(queue: number | undefined): number {
-  return queue ?? 0
-}
-
 function contextFor(bridge: NativeBridge, dispatcher: Dispatcher, handles: Handles, size: number): TargetContext {
   const outbox = dispatcher.outbox
   /** Runs a backend request outside any IO, on a staging buffer or on nothing. */
@@ -85,7 +81,7 @@ function contextFor(bridge: NativeBridge, dispatcher: Dispatcher, handles: Handl
       const bufOffset = options.bufOffset ?? 0
       const length = options.length ?? buffer.bytes.byteLength - bufOffset
       const flags = options.dsync && kind === KIND_WRITE ? RWF_DSYNC : 0
-      return outbox.request(queueOf(options.queue), kind | STAGING, flags, fileHandle, { staging }, bufOffset, length, fileOffset, what)
+      return outbox.request(options.queue ?? 0, kind | STAGING, flags, fileHandle, { staging }, bufOffset, length, fileOffset, what)
     } catch (err) {
       return Promise.reject(err as Error)
     }
@@ -109,10 +105,10 @@ function contextFor(bridge: NativeBridge, dispatcher: Dispatcher, handles: Handl
     },
     async fdatasync(file, queue) {
       const what = `fdatasync of ${file?.path ?? 'a file'}`
-      await outbox.request(queueOf(queue), KIND_FDATASYNC, 0, handles.handleOf(file, what), null, 0, 0, 0, what)
+      await outbox.request(queue ?? 0, KIND_FDATASYNC, 0, handles.handleOf(file, what), null, 0, 0, 0, what)
     },
     async sleep(ms, queue) {
-      await outbox.request(queueOf(queue), KIND_SLEEP, 0, 0, null, 0, Math.round(ms * 1000), 0, 'sleep')
+      await outbox.request(queue ?? 0, KIND_SLEEP, 0, 0, null, 0, Math.round(ms * 1000), 0, 'sleep')
     },
     routeReads(route) {
       if (route === undefined) return nativeSync(() => bridge.setReadRoute(null, 0, 0))

@@ -362,9 +362,15 @@ fn start(ctrl: &Arc<UblkCtrl>, opts: &DeviceOptions, runtime: Arc<dyn Serve>) ->
             .map_err(|e| Error::from_ublk(format!("start ublk device {id}"), e)),
     };
     if let Err(start_error) = started {
-        // The kernel aborts no fetch commands of a device that never
-        // started: the queues are told to leave by themselves.
         runtime.stopping();
+        // Stopping a device that never started makes the kernel abort the
+        // queues' fetch commands, which a queue must see before it may let
+        // go of its ring (6.12 waits for them there). The queues are also
+        // told to leave, in case some never got as far as fetching.
+        for control in &controls {
+            control.stopping();
+        }
+        let _ = ensure_control_ring().map(|()| ctrl.kill_dev());
         for control in &controls {
             control.abort();
         }

@@ -2,11 +2,12 @@
 //! mutex-guarded list plus an eventfd that the queue's ring reads, written
 //! only when the list goes from empty to non-empty.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::Mutex;
 
 use super::wire::{BackendRequest, IoResult, Refused};
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::runtime::EventFd;
 
 /// A decoded backend request, or why it cannot run.
 pub type Request = std::result::Result<BackendRequest, Refused>;
@@ -27,20 +28,14 @@ impl Pending {
 
 pub struct QueueInbox {
     pending: Mutex<Pending>,
-    eventfd: OwnedFd,
+    eventfd: EventFd,
 }
 
 impl QueueInbox {
     pub(crate) fn new() -> Result<QueueInbox> {
-        // SAFETY: plain syscall; the fd is owned below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(Error::from(std::io::Error::last_os_error()).context("eventfd"));
-        }
         Ok(QueueInbox {
             pending: Mutex::new(Pending::default()),
-            // SAFETY: fd was just created and is owned by nobody else.
-            eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
+            eventfd: EventFd::new()?,
         })
     }
 
@@ -66,16 +61,7 @@ impl QueueInbox {
 
     /// Wakes the queue thread without posting anything.
     pub fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our eventfd. A full
-        // counter (EAGAIN) already means "wake up".
-        unsafe {
-            libc::write(
-                self.eventfd.as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            );
-        }
+        self.eventfd.wake();
     }
 
     pub(crate) fn take(&self) -> Pending {
@@ -83,7 +69,7 @@ impl QueueInbox {
     }
 
     pub fn eventfd(&self) -> RawFd {
-        self.eventfd.as_raw_fd()
+        self.eventfd.raw_fd()
     }
 }
 

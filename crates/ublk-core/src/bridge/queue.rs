@@ -139,26 +139,25 @@ impl BridgeQueue {
 
     /// Sends a read to the file the read route picks.
     async fn routed_read(&self, io: &mut Io<'_>) -> Routed {
-        let route = self
-            .device
-            .routes
-            .load(&mut self.route.borrow_mut())
-            .cloned();
-        let Some(route) = route else {
-            return Routed::Elsewhere;
-        };
-        let (handle, file) = route.pick(io.offset);
-        let Some(file_offset) = route.file_offset.checked_add(io.offset) else {
-            return Routed::Elsewhere;
-        };
-        let Ok(read) = io.read_into(file, file_offset, 0, io.len) else {
-            return Routed::Elsewhere;
+        let (handle, read) = {
+            let mut cache = self.route.borrow_mut();
+            let Some(route) = self.device.routes.load(&mut cache) else {
+                return Routed::Elsewhere;
+            };
+            let (handle, file) = route.pick(io.offset);
+            let Some(file_offset) = route.file_offset.checked_add(io.offset) else {
+                return Routed::Elsewhere;
+            };
+            match io.read_into(file, file_offset, 0, io.len) {
+                Ok(read) => (*handle, read),
+                Err(_) => return Routed::Elsewhere,
+            }
         };
         self.device.routes.count_served();
         let result = read.await;
         if result < 0 {
             return Routed::Failed(FailedRead {
-                file: *handle,
+                file: handle,
                 error: result,
             });
         }

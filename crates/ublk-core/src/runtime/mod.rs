@@ -10,6 +10,7 @@
 //! ([`crate::bridge::BridgeTarget`]).
 
 mod batch;
+mod eventfd;
 mod io;
 pub mod ops;
 mod queue;
@@ -28,6 +29,7 @@ use crate::error::Result;
 use crate::options::DeviceOptions;
 
 pub use batch::{WriteBatch, WriteExtent};
+pub(crate) use eventfd::EventFd;
 pub use io::{io_flags, Io, IoBuffers, IoDesc, IoOp};
 pub(crate) use queue::QueueControl;
 

@@ -2,7 +2,6 @@
 //! the drain that makes sure nothing the kernel still uses is freed.
 
 use std::cell::Cell;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,6 +14,7 @@ use libublk::{sys, BufDesc, UblkError};
 use smol::LocalExecutor;
 
 use super::batch::Batches;
+use super::eventfd::EventFd;
 use super::io::{Io, IoBuffers, IoDesc, Lends};
 use super::{ops, QueueArgs, QueueContext, Spawner, Target};
 use crate::error::{Error, Result};
@@ -29,7 +29,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A way to make a queue thread end before its device ever started (a
 /// failed start), when the kernel will not abort its fetch commands.
 pub(crate) struct QueueControl {
-    eventfd: OwnedFd,
+    eventfd: EventFd,
     abort: AtomicBool,
     /// This process is stopping the device: the queue ending is expected.
     stopping: AtomicBool,
@@ -37,14 +37,8 @@ pub(crate) struct QueueControl {
 
 impl QueueControl {
     pub fn new() -> Result<Arc<QueueControl>> {
-        // SAFETY: plain syscall; the fd is owned below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(Error::from(std::io::Error::last_os_error()).context("eventfd"));
-        }
         Ok(Arc::new(QueueControl {
-            // SAFETY: fd was just created and is owned by nobody else.
-            eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
+            eventfd: EventFd::new()?,
             abort: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
         }))
@@ -53,16 +47,7 @@ impl QueueControl {
     /// Makes the queue thread leave at once, whatever its IOs are doing.
     pub fn abort(&self) {
         self.abort.store(true, Ordering::SeqCst);
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our eventfd; a full
-        // counter (EAGAIN) already means "wake up".
-        unsafe {
-            libc::write(
-                self.eventfd.as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        };
+        self.eventfd.wake();
     }
 
     pub fn aborted(&self) -> bool {
@@ -111,7 +96,7 @@ pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
     };
     let state = target.open_queue(&ctx).map_err(report_failure)?;
     let control_read =
-        ops::read_eventfd(control.eventfd.as_raw_fd(), control.clone()).map_err(report_failure)?;
+        ops::read_eventfd(control.eventfd.raw_fd(), control.clone()).map_err(report_failure)?;
 
     let run = QueueRun {
         queue: &queue,
