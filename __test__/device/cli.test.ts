@@ -53,9 +53,16 @@ test.serial('a server killed with -9 leaves a dead device; delete removes it', a
   const exited = new Promise((r) => child.once('exit', r))
   child.kill('SIGKILL')
   await exited
-  const list = await ublkTs('list', '--json')
-  const entry = (JSON.parse(list.stdout) as Array<{ id: number; state: string }>).find((d) => d.id === id)
-  t.is(entry?.state, 'dead', 'the kernel keeps the device, without a server')
+  // The kernel marks the device dead on its own time after the server died: poll.
+  const failures: string[] = []
+  let state: string | undefined
+  for (const deadline = Date.now() + 60_000; state !== 'dead' && Date.now() < deadline; ) {
+    const list = await ublkTs('list', '--json')
+    if (list.code !== 0) failures.push(`list exited ${list.code}: ${list.stderr}`)
+    else state = (JSON.parse(list.stdout) as Array<{ id: number; state: string }>).find((d) => d.id === id)?.state
+  }
+  t.is(state, 'dead', `the kernel keeps the device, without a server${failures.length ? `; ${failures.join('; ')}` : ''}`)
+  t.deepEqual(failures, [], 'list never failed')
   const del = await ublkTs('delete', String(id))
   t.is(del.code, 0, del.stderr)
   t.true(deviceGone(id))

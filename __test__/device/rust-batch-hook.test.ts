@@ -99,7 +99,8 @@ test.serial('Rust batch hook: after kill -9, every written block lies inside a j
   const journalFile = scratchFile('journaled-crash-log', 0)
   const { child, path, id } = await serve(data, journalFile, 500)
   const writer = fio(path, { rw: 'randwrite', bs: '4k', iodepth: 32, size: '32M', runtime: 30 }).catch(() => undefined)
-  await until(() => readJournal(journalFile).begun.size >= 50, 'fifty batches have been journaled')
+  const journaled = () => [...readJournal(journalFile).begun.values()].reduce((n, extents) => n + extents.length, 0)
+  await until(() => journaled() >= 300, 'three hundred writes have been journaled')
   child.kill('SIGKILL')
   await new Promise((resolve) => child.once('exit', resolve))
   await writer
