@@ -143,16 +143,17 @@ export class Device {
   }
 }
 
-let exitHandlerInstalled = false
+let processHooksInstalled = false
 
 /**
- * `process.exit()` ends the process without the addon's environment
- * cleanup, so devices are also stopped from an 'exit' listener: a process
- * that exits leaves no device behind.
+ * Once per process that serves a device: `process.exit()` ends the process
+ * without the addon's environment cleanup, so devices are also stopped
+ * from an 'exit' listener (a process that exits leaves no device behind);
+ * and what the native core logs becomes process warnings.
  */
-function stopDevicesOnExit(): void {
-  if (exitHandlerInstalled) return
-  exitHandlerInstalled = true
+function installProcessHooks(): void {
+  if (processHooksInstalled) return
+  processHooksInstalled = true
   process.on('exit', () => binding.stopAllDevices())
   binding.setLogHandler(warn)
 }
@@ -171,7 +172,7 @@ export async function createDevice(options: DeviceOptions): Promise<Device> {
   if (typeof options.target !== 'string' && (typeof options.target !== 'object' || options.target === null)) {
     throw new UblkError('EINVAL', 'options.target must be a built-in target name ("null") or a target object')
   }
-  stopDevicesOnExit()
+  installProcessHooks()
   if (typeof options.target === 'object' && options.target !== null) {
     return createServedDevice(options, options.target)
   }
