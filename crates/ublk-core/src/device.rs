@@ -370,6 +370,17 @@ fn start(ctrl: &Arc<UblkCtrl>, opts: &DeviceOptions, runtime: Arc<dyn Serve>) ->
         for control in &controls {
             control.stopping();
         }
+        // Only fetch commands the kernel holds can be aborted: give every
+        // queue still running the time to hand them over first.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while controls
+            .iter()
+            .zip(&queues)
+            .any(|(control, queue)| !control.fetched() && !queue.is_finished())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let _ = ensure_control_ring().map(|()| ctrl.kill_dev());
         for control in &controls {
             control.abort();

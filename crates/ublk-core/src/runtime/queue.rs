@@ -33,6 +33,9 @@ pub(crate) struct QueueControl {
     abort: AtomicBool,
     /// This process is stopping the device: the queue ending is expected.
     stopping: AtomicBool,
+    /// The queue's fetch commands have reached the kernel (or the queue
+    /// thread has ended).
+    fetched: AtomicBool,
 }
 
 impl QueueControl {
@@ -41,6 +44,7 @@ impl QueueControl {
             eventfd: EventFd::new()?,
             abort: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            fetched: AtomicBool::new(false),
         }))
     }
 
@@ -57,6 +61,12 @@ impl QueueControl {
     /// This process is about to stop the device.
     pub fn stopping(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the queue's fetch commands have reached the kernel, or the
+    /// queue has ended: only then can stopping the device abort them.
+    pub fn fetched(&self) -> bool {
+        self.fetched.load(Ordering::SeqCst)
     }
 }
 
@@ -147,6 +157,13 @@ pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
     };
     let aborted = Cell::new(false);
     let poll = || async {
+        if !control.fetched() {
+            // The first turn queued every tag's fetch command: hand them to
+            // the kernel before anything waits, and say so (a failed start
+            // needs the kernel to hold them before it can abort them).
+            let _ = libublk::io::with_task_io_ring_mut(|ring| ring.submit());
+            control.fetched.store(true, Ordering::SeqCst);
+        }
         if control.aborted() {
             aborted.set(true);
             return Err(UblkError::QueueIsDown);
