@@ -111,6 +111,11 @@ export interface DeviceInfo {
   flags: Array<string>
   /** The same flags as the kernel's bit mask. */
   flagsMask: bigint
+  /**
+   * IO data stays in the kernel (`UBLK_F_AUTO_BUF_REG`); false: it is
+   * copied to and from the server's buffers.
+   */
+  zeroCopy: boolean
   /** Process serving the device, or -1. */
   serverPid: number
   ownerUid: number
@@ -154,6 +159,11 @@ export interface NativeCapabilities {
   writeZeroes: boolean
   /** The target has batch hooks: write batches are announced to it. */
   batchHooks: boolean
+  /**
+   * The target never touches IO data: no buffers are handed to it, and
+   * the device may run zero copy.
+   */
+  zeroCopy: boolean
 }
 
 export interface NativeDeviceOptions {
@@ -176,6 +186,11 @@ export interface NativeDeviceOptions {
   maxIoBytes?: number
   /** Device id to ask for; default: the driver picks. */
   id?: number
+  /**
+   * Run zero copy where the kernel and the target allow it (default);
+   * false keeps the copy path.
+   */
+  zeroCopy?: boolean
 }
 
 /**

@@ -10,7 +10,7 @@ import binding = require('../lib/binding.js')
 import { toUblkError } from '../lib/errors.ts'
 import { FOR_IO, KIND_READ, STAGING } from '../lib/wire.ts'
 
-const noCaps = { readOnly: false, flush: false, fua: false, discard: false, writeZeroes: false, batchHooks: false }
+const noCaps = { readOnly: false, flush: false, fua: false, discard: false, writeZeroes: false, batchHooks: false, zeroCopy: false }
 
 function bridge() {
   return binding.createBridge({ target: 'test', size: 1 << 20, queues: 1, depth: 4 }, noCaps, () => {})

@@ -20,7 +20,7 @@ async function measure(batchMax: number): Promise<number> {
   const dispatcher = new Dispatcher(nullTarget(), { queues: 1, depth: DEPTH, ioTimeoutMs: 0, handles: new Handles() })
   const bridge = binding.createBridge(
     { target: 'bench', size: 1 << 30, queues: 1, depth: DEPTH, maxIoBytes: 4096 },
-    { readOnly: false, flush: false, fua: false, discard: false, writeZeroes: false, batchHooks: false },
+    { readOnly: false, flush: false, fua: false, discard: false, writeZeroes: false, batchHooks: false, zeroCopy: false },
     dispatcher.onBatch,
   )
   dispatcher.attach(bridge)

@@ -24,6 +24,7 @@ import {
   type System,
 } from './systems.ts'
 import { fioRun, mdRaid1, RAID1_CHUNK, RAID1_WORKLOADS, tsRaid1 } from './raid1.ts'
+import { runZeroCopy, ZC_RATIO_WORKLOAD, ZC_WORKLOADS, zeroCopySystems, type ZcPoint } from './zero-copy.ts'
 
 const run = promisify(execFile)
 const MiB = 1 << 20
@@ -88,6 +89,7 @@ async function main(): Promise<void> {
   const points: Point[] = []
   const failures: string[] = []
   const raid1: Array<{ system: string; workload: string; iops: number; bw: number }> = []
+  let zeroCopy: { points: ZcPoint[]; ratios: Record<string, number | null> } = { points: [], ratios: {} }
   try {
     // RAID1 first: md and ours over the same two files, one workload at a time.
     const raidSize = 128 * MiB
@@ -110,6 +112,11 @@ async function main(): Promise<void> {
         }
       }
     }
+
+    // Zero copy against the copy path, on the same files.
+    const zcWorkloads = opts.quick ? ZC_WORKLOADS.filter((w) => w.name === ZC_RATIO_WORKLOAD) : ZC_WORKLOADS
+    const zcSystems = zeroCopySystems(backing.file, members, raidSize)
+    zeroCopy = await runZeroCopy(zcSystems, zcWorkloads, raidSize, runtime, (l) => process.stderr.write(`${l}\n`), failures)
 
     for (const queues of queueCounts) {
       for (const rw of ['randread', 'randwrite'] as const) {
@@ -165,6 +172,8 @@ async function main(): Promise<void> {
     raid1_bitmap_cost: raidRatio('TypeScript RAID1', 'TypeScript RAID1 (no bitmap)', '4k randwrite QD32'),
   })
 
+  Object.assign(ratios, zeroCopy.ratios)
+
   const names = systems.map((s) => s.name)
   console.log(`\n4 KiB random IO, fio io_uring direct, ${runtime} s per point, kernel ${release()}; IOPS`)
   console.log(['workload'.padEnd(22), ...names.map((n) => n.padStart(18))].join(''))
@@ -186,11 +195,21 @@ async function main(): Promise<void> {
     })
     console.log([w.name.padEnd(22), ...cells].join(''))
   }
-  console.log('\nratios (4k randread, QD32, 1 queue, unless named):')
+  console.log(`\nZero copy vs copy, 1 queue, depth ${DEPTH}; MiB/s`)
+  const zcSystems = [...new Set(zeroCopy.points.map((p) => p.system))]
+  console.log(['workload'.padEnd(22), ...zcSystems.flatMap((n) => [`${n} zc`.padStart(24), `${n} copy`.padStart(24)])].join(''))
+  for (const name of [...new Set(zeroCopy.points.map((p) => p.workload))]) {
+    const cell = (system: string, zc: boolean) => {
+      const p = zeroCopy.points.find((x) => x.system === system && x.workload === name && x.zeroCopy === zc)
+      return (p ? (p.bw / MiB).toFixed(1) : '-').padStart(24)
+    }
+    console.log([name.padEnd(22), ...zcSystems.flatMap((n) => [cell(n, true), cell(n, false)])].join(''))
+  }
+  console.log('\nratios (4k randread, QD32, 1 queue, unless named; *_zc_vs_copy: 128k randwrite QD8):')
   for (const [k, v] of Object.entries(ratios)) console.log(`  ${k.padEnd(26)} ${v ?? '-'}`)
   for (const f of failures) console.log(`failed: ${f}`)
 
-  const result = { kernel: release(), depth: DEPTH, runtime, points, raid1, ratios, failures }
+  const result = { kernel: release(), depth: DEPTH, runtime, points, raid1, zeroCopy: zeroCopy.points, ratios, failures }
   if (opts.out) writeFileSync(opts.out, JSON.stringify(result, null, 2) + '\n')
 }
 

@@ -34,6 +34,7 @@ interface AddOptions {
   depth: number
   blockSize: number
   ts?: boolean
+  zeroCopy: boolean
 }
 
 async function add(kind: string, opts: AddOptions): Promise<void> {
@@ -44,12 +45,13 @@ async function add(kind: string, opts: AddOptions): Promise<void> {
   let size = opts.size
   if (size === undefined && opts.path) size = (await import('node:fs')).statSync(opts.path).size
   if (size === undefined) throw new UblkError('EINVAL', 'give the device a --size')
-  const geometry = { size, queues: opts.queues, depth: opts.depth, logicalBlockSize: opts.blockSize }
+  const geometry = { size, queues: opts.queues, depth: opts.depth, logicalBlockSize: opts.blockSize, zeroCopy: opts.zeroCopy }
   const dev =
     kind === 'null'
       ? await createDevice({ ...geometry, target: opts.ts ? nullTarget() : 'null' })
       : await createDevice({ ...geometry, target: opts.ts ? loopTarget(opts.path!) : 'loop', path: opts.path })
-  console.log(`serving ${dev.path} (${opts.ts ? 'TypeScript' : 'Rust'} ${kind}); Ctrl-C or SIGTERM to stop`)
+  const path = (await dev.info()).zeroCopy ? 'zero copy' : 'copy path'
+  console.log(`serving ${dev.path} (${opts.ts ? 'TypeScript' : 'Rust'} ${kind}, ${path}); Ctrl-C or SIGTERM to stop`)
   await new Promise<void>((resolve) => {
     process.once('SIGINT', resolve)
     process.once('SIGTERM', resolve)
@@ -70,6 +72,7 @@ export function program(): Command {
     .option('-d, --depth <n>', 'IOs in flight per queue', parseCount, 128)
     .option('-b, --block-size <bytes>', 'logical block size', parseCount, 512)
     .option('--ts', 'serve with the TypeScript target instead of the Rust one')
+    .option('--no-zero-copy', 'copy IO data through user space even where the kernel has zero copy')
     .action(add)
   cli
     .command('list')

@@ -30,6 +30,14 @@ export interface DeviceOptions {
   id?: number
   /** TypeScript targets: fail an IO not completed within this many ms (default 30000; 0: never). */
   ioTimeoutMs?: number
+  /**
+   * Run zero copy (`UBLK_F_AUTO_BUF_REG`: the data stays in the kernel and
+   * backend reads and writes use the request's own pages) where the kernel
+   * has it and the target allows it: the built-in targets, and TypeScript
+   * targets that declare `zeroCopy`. Default true; false forces the copy
+   * path. `info().zeroCopy` says which path the device runs.
+   */
+  zeroCopy?: boolean
 }
 
 interface Served {

@@ -29,6 +29,7 @@ function capabilitiesOf(target: Target) {
     discard: typeof target.discard === 'function',
     writeZeroes: typeof target.writeZeroes === 'function',
     batchHooks: hasBatchHooks(target),
+    zeroCopy: target.zeroCopy === true,
   }
 }
 

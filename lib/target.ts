@@ -40,7 +40,8 @@ export interface Io {
   /**
    * The IO's data, no copy: fill it for a read, read it for a write. Empty
    * for other operations. Detached once the IO completes: keep a copy, not
-   * the view.
+   * the view. A target that declares `zeroCopy` has none: reading this
+   * throws EOPNOTSUPP.
    */
   readonly buffer: Uint8Array
   /**
@@ -185,6 +186,14 @@ export interface Target {
   afterWrites?(ios: readonly Io[]): Promise<void> | void
   /** Honour FUA on writes (the kernel then sends it instead of a flush). */
   readonly fua?: boolean
+  /**
+   * The target never reads or writes `io.buffer`: its data moves only by
+   * `passthrough`, `readFrom`/`writeTo`, read routes and staged IO. No
+   * buffer is then handed to JavaScript, and where the kernel has
+   * `UBLK_F_AUTO_BUF_REG` the data never enters user space at all (see
+   * `DeviceOptions.zeroCopy`).
+   */
+  readonly zeroCopy?: boolean
   /** Called after the device stopped. */
   close?(): Promise<void> | void
 }

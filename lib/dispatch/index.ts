@@ -68,6 +68,7 @@ export interface DispatcherOptions {
 export class Dispatcher implements IoHost {
   readonly outbox: Outbox
   readonly handles: Handles
+  readonly zeroCopy: boolean
   readonly #target: Target
   readonly #outstanding: Array<Array<Outstanding | undefined>>
   readonly #batches: WriteBatches | undefined
@@ -83,6 +84,7 @@ export class Dispatcher implements IoHost {
 
   constructor(target: Target, options: DispatcherOptions) {
     this.#target = target
+    this.zeroCopy = target.zeroCopy === true
     this.handles = options.handles
     this.#timeoutMs = options.ioTimeoutMs
     this.#onStopped = options.onStopped

@@ -22,13 +22,15 @@ export interface Outstanding {
 
 /** What an IO needs of its dispatcher. */
 export interface IoHost {
+  /** The target declared `zeroCopy`: its IOs have no buffer. */
+  readonly zeroCopy: boolean
   readonly outbox: Outbox
   readonly handles: Handles
   passthrough(io: IoRequest, file: BackingFile, fileOffset: number, onReadError?: ReadErrorHandler): void
 }
 
 export class IoRequest implements Io {
-  readonly buffer: Uint8Array
+  readonly #view: Uint8Array
   failedRead?: FailedRead
 
   constructor(
@@ -43,7 +45,17 @@ export class IoRequest implements Io {
     readonly fua: boolean,
     data: ArrayBuffer | null,
   ) {
-    this.buffer = data ? new Uint8Array(data) : EMPTY
+    this.#view = data ? new Uint8Array(data) : EMPTY
+  }
+
+  get buffer(): Uint8Array {
+    if (this.host.zeroCopy && (this.op === 'read' || this.op === 'write') && this.length > 0) {
+      throw new UblkError(
+        'EOPNOTSUPP',
+        `io.buffer of a ${this.op}: the target declared zeroCopy, so the IO's data never reaches JavaScript (use passthrough, readFrom or writeTo)`,
+      )
+    }
+    return this.#view
   }
 
   passthrough(file: BackingFile, fileOffset: number, onReadError?: ReadErrorHandler): void {

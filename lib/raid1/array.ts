@@ -15,7 +15,7 @@ import {
 import type { ResyncProgress, ResyncSpeed } from './resync.js'
 import { layoutFor, MAX_MEMBERS, newSuperblock, type SlotState, type Superblock } from './superblock.js'
 
-type DeviceGeometry = Pick<DeviceOptions, 'id' | 'queues' | 'depth' | 'maxIoBytes' | 'logicalBlockSize' | 'ioTimeoutMs'>
+type DeviceGeometry = Pick<DeviceOptions, 'id' | 'queues' | 'depth' | 'maxIoBytes' | 'logicalBlockSize' | 'ioTimeoutMs' | 'zeroCopy'>
 
 export interface AssembleRaid1Options extends DeviceGeometry {
   /** Member files or block devices (2..8 for a new array). */
@@ -344,7 +344,7 @@ async function start(
 }
 
 function pickGeometry(o: Record<string, unknown>): DeviceGeometry {
-  const { id, queues, depth, maxIoBytes, logicalBlockSize, ioTimeoutMs } = o as DeviceGeometry
+  const { id, queues, depth, maxIoBytes, logicalBlockSize, ioTimeoutMs, zeroCopy } = o as DeviceGeometry
   const out: DeviceGeometry = {}
   if (id !== undefined) out.id = id
   if (queues !== undefined) out.queues = queues
@@ -352,6 +352,7 @@ function pickGeometry(o: Record<string, unknown>): DeviceGeometry {
   if (maxIoBytes !== undefined) out.maxIoBytes = maxIoBytes
   if (logicalBlockSize !== undefined) out.logicalBlockSize = logicalBlockSize
   if (ioTimeoutMs !== undefined) out.ioTimeoutMs = ioTimeoutMs
+  if (zeroCopy !== undefined) out.zeroCopy = zeroCopy
   return out
 }
 

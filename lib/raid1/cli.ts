@@ -15,6 +15,7 @@ interface ServeOptions {
   bitmap: boolean
   queues: number
   depth: number
+  zeroCopy: boolean
 }
 
 function summary(s: Raid1Status): string {
@@ -85,6 +86,7 @@ export function addRaid1Commands(cli: Command, parseSize: (s: string) => number,
     c
       .option('-q, --queues <n>', 'hardware queues', parseCount, 1)
       .option('-d, --depth <n>', 'IOs in flight per queue', parseCount, 128)
+      .option('--no-zero-copy', 'copy IO data through user space even where the kernel has zero copy')
   geometry(
     raid1
       .command('create')
@@ -101,6 +103,7 @@ export function addRaid1Commands(cli: Command, parseSize: (s: string) => number,
         members,
         queues: o.queues,
         depth: o.depth,
+        zeroCopy: o.zeroCopy,
         bitmap: o.bitmap,
         ...(o.chunk !== undefined ? { chunkSize: o.chunk } : {}),
         ...(o.size !== undefined ? { size: o.size } : {}),
@@ -115,7 +118,7 @@ export function addRaid1Commands(cli: Command, parseSize: (s: string) => number,
       .description('assemble an existing array and serve it in the foreground (resyncs what needs it)')
       .argument('<members...>', 'member files or block devices'),
   ).action(async (members: string[], o: ServeOptions) => {
-    await serve(await assembleRaid1({ members, queues: o.queues, depth: o.depth }))
+    await serve(await assembleRaid1({ members, queues: o.queues, depth: o.depth, zeroCopy: o.zeroCopy }))
   })
   raid1
     .command('status')

@@ -65,6 +65,8 @@ const zeroMode = (file: BackingFile) =>
   (file.blockDevice ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE) | FALLOC_FL_KEEP_SIZE
 
 export class Mirror implements Target {
+  /** Writes and reads go member to IO by the queue's ring: zero copy where the kernel allows. */
+  readonly zeroCopy = true
   readonly name = 'raid1-ts'
   readonly fua = true
   readonly sb: Superblock
@@ -325,17 +327,23 @@ export class Mirror implements Target {
     const [first, last] = this.#bitmap.chunksOf(io)
     const releases = []
     for (let c = first; c <= last; c++) releases.push(await this.#lockChunk(c))
+    // The repair copies through a staging buffer of its own: a read's data
+    // may stay in the kernel (zero copy), where it can be read into but
+    // not written from.
+    const staging = this.#ctx.allocBuffer(io.length)
     try {
       const at = this.sb.dataOffset + io.offset
       // Read again under the lock: a write may have landed since.
       await io.readFrom(good.file!, at)
-      await io.writeTo(failed.file!, at)
+      await this.#ctx.read(good.file!, staging, at, { queue: io.queue })
+      await this.#ctx.write(failed.file!, staging, at, { queue: io.queue })
       failed.repairedReads++
     } catch (e) {
       if (isCancel(e)) throw e
       failed.writeErrors++
       await this.#fail(failed, `repair write failed: ${(e as Error).message}`)
     } finally {
+      staging.free()
       for (const release of releases) release()
     }
   }

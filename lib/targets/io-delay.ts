@@ -17,6 +17,7 @@ export function withIoDelay(target: Target, maxMs: number, random: () => number 
   const wrapped: Target = {
     ...target,
     name: target.name,
+    zeroCopy: target.zeroCopy,
     open: target.open?.bind(target),
     close: target.close?.bind(target),
     beforeWrites: target.beforeWrites?.bind(target),

@@ -53,6 +53,7 @@ export function loopTarget(path: string, options: LoopOptions = {}): Target {
     },
     read,
     fua: true,
+    zeroCopy: true,
     async flush(io) {
       await io.fdatasync(backing())
     },

@@ -1,9 +1,10 @@
 import type { Target } from '../target.js'
 
-/** Stores nothing: reads leave the buffer as it is, writes are dropped. */
+/** Stores nothing: reads leave the data as it is, writes are dropped. */
 export function nullTarget(): Target {
   return {
     name: 'null-ts',
+    zeroCopy: true,
     read() {},
     write() {},
     flush() {},

@@ -66,6 +66,7 @@ impl Target for JournaledLoop {
         Capabilities {
             flush: true,
             fua: true,
+            zero_copy: true,
             ..Capabilities::default()
         }
     }

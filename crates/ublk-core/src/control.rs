@@ -78,6 +78,12 @@ impl DeviceInfo {
     pub fn flag_names(&self) -> Vec<String> {
         feature_names(self.flags)
     }
+
+    /// Whether IO data stays in the kernel (`UBLK_F_AUTO_BUF_REG`) or is
+    /// copied to and from the server's buffers.
+    pub fn zero_copy(&self) -> bool {
+        self.flags & libublk::sys::UBLK_F_AUTO_BUF_REG as u64 != 0
+    }
 }
 
 /// What the running kernel's ublk driver supports.

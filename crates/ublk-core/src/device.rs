@@ -75,19 +75,20 @@ impl Device {
                 ));
             }
         }
+        let ctrl_flags = ctrl_flags(opts, &*runtime);
         let ctrl = UblkCtrlBuilder::default()
             .name(runtime.kind())
             .id(opts.id.map_or(-1, |id| id as i32))
             .nr_queues(opts.queues)
             .depth(opts.depth)
             .io_buf_bytes(opts.max_io_bytes)
-            .ctrl_flags(runtime.ctrl_flags())
+            .ctrl_flags(ctrl_flags)
             .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
             .build()
             .map_err(|e| add_error(opts, e))?;
         let ctrl = Arc::new(ctrl);
         let id = ctrl.dev_info().dev_id;
-        let checked = check_granted(&ctrl, opts, &*runtime);
+        let checked = check_granted(&ctrl, opts, ctrl_flags, runtime.kind());
         let started = checked.and_then(|()| start(&ctrl, opts, runtime));
         match started {
             Ok(running) => {
@@ -244,9 +245,24 @@ pub fn stop_all_served() {
     }
 }
 
+/// The `UBLK_F_*` flags a device is added with: what its target needs,
+/// and zero copy where the options, the target and the running kernel
+/// (as `GET_FEATURES` reports it, not its version) all allow it.
+fn ctrl_flags(opts: &DeviceOptions, runtime: &dyn Serve) -> u64 {
+    let auto_buf_reg = libublk::sys::UBLK_F_AUTO_BUF_REG as u64;
+    let kernel_has = |flag: u64| {
+        crate::control::kernel_features().is_ok_and(|features| features.mask & flag != 0)
+    };
+    let mut flags = runtime.ctrl_flags();
+    if opts.zero_copy && runtime.capabilities().zero_copy && kernel_has(auto_buf_reg) {
+        flags |= auto_buf_reg;
+    }
+    flags
+}
+
 /// Older kernels drop flags they do not know, and the driver caps queues
 /// silently: checks that the device got what was asked for.
-fn check_granted(ctrl: &UblkCtrl, opts: &DeviceOptions, runtime: &dyn Serve) -> Result<()> {
+fn check_granted(ctrl: &UblkCtrl, opts: &DeviceOptions, wanted: u64, kind: &str) -> Result<()> {
     let info = ctrl.dev_info();
     if info.nr_hw_queues != opts.queues {
         return Err(Error::invalid(format!(
@@ -254,14 +270,12 @@ fn check_granted(ctrl: &UblkCtrl, opts: &DeviceOptions, runtime: &dyn Serve) -> 
             info.nr_hw_queues, opts.queues
         )));
     }
-    let wanted = runtime.ctrl_flags();
     if info.flags & wanted != wanted {
         return Err(Error::new(
             libc::EOPNOTSUPP,
             format!(
-                "this kernel does not support the ublk features {:?} that target {} needs",
+                "this kernel does not support the ublk features {:?} that target {kind} needs",
                 crate::features::feature_names(wanted & !info.flags),
-                runtime.kind()
             ),
         ));
     }
@@ -294,6 +308,7 @@ fn start(ctrl: &Arc<UblkCtrl>, opts: &DeviceOptions, runtime: Arc<dyn Serve>) ->
         (Ok(dev), None) => dev,
     });
 
+    let zero_copy = ctrl.dev_info().flags & libublk::sys::UBLK_F_AUTO_BUF_REG as u64 != 0;
     let queue_error = Arc::new(Mutex::new(None));
     let mut controls = Vec::with_capacity(opts.queues as usize);
     let mut queues = Vec::with_capacity(opts.queues as usize);
@@ -308,7 +323,11 @@ fn start(ctrl: &Arc<UblkCtrl>, opts: &DeviceOptions, runtime: Arc<dyn Serve>) ->
             }
         };
         controls.push(control.clone());
-        let buffers = IoBuffers::new(opts.depth, opts.max_io_bytes);
+        let buffers = if zero_copy {
+            IoBuffers::registered(opts.depth, opts.max_io_bytes)
+        } else {
+            IoBuffers::new(opts.depth, opts.max_io_bytes)
+        };
         let (q_dev, q_runtime, q_tx, q_error) = (
             dev.clone(),
             runtime.clone(),

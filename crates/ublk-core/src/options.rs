@@ -32,6 +32,10 @@ pub struct DeviceOptions {
     /// it (on an io_uring timeout), to provoke interleavings in tests and
     /// benchmarks. At most [`MAX_IO_DELAY`].
     pub io_delay: Option<Duration>,
+    /// Serve zero copy (`UBLK_F_AUTO_BUF_REG`) when the kernel has it and
+    /// the target allows it ([`crate::Capabilities::zero_copy`]); `false`
+    /// keeps the copy path.
+    pub zero_copy: bool,
 }
 
 impl Default for DeviceOptions {
@@ -44,6 +48,7 @@ impl Default for DeviceOptions {
             depth: 64,
             max_io_bytes: 512 << 10,
             io_delay: None,
+            zero_copy: true,
         }
     }
 }

@@ -28,6 +28,9 @@ pub struct NativeCapabilities {
     pub write_zeroes: bool,
     /// The target has batch hooks: write batches are announced to it.
     pub batch_hooks: bool,
+    /// The target never touches IO data: no buffers are handed to it, and
+    /// the device may run zero copy.
+    pub zero_copy: bool,
 }
 
 /// Prepares a device served by JavaScript: `onBatch(queue, ios, buffers,
@@ -62,6 +65,7 @@ pub fn create_bridge(
         fua: capabilities.fua,
         discard: capabilities.discard,
         write_zeroes: capabilities.write_zeroes,
+        zero_copy: capabilities.zero_copy,
     };
     let sink: Arc<dyn BatchSink> = Arc::new(JsSink::new(func));
     let target = BridgeTarget::new(

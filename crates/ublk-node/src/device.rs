@@ -39,6 +39,9 @@ pub struct NativeDeviceOptions {
     pub max_io_bytes: Option<f64>,
     /// Device id to ask for; default: the driver picks.
     pub id: Option<f64>,
+    /// Run zero copy where the kernel and the target allow it (default);
+    /// false keeps the copy path.
+    pub zero_copy: Option<bool>,
 }
 
 pub fn core_options(opts: &NativeDeviceOptions) -> ublk_core::Result<ublk_core::DeviceOptions> {
@@ -66,6 +69,7 @@ pub fn core_options(opts: &NativeDeviceOptions) -> ublk_core::Result<ublk_core::
             .map(|v| u32_arg("maxIoBytes", v))
             .transpose()?
             .unwrap_or(defaults.max_io_bytes),
+        zero_copy: opts.zero_copy.unwrap_or(defaults.zero_copy),
         ..defaults
     })
 }

@@ -82,7 +82,7 @@ pub fn batch_to_js(env: &Env, queues: &[Arc<QueueShared>], batch: Batch) -> napi
     let io_buffers = queues.get(batch.qid as usize).and_then(|q| q.buffers());
     for (i, io) in batch.ios.iter().enumerate() {
         let value = match io_buffers {
-            Some(bufs) if io.op.carries_data() && io.length > 0 => {
+            Some(bufs) if io.op.carries_data() && io.length > 0 && !bufs.is_registered() => {
                 external_buffer(raw_env, bufs, io.tag, io.length as usize)?
             }
             _ => null(raw_env)?,

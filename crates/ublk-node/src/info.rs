@@ -20,6 +20,9 @@ pub struct DeviceInfo {
     pub flags: Vec<String>,
     /// The same flags as the kernel's bit mask.
     pub flags_mask: BigInt,
+    /// IO data stays in the kernel (`UBLK_F_AUTO_BUF_REG`); false: it is
+    /// copied to and from the server's buffers.
+    pub zero_copy: bool,
     /// Process serving the device, or -1.
     pub server_pid: i32,
     pub owner_uid: u32,
@@ -44,6 +47,7 @@ impl From<ublk_core::DeviceInfo> for DeviceInfo {
             read_only: info.read_only,
             flags: info.flag_names(),
             flags_mask: BigInt::from(info.flags),
+            zero_copy: info.zero_copy(),
             server_pid: info.server_pid,
             owner_uid: info.owner_uid,
             owner_gid: info.owner_gid,

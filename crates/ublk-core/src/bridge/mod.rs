@@ -64,7 +64,8 @@ pub struct QueueShared {
 }
 
 impl QueueShared {
-    /// The queue's IO data buffers, once its thread has started.
+    /// The queue's IO data buffers, once its thread has started; never
+    /// for a zero-copy target.
     pub fn buffers(&self) -> Option<&Arc<IoBuffers>> {
         self.buffers.get()
     }
@@ -77,6 +78,8 @@ pub(crate) struct DeviceShared {
     pub staging: StagingBuffers,
     pub routes: route::RouteTable,
     pub stopping: AtomicBool,
+    /// The application declared it never touches IO data.
+    pub zero_copy: bool,
     released: Mutex<bool>,
 }
 
@@ -120,6 +123,7 @@ impl BridgeTarget {
                 staging: StagingBuffers::default(),
                 routes: route::RouteTable::default(),
                 stopping: AtomicBool::new(false),
+                zero_copy: caps.zero_copy,
                 released: Mutex::new(false),
             }),
         })
@@ -211,7 +215,10 @@ impl Target for BridgeTarget {
             .get(ctx.qid as usize)
             .ok_or_else(|| Error::invalid(format!("no bridge state for queue {}", ctx.qid)))?
             .clone();
-        let _ = shared.buffers.set(ctx.buffers().clone());
+        // A zero-copy target is never shown the IOs' data, on either path.
+        if !self.caps.zero_copy {
+            let _ = shared.buffers.set(ctx.buffers().clone());
+        }
         BridgeQueue::start(ctx, shared, self.device.clone())
     }
 

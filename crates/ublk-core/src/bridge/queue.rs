@@ -161,8 +161,15 @@ impl BridgeQueue {
                 error: result,
             });
         }
-        // Past the end of the file: the rest reads as zeroes.
-        if let Some(data) = io.data() {
+        // Past the end of the file: the rest reads as zeroes, where the
+        // data is in user space; a zero-copy read that came up short fails.
+        if (result as u32) < io.len {
+            let Some(data) = io.data() else {
+                return Routed::Failed(FailedRead {
+                    file: handle,
+                    error: -libc::EIO,
+                });
+            };
             let read = (result as usize).min(data.len());
             data[read..].fill(0);
         }
@@ -301,11 +308,22 @@ impl BridgeQueue {
             })
         };
         let (off, buf_off, len) = (req.file_offset, req.buf_offset, req.length);
+        // A zero-copy target gets the same refusals on the copy path as in
+        // zero copy, so it behaves alike on every kernel.
+        let direction = |io: &Io<'_>, fill: bool| {
+            if self.device.zero_copy {
+                ops::check_zero_copy_direction(io.op, fill)
+            } else {
+                Ok(())
+            }
+        };
         let op = match (req.kind, req.target, io) {
             (BackendKind::Read, RequestTarget::Io { .. }, Some(io)) => {
+                direction(io, true)?;
                 io.read_into(&file, off, buf_off, len)?
             }
             (BackendKind::Write, RequestTarget::Io { .. }, Some(io)) => {
+                direction(io, false)?;
                 io.write_from(&file, off, buf_off, len, req.rw_flags)?
             }
             (BackendKind::Read, RequestTarget::Staging(h), _) => {
@@ -456,10 +474,8 @@ impl<'q, 'b, 'io> Serving<'q, 'b, 'io> {
         };
         self.completing -= 1;
         let ok = if is_read {
-            if result >= 0 && (result as u32) < length {
-                self.zero_fill(buf_offset + result as u32, buf_offset + length);
-            }
-            result >= 0
+            result == length as i32
+                || (result >= 0 && self.zero_fill(buf_offset + result as u32, buf_offset + length))
         } else {
             result == length as i32
         };
@@ -475,14 +491,16 @@ impl<'q, 'b, 'io> Serving<'q, 'b, 'io> {
         }
     }
 
-    /// Past the end of a file, a read's rest reads as zeroes.
-    fn zero_fill(&self, from: u32, to: u32) {
+    /// Past the end of a file, a read's rest reads as zeroes; false where
+    /// the IO's data is not in user space (zero copy), which fails it.
+    fn zero_fill(&self, from: u32, to: u32) -> bool {
         let Some((base, _)) = self.io.buffers.buffer(self.io.tag) else {
-            return;
+            return false;
         };
         // SAFETY: [from, to) lies inside the IO's data, as checked when the
         // read was submitted, and the kernel is done with that read.
         unsafe { std::ptr::write_bytes(base.add(from as usize), 0, (to - from) as usize) };
+        true
     }
 
     /// The IO's result, once known.

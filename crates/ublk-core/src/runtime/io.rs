@@ -106,9 +106,15 @@ impl IoDesc {
 /// The data buffers of one queue, one per tag, `max_io_bytes` each. Shared
 /// (an application may hold views of them), never moved, freed when the
 /// last holder lets go.
+///
+/// A zero-copy queue has none: the kernel registers each IO's own pages
+/// in the queue ring's buffer table, at the IO's tag, for as long as the
+/// IO is in flight (`UBLK_F_AUTO_BUF_REG`), and backend operations read
+/// and write them there.
 pub struct IoBuffers {
     bufs: Vec<IoBuf<u8>>,
     bytes: usize,
+    depth: u16,
 }
 
 impl IoBuffers {
@@ -116,18 +122,34 @@ impl IoBuffers {
         Arc::new(IoBuffers {
             bufs: (0..depth).map(|_| IoBuf::new(bytes as usize)).collect(),
             bytes: bytes as usize,
+            depth,
         })
     }
 
-    /// The start of `tag`'s buffer and its length.
+    /// A zero-copy queue's: no memory, the IOs' pages are registered.
+    pub fn registered(depth: u16, bytes: u32) -> Arc<IoBuffers> {
+        Arc::new(IoBuffers {
+            bufs: Vec::new(),
+            bytes: bytes as usize,
+            depth,
+        })
+    }
+
+    /// Whether the IOs' data stays in the kernel (zero copy).
+    pub fn is_registered(&self) -> bool {
+        self.bufs.is_empty()
+    }
+
+    /// The start of `tag`'s buffer and its length; `None` on a zero-copy
+    /// queue.
     pub fn buffer(&self, tag: u16) -> Option<(*mut u8, usize)> {
         self.bufs
             .get(tag as usize)
             .map(|b| (b.as_mut_ptr(), self.bytes))
     }
 
-    pub(crate) fn io_buf(&self, tag: u16) -> &IoBuf<u8> {
-        &self.bufs[tag as usize]
+    pub(crate) fn io_buf(&self, tag: u16) -> Option<&IoBuf<u8>> {
+        self.bufs.get(tag as usize)
     }
 
     pub fn bytes(&self) -> usize {
@@ -135,7 +157,7 @@ impl IoBuffers {
     }
 
     pub fn depth(&self) -> u16 {
-        self.bufs.len() as u16
+        self.depth
     }
 }
 
@@ -246,8 +268,9 @@ impl<'a> Io<'a> {
     }
 
     /// The IO's data: what a write brings, where a read's answer goes.
-    /// `None` for an IO that carries no data, or while a backend operation
-    /// using the buffer is still in flight.
+    /// `None` for an IO that carries no data, on a zero-copy queue (the
+    /// data never leaves the kernel), or while a backend operation using
+    /// the buffer is still in flight.
     pub fn data(&mut self) -> Option<&mut [u8]> {
         if !self.op.carries_data() || self.lends.in_use() {
             return None;
@@ -332,5 +355,22 @@ mod tests {
             &lends,
         );
         assert!(flush.data().is_none());
+    }
+
+    #[test]
+    fn zero_copy_ios_have_no_data_in_user_space() {
+        let buffers = IoBuffers::registered(2, 4096);
+        assert!(buffers.is_registered() && buffers.buffer(1).is_none());
+        assert_eq!((buffers.depth(), buffers.bytes()), (2, 4096));
+        let lends = Rc::new(Lends::default());
+        let desc = IoDesc {
+            op: IoOp::Write,
+            flags: 0,
+            offset: 0,
+            len: 4096,
+        };
+        let mut io = Io::new(0, 1, desc, &buffers, &lends);
+        assert!(io.data().is_none());
+        assert_eq!(io.done(), 4096);
     }
 }

@@ -47,6 +47,11 @@ pub struct Capabilities {
     pub fua: bool,
     pub discard: bool,
     pub write_zeroes: bool,
+    /// Moves IO data only through backend operations on the IO
+    /// ([`Io::read_into`], [`Io::write_from`]), never through
+    /// [`Io::data`]: the device may then run zero copy, with the data
+    /// staying in the kernel (see [`crate::DeviceOptions::zero_copy`]).
+    pub zero_copy: bool,
 }
 
 /// A block device implementation, served with one thread, one io_uring
@@ -162,6 +167,7 @@ impl Spawner {
 /// A target with its type erased, as a device holds it.
 pub(crate) trait Serve: Send + Sync {
     fn kind(&self) -> &str;
+    fn capabilities(&self) -> Capabilities;
     fn ctrl_flags(&self) -> u64;
     fn ring_depth(&self, depth: u16) -> u16;
     fn set_params(&self, params: &mut DeviceParams) -> Result<()>;
@@ -184,6 +190,10 @@ pub(crate) struct Served<T>(pub Arc<T>);
 impl<T: Target> Serve for Served<T> {
     fn kind(&self) -> &str {
         self.0.kind()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
     }
 
     fn ctrl_flags(&self) -> u64 {
@@ -283,6 +293,7 @@ mod tests {
             fua: true,
             discard: true,
             write_zeroes: false,
+            zero_copy: true,
         };
         apply_capabilities(all, &mut params);
         assert_eq!(

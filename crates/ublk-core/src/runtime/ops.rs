@@ -26,7 +26,7 @@ use io_uring::{opcode, squeue, types};
 use libublk::uring_async::UblkUringOpFuture;
 use libublk::UblkUringData;
 
-use super::io::{Io, Lend};
+use super::io::{Io, IoOp, Lend};
 use crate::error::{Error, Result};
 use crate::files::BackingFile;
 use crate::staging::StagingBuffer;
@@ -233,8 +233,12 @@ fn check_writable(file: &BackingFile) -> Result<()> {
 
 /// Where a read or write moves data: memory and its owner.
 struct Memory {
+    /// An address, or for a registered buffer the offset into it.
     ptr: *mut u8,
     len: u32,
+    /// The index of the registered buffer (a zero-copy IO's pages) that
+    /// `ptr` is an offset into.
+    registered: Option<u16>,
     keep: Keep,
 }
 
@@ -251,30 +255,53 @@ fn transfer(
         check_writable(file)?;
     }
     let fd = types::Fd(file.raw_fd());
-    let sqe = if write {
-        opcode::Write::new(fd, memory.ptr, memory.len)
+    let (ptr, len) = (memory.ptr, memory.len);
+    let sqe = match (memory.registered, write) {
+        (None, true) => opcode::Write::new(fd, ptr, len)
             .offset(file_offset)
             .rw_flags(rw_flags)
-            .build()
-    } else {
-        opcode::Read::new(fd, memory.ptr, memory.len)
+            .build(),
+        (None, false) => opcode::Read::new(fd, ptr, len)
             .offset(file_offset)
             .rw_flags(rw_flags)
-            .build()
+            .build(),
+        (Some(index), true) => opcode::WriteFixed::new(fd, ptr, len, index)
+            .offset(file_offset)
+            .rw_flags(rw_flags)
+            .build(),
+        (Some(index), false) => opcode::ReadFixed::new(fd, ptr, len, index)
+            .offset(file_offset)
+            .rw_flags(rw_flags)
+            .build(),
     };
     let keep = Keep {
         file: Some(file.clone()),
         ..memory.keep
     };
     // SAFETY: the range lies inside memory that `keep` owns (checked by
-    // every caller), and the file stays open through `keep`.
+    // every caller), or inside a registered IO buffer that stays
+    // registered while `keep` lends it (the IO is not committed before),
+    // and the file stays open through `keep`.
     unsafe { Op::submit(sqe, keep) }
+}
+
+/// The kernel registers a zero-copy read's pages to be filled and a
+/// write's to be written out, and refuses the other direction.
+pub(crate) fn check_zero_copy_direction(op: IoOp, fill: bool) -> Result<()> {
+    if fill != (op == IoOp::Read) {
+        return Err(invalid(format!(
+            "zero copy: a {}'s data can only be {}",
+            if fill { "write" } else { "read" },
+            if fill { "written out" } else { "filled" }
+        )));
+    }
+    Ok(())
 }
 
 impl Io<'_> {
     /// The part `[buf_offset, buf_offset + len)` of this IO's data, lent to
-    /// one operation.
-    fn lend(&self, buf_offset: u32, len: u32) -> Result<Memory> {
+    /// one operation that fills it (`fill`) or writes it out.
+    fn lend(&self, buf_offset: u32, len: u32, fill: bool) -> Result<Memory> {
         let in_io = buf_offset
             .checked_add(len)
             .is_some_and(|end| end <= self.len);
@@ -284,6 +311,21 @@ impl Io<'_> {
                 if self.op.carries_data() { self.len } else { 0 }
             )));
         }
+        let keep = Keep {
+            lend: Some(Lend::new(self.lends)),
+            ..Keep::default()
+        };
+        if self.buffers.is_registered() {
+            check_zero_copy_direction(self.op, fill)?;
+            // Zero copy: the kernel holds the IO's pages at index `tag` of
+            // the ring's buffer table, addressed from 0.
+            return Ok(Memory {
+                ptr: buf_offset as usize as *mut u8,
+                len,
+                registered: Some(self.tag),
+                keep,
+            });
+        }
         let (base, _) = self
             .buffers
             .buffer(self.tag)
@@ -292,10 +334,8 @@ impl Io<'_> {
             // SAFETY: buf_offset + len <= self.len <= the buffer's length.
             ptr: unsafe { base.add(buf_offset as usize) },
             len,
-            keep: Keep {
-                lend: Some(Lend::new(self.lends)),
-                ..Keep::default()
-            },
+            registered: None,
+            keep,
         })
     }
 
@@ -308,7 +348,13 @@ impl Io<'_> {
         buf_offset: u32,
         len: u32,
     ) -> Result<Op> {
-        transfer(file, file_offset, self.lend(buf_offset, len)?, false, 0)
+        transfer(
+            file,
+            file_offset,
+            self.lend(buf_offset, len, true)?,
+            false,
+            0,
+        )
     }
 
     /// Writes `len` bytes of this IO's data from `buf_offset` to `file` at
@@ -324,7 +370,7 @@ impl Io<'_> {
         transfer(
             file,
             file_offset,
-            self.lend(buf_offset, len)?,
+            self.lend(buf_offset, len, false)?,
             true,
             rw_flags,
         )
@@ -341,6 +387,7 @@ fn staged(buffer: &Arc<StagingBuffer>, buf_offset: u32, len: u32) -> Result<Memo
     Ok(Memory {
         ptr,
         len,
+        registered: None,
         keep: Keep {
             staging: Some(buffer.clone()),
             ..Keep::default()
@@ -402,7 +449,13 @@ pub fn write_owned(
         memory: Some(bytes),
         ..Keep::default()
     };
-    transfer(file, file_offset, Memory { ptr, len, keep }, true, rw_flags)
+    let memory = Memory {
+        ptr,
+        len,
+        registered: None,
+        keep,
+    };
+    transfer(file, file_offset, memory, true, rw_flags)
 }
 
 /// `fsync(2)`, or `fdatasync(2)` with `data_only`.
@@ -509,7 +562,7 @@ pub unsafe fn submit(sqe: squeue::Entry) -> Result<Op> {
 pub(crate) mod tests {
     use super::*;
     use crate::files::tests::scratch_file;
-    use crate::runtime::io::{IoBuffers, IoDesc, IoOp, Lends};
+    use crate::runtime::io::{IoBuffers, IoDesc, Lends};
     use std::rc::Rc;
 
     /// Gives this test thread a queue ring, as a queue thread has.
@@ -641,5 +694,40 @@ pub(crate) mod tests {
         }
         assert!(io.data().is_some(), "given back with the completion");
         assert!(STATE.with(|s| s.borrow().orphans.is_empty()));
+    }
+
+    #[test]
+    fn zero_copy_data_moves_only_the_way_the_kernel_registered_it() {
+        let buffers = IoBuffers::registered(1, 4096);
+        let lends = Rc::new(Lends::default());
+        let scratch = scratch_file(4096);
+        let file =
+            Arc::new(BackingFile::open(scratch.path().to_str().unwrap(), false, false).unwrap());
+        for (op, refused) in [(IoOp::Read, "a read's"), (IoOp::Write, "a write's")] {
+            let desc = IoDesc {
+                op,
+                flags: 0,
+                offset: 0,
+                len: 4096,
+            };
+            let io = Io::new(0, 0, desc, &buffers, &lends);
+            let wrong_way = if op == IoOp::Read {
+                io.write_from(&file, 0, 0, 4096, 0)
+            } else {
+                io.read_into(&file, 0, 0, 4096)
+            };
+            let err = wrong_way
+                .err()
+                .expect("refused before anything is submitted");
+            assert_eq!(err.code(), "EINVAL");
+            assert!(err.to_string().contains(refused), "{err}");
+            assert!(!lends.in_use(), "nothing stays lent");
+            // The right way lends the registered buffer by its index.
+            let memory = io.lend(512, 1024, op == IoOp::Read).unwrap();
+            assert_eq!(
+                (memory.registered, memory.ptr as usize, memory.len),
+                (Some(0), 512, 1024)
+            );
+        }
     }
 }

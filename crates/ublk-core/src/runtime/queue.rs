@@ -223,8 +223,18 @@ pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
 async fn io_task<T: Target>(run: &QueueRun<'_, T>, tag: u16) {
     let q = run.queue;
     let io_buf = run.buffers.io_buf(tag);
-    let buf = || BufDesc::Slice(io_buf.as_slice());
-    if let Err(e) = q.submit_io_prep_cmd(tag, buf(), 0, Some(io_buf)).await {
+    // Zero copy: the kernel registers the IO's pages at index `tag` of the
+    // ring's buffer table when the IO arrives, and unregisters them when
+    // it is committed. No fallback: the table has a free slot per tag.
+    let auto_reg = sys::ublk_auto_buf_reg {
+        index: tag,
+        ..Default::default()
+    };
+    let buf = || match io_buf {
+        Some(b) => BufDesc::Slice(b.as_slice()),
+        None => BufDesc::AutoReg(auto_reg),
+    };
+    if let Err(e) = q.submit_io_prep_cmd(tag, buf(), 0, io_buf).await {
         return log_task_end(q.get_qid(), tag, e);
     }
     let mut rng = DelayRng::new(q.get_qid(), tag);

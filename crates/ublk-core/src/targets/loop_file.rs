@@ -36,6 +36,7 @@ impl Target for LoopTarget {
             fua: true,
             discard: true,
             write_zeroes: true,
+            zero_copy: true,
         }
     }
 

@@ -17,6 +17,8 @@ impl Target for NullTarget {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             flush: true,
+            // Never touches the data: zero copy where the kernel has it.
+            zero_copy: true,
             ..Capabilities::default()
         }
     }

@@ -1,0 +1,124 @@
+// Zero copy (UBLK_F_AUTO_BUF_REG) and its fallback, on a real kernel: the
+// Rust loop, the TypeScript loop and the RAID1 each verify with fio in
+// zero copy where the running kernel has it and on the copy path when
+// forced to it; where the kernel lacks it, asking for zero copy falls back
+// to the copy path. The device info names the path, and agrees with the
+// flags the kernel reports for the device.
+import { unlinkSync } from 'node:fs'
+
+import test, { type ExecutionContext } from 'ava'
+
+import binding from '../../lib/binding.ts'
+import { createDevice, createRaid1, loopTarget, type BackingFile, type Device, type Target } from '../../lib/index.ts'
+
+import { scratchFile } from '../helpers/files.ts'
+import { fio, verifyAgainstFile } from '../helpers/fio.ts'
+import { requireUblk } from '../helpers/kernel.ts'
+import { DATA_OFFSET, digestRange } from '../helpers/raid1.ts'
+import { sh } from '../helpers/shell.ts'
+
+const MiB = 1 << 20
+const SIZE = 16 * MiB
+
+test.before(() => requireUblk())
+
+/** Whether the running kernel has AUTO_BUF_REG, known before the tests are declared. */
+const kernelZeroCopy = ((): boolean => {
+  try {
+    return binding.kernelFeatures().names.includes('auto_buf_reg')
+  } catch {
+    return false // no ublk here: requireUblk() says so
+  }
+})()
+
+/** The path a device must run, and the kernel's own flags say the same. */
+async function expectPath(t: ExecutionContext, dev: Device, zeroCopy: boolean): Promise<void> {
+  const info = await dev.info()
+  const expected = zeroCopy && kernelZeroCopy
+  t.is(info.zeroCopy, expected, `runs ${expected ? 'zero copy' : 'the copy path'}`)
+  t.is(info.flags.includes('auto_buf_reg'), expected, 'as the kernel reports the device')
+}
+
+/**
+ * Declares `body` for zero copy asked and for the copy path forced. Where
+ * the kernel has no zero copy the two are the same path: the forced one is
+ * skipped, and reported so.
+ */
+function bothPaths(name: string, body: (t: ExecutionContext, zeroCopy: boolean) => Promise<void>): void {
+  test.serial(`${name}, zero copy where the kernel has it`, (t) => body(t, true))
+  const forced = kernelZeroCopy ? test.serial : test.skip
+  forced(`${name}, copy path forced`, (t) => body(t, false))
+}
+
+const jobs = [
+  { rw: 'randwrite', bs: '128k', iodepth: 8, size: '16M' },
+  { rw: 'randwrite', bs: '4k', iodepth: 32, size: '2M' },
+] as const
+
+for (const [name, target] of [
+  ['Rust loop', (_file: string) => 'loop' as const],
+  ['TypeScript loop', (file: string) => loopTarget(file)],
+] as const) {
+  bothPaths(`${name}: fio verify, the file equals the device`, async (t, zeroCopy) => {
+    const file = scratchFile(`zc-${name.replace(' ', '-')}`, SIZE)
+    const dev = await createDevice({ target: target(file), path: file, size: SIZE, zeroCopy })
+    try {
+      await expectPath(t, dev, zeroCopy)
+      for (const job of jobs) {
+        const r = await verifyAgainstFile(t, dev.path, file, job)
+        t.true(r.writeIos > 0 && r.readIos > 0, `${job.bs}`)
+      }
+    } finally {
+      await dev.stop()
+      unlinkSync(file)
+    }
+  })
+}
+
+bothPaths('RAID1: fio verify through the mirror, members identical', async (t, zeroCopy) => {
+  const [a, b] = [0, 1].map((i) => scratchFile(`zc-raid1-${i}`, SIZE + MiB))
+  const md = await createRaid1({ members: [a!, b!], chunkSize: '64k', depth: 64, zeroCopy })
+  try {
+    await expectPath(t, md.device, zeroCopy)
+    for (const job of jobs) {
+      const r = await fio(md.path, { ...job, verify: 'crc32c' })
+      t.is(r.errors, 0, `${job.bs}`)
+      t.true(r.writeIos > 0 && r.readIos > 0)
+    }
+  } finally {
+    await md.stop()
+  }
+  t.is(digestRange(a!, DATA_OFFSET, SIZE), digestRange(b!, DATA_OFFSET, SIZE), 'the members hold the same data')
+  for (const f of [a!, b!]) unlinkSync(f)
+})
+
+test.serial('a zeroCopy target: io.buffer throws EOPNOTSUPP, a write from a read is EINVAL on every kernel; the device keeps serving', async (t) => {
+  const file = scratchFile('zc-touchy', SIZE)
+  let backing: BackingFile | undefined
+  let refused: unknown
+  const touchy: Target = {
+    name: 'touchy',
+    zeroCopy: true,
+    async open(ctx) {
+      backing = await ctx.openFile(file)
+    },
+    async read(io) {
+      if (io.offset === 0) io.buffer.fill(1)
+      if (io.offset === 4096) refused = await io.writeTo(backing!, 0).catch((e: { code?: string }) => e.code)
+      await io.readFrom(backing!, io.offset)
+    },
+  }
+  const dev = await createDevice({ target: touchy, size: SIZE })
+  try {
+    await expectPath(t, dev, true)
+    const bad = await sh('dd', [`if=${dev.path}`, 'of=/dev/null', 'bs=4k', 'count=1', 'iflag=direct'])
+    t.not(bad.code, 0)
+    t.regex(bad.stderr, /Operation not supported/)
+    const good = await sh('dd', [`if=${dev.path}`, 'of=/dev/null', 'bs=4k', 'count=16', 'skip=1', 'iflag=direct'])
+    t.is(good.code, 0, good.stderr)
+    t.is(refused, 'EINVAL', "a read's data is never written out")
+  } finally {
+    await dev.stop()
+    unlinkSync(file)
+  }
+})
