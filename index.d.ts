@@ -118,6 +118,11 @@ export interface DeviceInfo {
   zeroCopy: boolean
   /** Process serving the device, or -1. */
   serverPid: number
+  /**
+   * A process holds the device open (its server, or its creator); false
+   * for a device whose server died.
+   */
+  serverAlive: boolean
   ownerUid: number
   ownerGid: number
   /** `/dev/ublkbN` */

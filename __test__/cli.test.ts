@@ -46,6 +46,11 @@ test('bad input exits 1 with the errno in the message', async (t) => {
   t.regex(unknown.out, /unknown target "raid7".*\(EINVAL\)/)
   const loop = await ublkTs('add', 'loop', '--size', '1G')
   t.regex(loop.out, /needs --path FILE \(EINVAL\)/)
+  for (const args of [['delete'], ['delete', '3', '--dead']]) {
+    const r = await ublkTs(...args)
+    t.is(r.code, 1)
+    t.regex(r.out, /either a device id or --dead \(EINVAL\)/)
+  }
 })
 
 test('without a ublk driver, list says so and exits 1', async (t) => {

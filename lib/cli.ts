@@ -24,7 +24,8 @@ function parseCount(text: string): number {
 
 function describe(d: DeviceInfo): string {
   const size = d.size >= 2 ** 30 ? `${(d.size / 2 ** 30).toFixed(1)}G` : `${(d.size / 2 ** 20).toFixed(1)}M`
-  return `${d.blockPath.padEnd(14)} ${d.state.padEnd(9)} ${size.padStart(8)}  ${d.queues} queue(s) x ${d.depth}  pid ${d.serverPid}`
+  const server = d.serverAlive ? `pid ${d.serverPid}` : 'server gone'
+  return `${d.blockPath.padEnd(14)} ${d.state.padEnd(9)} ${size.padStart(8)}  ${d.queues} queue(s) x ${d.depth}  ${server}`
 }
 
 interface AddOptions {
@@ -95,11 +96,17 @@ export function program(): Command {
   cli
     .command('delete')
     .alias('del')
-    .description('stop and delete a device, e.g. one whose server died')
-    .argument('<id>', 'device id', parseCount)
-    .action(async (id: number) => {
-      await deleteDevice(id)
-      console.log(`deleted /dev/ublkb${id}`)
+    .description('stop and delete a device, or every device whose server is gone (--dead)')
+    .argument('[id]', 'device id', parseCount)
+    .option('--dead', 'every device no process holds open any more (left behind by a server that died)')
+    .action(async (id: number | undefined, opts: { dead?: boolean }) => {
+      if ((id === undefined) === !opts.dead) throw new UblkError('EINVAL', 'give either a device id or --dead')
+      const ids = id !== undefined ? [id] : (await listDevices()).filter((d) => !d.serverAlive).map((d) => d.id)
+      for (const each of ids) {
+        await deleteDevice(each)
+        console.log(`deleted /dev/ublkb${each}`)
+      }
+      if (opts.dead && ids.length === 0) console.log('no device whose server is gone')
     })
   addRaid1Commands(cli, parseSize, parseCount)
   cli

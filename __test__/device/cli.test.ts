@@ -1,10 +1,12 @@
 // The CLI against a real kernel: serve, list, a server killed with -9,
-// and deleting the dead device it left.
+// and deleting the dead device it left (and only it) with `delete --dead`.
 import { spawn, type ChildProcess } from 'node:child_process'
-import { unlinkSync } from 'node:fs'
+import { existsSync, unlinkSync } from 'node:fs'
 import { join } from 'node:path'
 
 import test from 'ava'
+
+import { createDevice } from '../../lib/index.ts'
 
 import { scratchFile } from '../helpers/files.ts'
 import { deviceGone, requireUblk } from '../helpers/kernel.ts'
@@ -47,7 +49,7 @@ test.serial('add serves until SIGTERM; list and info show it live', async (t) =>
   t.true(deviceGone(id))
 })
 
-test.serial('a server killed with -9 leaves a dead device; delete removes it', async (t) => {
+test.serial('a server killed with -9 leaves a dead device, listed as such; delete --dead removes it and only it', async (t) => {
   const { child, path } = serve('null', '--size', '64M')
   const id = Number((await path).replace('/dev/ublkb', ''))
   const exited = new Promise((r) => child.once('exit', r))
@@ -63,9 +65,19 @@ test.serial('a server killed with -9 leaves a dead device; delete removes it', a
   }
   t.is(state, 'dead', `the kernel keeps the device, without a server${failures.length ? `; ${failures.join('; ')}` : ''}`)
   t.deepEqual(failures, [], 'list never failed')
-  const del = await ublkTs('delete', String(id))
-  t.is(del.code, 0, del.stderr)
-  t.true(deviceGone(id))
+  const listed = await ublkTs('list')
+  t.regex(listed.stdout, new RegExp(`/dev/ublkb${id} .*server gone`))
+  // A device whose server runs (this process) is left alone by --dead.
+  const live = await createDevice({ target: 'null', size: 16 << 20 })
+  try {
+    const del = await ublkTs('delete', '--dead')
+    t.is(del.code, 0, del.stderr)
+    t.is(del.stdout.trim(), `deleted /dev/ublkb${id}`)
+    t.true(deviceGone(id))
+    t.true(existsSync(live.path) && !live.stopped, 'the served device is still there')
+  } finally {
+    await live.stop()
+  }
   const again = await ublkTs('delete', String(id))
   t.is(again.code, 1)
   t.regex(again.stderr, /no ublk device with id \d+ \(ENODEV\)/)

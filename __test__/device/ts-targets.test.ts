@@ -18,7 +18,7 @@ test.before(() => requireUblk())
 
 const verifyMatrix = [
   // QD 1 with 512-byte IOs is a round trip per sector: keep it small.
-  { bs: '512', iodepth: 1, queues: 1, size: '1M' },
+  { bs: '512', iodepth: 1, queues: 1, size: '512K' },
   { bs: '4k', iodepth: 32, queues: 1, size: '16M' },
   { bs: '64k', iodepth: 128, queues: 2, size: '16M' },
   { bs: '1M', iodepth: 4, queues: 2, size: '16M' },

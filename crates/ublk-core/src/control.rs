@@ -63,6 +63,10 @@ pub struct DeviceInfo {
     pub flags: u64,
     /// Process serving the device, or -1 when none.
     pub server_pid: i32,
+    /// Some process holds the device's char device open: its server (or
+    /// the process still creating it) runs. False for a device left behind
+    /// by a server that died.
+    pub server_alive: bool,
     pub owner_uid: u32,
     pub owner_gid: u32,
     /// Capacity in bytes; 0 before parameters were set.
@@ -230,6 +234,7 @@ pub(crate) fn info_from_ctrl(ctrl: &UblkCtrl) -> Result<DeviceInfo> {
         max_io_bytes: info.max_io_buf_bytes,
         flags: info.flags,
         server_pid: info.ublksrv_pid,
+        server_alive: char_device_held(info.ublksrv_pid, &ctrl.get_cdev_path()),
         owner_uid: info.owner_uid,
         owner_gid: info.owner_gid,
         size,
@@ -238,6 +243,31 @@ pub(crate) fn info_from_ctrl(ctrl: &UblkCtrl) -> Result<DeviceInfo> {
         read_only: have_params && basic.attrs & sys::UBLK_ATTR_READ_ONLY != 0,
         char_path: ctrl.get_cdev_path(),
         block_path: ctrl.get_bdev_path(),
+    })
+}
+
+/// Whether a process holds `char_path` open: `pid` (the server the kernel
+/// names) is asked first, then every process, for a device still being
+/// created (no server pid yet) or handed to another process.
+fn char_device_held(pid: i32, char_path: &str) -> bool {
+    let holds = |proc_dir: &Path| {
+        std::fs::read_dir(proc_dir.join("fd")).is_ok_and(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|target| target == Path::new(char_path))
+            })
+        })
+    };
+    if pid > 0 && holds(Path::new(&format!("/proc/{pid}"))) {
+        return true;
+    }
+    std::fs::read_dir("/proc").is_ok_and(|procs| {
+        procs.flatten().any(|entry| {
+            let is_pid = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+            is_pid && holds(&entry.path())
+        })
     })
 }
 

@@ -25,6 +25,9 @@ pub struct DeviceInfo {
     pub zero_copy: bool,
     /// Process serving the device, or -1.
     pub server_pid: i32,
+    /// A process holds the device open (its server, or its creator); false
+    /// for a device whose server died.
+    pub server_alive: bool,
     pub owner_uid: u32,
     pub owner_gid: u32,
     /// `/dev/ublkbN`
@@ -49,6 +52,7 @@ impl From<ublk_core::DeviceInfo> for DeviceInfo {
             flags_mask: BigInt::from(info.flags),
             zero_copy: info.zero_copy(),
             server_pid: info.server_pid,
+            server_alive: info.server_alive,
             owner_uid: info.owner_uid,
             owner_gid: info.owner_gid,
             block_path: info.block_path,
