@@ -116,6 +116,11 @@ export interface DeviceInfo {
    * copied to and from the server's buffers.
    */
   zeroCopy: boolean
+  /**
+   * What the device does when its server dies: "none" (it dies too) or
+   * "reissue" (it waits for a new server, `recoverDevice`).
+   */
+  recovery: string
   /** Process serving the device, or -1. */
   serverPid: number
   /**
@@ -196,7 +201,27 @@ export interface NativeDeviceOptions {
    * false keeps the copy path.
    */
   zeroCopy?: boolean
+  /**
+   * When the serving process dies: "none" (default: the device dies
+   * too) or "reissue" (it waits for a new process to recover it, and
+   * the IOs the dead one held are reissued).
+   */
+  recovery?: string
 }
+
+/**
+ * Takes over the device the bridge's options name (`id`), whose server
+ * died, and serves it through this bridge; resolves once it is live
+ * again. IOs the dead server held reach `onBatch` first.
+ */
+export declare function recoverBridgedDevice(bridge: NativeBridge): Promise<NativeDevice>
+
+/**
+ * Takes over device `options.id`, whose server died, with a built-in
+ * target; `options` must describe the device as it is. Resolves once it
+ * is live again.
+ */
+export declare function recoverDevice(options: NativeDeviceOptions): Promise<NativeDevice>
 
 /**
  * Drives a bridge that was not started with `total` synthetic 4 KiB reads

@@ -2,7 +2,17 @@
 // ublk-ts: add, list, inspect and delete ublk devices from the shell.
 import { Command, InvalidArgumentError } from 'commander'
 
-import { createDevice, deleteDevice, deviceInfo, kernelFeatures, listDevices, type DeviceInfo } from './device.js'
+import {
+  createDevice,
+  deleteDevice,
+  deviceInfo,
+  kernelFeatures,
+  listDevices,
+  recoverDevice,
+  type Device,
+  type DeviceInfo,
+  type Recovery,
+} from './device.js'
 import { UblkError } from './errors.js'
 import { addRaid1Commands } from './raid1/cli.js'
 import { parseSize as parseSizeOf } from './size.js'
@@ -22,9 +32,16 @@ function parseCount(text: string): number {
   return Number(text)
 }
 
+function parseRecovery(text: string): Recovery {
+  if (text !== 'none' && text !== 'reissue' && text !== 'fail-io') {
+    throw new InvalidArgumentError(`not a recovery mode: ${text} (none or reissue)`)
+  }
+  return text
+}
+
 function describe(d: DeviceInfo): string {
   const size = d.size >= 2 ** 30 ? `${(d.size / 2 ** 30).toFixed(1)}G` : `${(d.size / 2 ** 20).toFixed(1)}M`
-  const server = d.serverAlive ? `pid ${d.serverPid}` : 'server gone'
+  const server = d.serverAlive ? `pid ${d.serverPid}` : d.state === 'quiesced' ? 'server gone, recoverable' : 'server gone'
   return `${d.blockPath.padEnd(14)} ${d.state.padEnd(9)} ${size.padStart(8)}  ${d.queues} queue(s) x ${d.depth}  ${server}`
 }
 
@@ -36,23 +53,39 @@ interface AddOptions {
   blockSize: number
   ts?: boolean
   zeroCopy: boolean
+  recovery: Recovery
 }
 
-async function add(kind: string, opts: AddOptions): Promise<void> {
+/** The target a kind name and --ts/--path stand for. */
+function targetOf(kind: string, opts: { path?: string; ts?: boolean }) {
   if (kind !== 'null' && kind !== 'loop') {
     throw new UblkError('EINVAL', `unknown target ${JSON.stringify(kind)}: null or loop`)
   }
   if (kind === 'loop' && !opts.path) throw new UblkError('EINVAL', 'the loop target needs --path FILE')
+  if (kind === 'null') return { target: opts.ts ? nullTarget() : ('null' as const) }
+  return { target: opts.ts ? loopTarget(opts.path!) : ('loop' as const), path: opts.path }
+}
+
+async function add(kind: string, opts: AddOptions): Promise<void> {
+  const target = targetOf(kind, opts)
   let size = opts.size
   if (size === undefined && opts.path) size = (await import('node:fs')).statSync(opts.path).size
   if (size === undefined) throw new UblkError('EINVAL', 'give the device a --size')
   const geometry = { size, queues: opts.queues, depth: opts.depth, logicalBlockSize: opts.blockSize, zeroCopy: opts.zeroCopy }
-  const dev =
-    kind === 'null'
-      ? await createDevice({ ...geometry, target: opts.ts ? nullTarget() : 'null' })
-      : await createDevice({ ...geometry, target: opts.ts ? loopTarget(opts.path!) : 'loop', path: opts.path })
-  const path = (await dev.info()).zeroCopy ? 'zero copy' : 'copy path'
-  console.log(`serving ${dev.path} (${opts.ts ? 'TypeScript' : 'Rust'} ${kind}, ${path}); Ctrl-C or SIGTERM to stop`)
+  const dev = await createDevice({ ...geometry, ...target, recovery: opts.recovery })
+  await serveUntilSignal(dev, `${opts.ts ? 'TypeScript' : 'Rust'} ${kind}`)
+}
+
+async function recover(id: number, kind: string, opts: { path?: string; ts?: boolean }): Promise<void> {
+  const dev = await recoverDevice(id, targetOf(kind, opts))
+  await serveUntilSignal(dev, `recovered, ${opts.ts ? 'TypeScript' : 'Rust'} ${kind}`)
+}
+
+async function serveUntilSignal(dev: Device, what: string): Promise<void> {
+  const info = await dev.info()
+  const path = info.zeroCopy ? 'zero copy' : 'copy path'
+  const recovery = info.recovery === 'none' ? '' : `, recovery ${info.recovery}`
+  console.log(`serving ${dev.path} (${what}, ${path}${recovery}); Ctrl-C or SIGTERM to stop`)
   await new Promise<void>((resolve) => {
     process.once('SIGINT', resolve)
     process.once('SIGTERM', resolve)
@@ -74,7 +107,16 @@ export function program(): Command {
     .option('-b, --block-size <bytes>', 'logical block size', parseCount, 512)
     .option('--ts', 'serve with the TypeScript target instead of the Rust one')
     .option('--no-zero-copy', 'copy IO data through user space even where the kernel has zero copy')
+    .option('--recovery <mode>', "when this process dies: none (the device dies too) or reissue (it waits for 'ublk-ts recover')", parseRecovery, 'none')
     .action(add)
+  cli
+    .command('recover')
+    .description('take over a device whose server died (added with --recovery reissue) and serve it until Ctrl-C')
+    .argument('<id>', 'device id', parseCount)
+    .argument('<target>', 'null or loop, like the server that died')
+    .option('-p, --path <file>', 'backing file or block device (loop)')
+    .option('--ts', 'serve with the TypeScript target instead of the Rust one')
+    .action(recover)
   cli
     .command('list')
     .description('list every ublk device')

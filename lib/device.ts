@@ -38,6 +38,28 @@ export interface DeviceOptions {
    * path. `info().zeroCopy` says which path the device runs.
    */
   zeroCopy?: boolean
+  /**
+   * What the device does when this process dies (kill -9, a crash, OOM):
+   * 'none' (default) and it dies too; 'reissue' and it waits, holding its
+   * IO, for a new process to take it over with `recoverDevice(id)`: the
+   * IOs this one held are reissued to that one, so none fails. A file
+   * system mounted on it never notices. 'fail-io' (IO fails until then)
+   * is refused with EOPNOTSUPP: libublk 0.4 cannot add such a device.
+   */
+  recovery?: Recovery
+}
+
+/** What a device does when its server dies; see `DeviceOptions.recovery`. */
+export type Recovery = 'none' | 'reissue' | 'fail-io'
+
+/** How `recoverDevice` serves the device it takes over. */
+export interface RecoverOptions {
+  /** The new server's target: like the one that served the device (same capabilities). */
+  target: BuiltinTarget | Target
+  /** Backing file or block device of the built-in 'loop' target. */
+  path?: string
+  /** TypeScript targets: fail an IO not completed within this many ms (default 30000; 0: never). */
+  ioTimeoutMs?: number
 }
 
 interface Served {
@@ -189,15 +211,50 @@ export async function createDevice(options: DeviceOptions): Promise<Device> {
   return new Device(nativeDevice)
 }
 
-async function createServedDevice(options: DeviceOptions, target: Target): Promise<Device> {
+async function createServedDevice(options: DeviceOptions, target: Target, how: 'add' | 'recover' = 'add'): Promise<Device> {
   const { target: _target, ioTimeoutMs = 30_000, path: _path, ...geometry } = options
   if (typeof ioTimeoutMs !== 'number' || !(ioTimeoutMs >= 0)) {
     throw new UblkError('EINVAL', `ioTimeoutMs must be a number of milliseconds >= 0, got ${String(ioTimeoutMs)}`)
   }
-  const served = await serve(target, geometry, ioTimeoutMs)
+  const served = await serve(target, geometry, ioTimeoutMs, how)
   const device = new Device(served.native, { dispatcher: served.dispatcher, target })
   served.onStopped(() => void device.afterStop())
   return device
+}
+
+/**
+ * Takes over device `id`, whose server died, and serves it with
+ * `options.target`: the same `/dev/ublkbN` with the same size, live
+ * again, with the IOs the dead server held reissued to this one. The
+ * device must have been created with `recovery: 'reissue'`; its geometry
+ * is read from the kernel. Waits up to 30 s for the kernel to let go of
+ * the dead server. When it fails, the device is left as it was.
+ */
+export async function recoverDevice(id: number, options: RecoverOptions): Promise<Device> {
+  if (typeof options !== 'object' || options === null) {
+    throw new UblkError('EINVAL', 'recoverDevice needs an options object with a target')
+  }
+  const info = await deviceInfo(id)
+  const geometry = {
+    id,
+    size: info.size,
+    logicalBlockSize: info.logicalBlockSize,
+    queues: info.queues,
+    depth: info.depth,
+    maxIoBytes: info.maxIoBytes,
+    zeroCopy: info.zeroCopy,
+    recovery: info.recovery as Recovery,
+  }
+  installProcessHooks()
+  const { target, path, ioTimeoutMs } = options
+  if (typeof target === 'object' && target !== null) {
+    return createServedDevice({ ...geometry, target, ioTimeoutMs }, target, 'recover')
+  }
+  if (typeof target !== 'string') {
+    throw new UblkError('EINVAL', 'options.target must be a built-in target name ("null") or a target object')
+  }
+  const nativeDevice = await native(() => binding.recoverDevice({ ...geometry, target, path }))
+  return new Device(nativeDevice)
 }
 
 /** Every ublk device on this machine, whoever serves it. */

@@ -5,8 +5,9 @@ export {
   deviceInfo,
   kernelFeatures,
   listDevices,
+  recoverDevice,
 } from './device.js'
-export type { BuiltinTarget, DeviceInfo, DeviceOptions, KernelFeatures } from './device.js'
+export type { BuiltinTarget, DeviceInfo, DeviceOptions, KernelFeatures, RecoverOptions, Recovery } from './device.js'
 export { UblkError } from './errors.js'
 export { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE } from './target.js'
 export type { BackingFile, FailedRead, Io, IoOp, ReadErrorHandler, ReadRoute, StagedIoOptions, StagingBuffer, Target, TargetContext } from './target.js'

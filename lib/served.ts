@@ -33,11 +33,12 @@ function capabilitiesOf(target: Target) {
   }
 }
 
-/** Prepares the bridge, opens the target, starts the device. */
+/** Prepares the bridge, opens the target, starts the device (or takes over a dead server's). */
 export async function serve(
   target: Target,
   geometry: Omit<NativeDeviceOptions, 'target' | 'path'>,
   ioTimeoutMs: number,
+  how: 'add' | 'recover' = 'add',
 ): Promise<ServedDevice> {
   const capabilities = capabilitiesOf(target)
   const stopped: Array<() => void> = []
@@ -61,7 +62,8 @@ export async function serve(
     bridge.close()
     throw toUblkError(err)
   }
-  const nativeDevice = await native(() => binding.startBridgedDevice(bridge))
+  const start = how === 'add' ? binding.startBridgedDevice : binding.recoverBridgedDevice
+  const nativeDevice = await native(() => start(bridge))
   return { native: nativeDevice, dispatcher, onStopped: (listener) => stopped.push(listener) }
 }
 

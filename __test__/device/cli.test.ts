@@ -1,38 +1,20 @@
 // The CLI against a real kernel: serve, list, a server killed with -9,
 // and deleting the dead device it left (and only it) with `delete --dead`.
-import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, unlinkSync } from 'node:fs'
-import { join } from 'node:path'
 
 import test from 'ava'
 
 import { createDevice } from '../../lib/index.ts'
 
+import { serve as serveCommand, ublkTs } from '../helpers/cli.ts'
 import { scratchFile } from '../helpers/files.ts'
 import { deviceGone, requireUblk } from '../helpers/kernel.ts'
 import { DATA_OFFSET, digestRange } from '../helpers/raid1.ts'
 import { sh } from '../helpers/shell.ts'
 
-const cli = join(__dirname, '..', '..', 'lib', 'cli.ts')
-const ublkTs = (...args: string[]) => sh(process.execPath, ['--import', 'tsx', cli, ...args])
-
 test.before(() => requireUblk())
 
-function serve(...args: string[]): { child: ChildProcess; path: Promise<string>; output(): string } {
-  const command = args[0] === 'raid1' ? args : ['add', ...args]
-  const child = spawn(process.execPath, ['--import', 'tsx', cli, ...command], { stdio: ['ignore', 'pipe', 'pipe'] })
-  let out = ''
-  child.stderr!.on('data', (d: Buffer) => (out += d.toString()))
-  const path = new Promise<string>((resolve, reject) => {
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d.toString()
-      const m = /serving (\/dev\/ublkb\d+)/.exec(out)
-      if (m) resolve(m[1]!)
-    })
-    child.once('exit', () => reject(new Error(`exited: ${out}`)))
-  })
-  return { child, path, output: () => out }
-}
+const serve = (...args: string[]) => serveCommand(...(args[0] === 'raid1' ? args : ['add', ...args]))
 
 test.serial('add serves until SIGTERM; list and info show it live', async (t) => {
   const { child, path, output } = serve('null', '--size', '64M', '--ts')

@@ -10,7 +10,7 @@ use libublk::sys;
 
 use crate::error::{Error, Result};
 use crate::features::feature_names;
-use crate::options::check_device_id;
+use crate::options::{check_device_id, DeviceOptions, Recovery};
 
 pub const CONTROL_PATH: &str = "/dev/ublk-control";
 
@@ -87,6 +87,27 @@ impl DeviceInfo {
     /// copied to and from the server's buffers.
     pub fn zero_copy(&self) -> bool {
         self.flags & libublk::sys::UBLK_F_AUTO_BUF_REG as u64 != 0
+    }
+
+    /// What happens to the device when its server dies.
+    pub fn recovery(&self) -> Recovery {
+        Recovery::of_flags(self.flags)
+    }
+
+    /// Options that describe this device as it is: what
+    /// [`crate::Device::recover`] takes.
+    pub fn options(&self) -> DeviceOptions {
+        DeviceOptions {
+            id: Some(self.id),
+            size: self.size,
+            logical_block_size: self.logical_block_size,
+            queues: self.queues,
+            depth: self.depth,
+            max_io_bytes: self.max_io_bytes,
+            io_delay: None,
+            zero_copy: self.zero_copy(),
+            recovery: self.recovery(),
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use libublk::UblkFlags;
 use crate::control::{check_control, ensure_control_ring, info_from_ctrl, DeviceInfo};
 use crate::error::{Error, Result};
 use crate::options::{kernel_max_queues, DeviceOptions};
+use crate::recovery;
 use crate::runtime::{basic_params, IoBuffers, QueueArgs, QueueControl, Serve, Served, Target};
 
 /// A device this process serves. Clones are handles to the same device;
@@ -60,6 +61,42 @@ impl Device {
         Self::create_served(opts, Arc::new(Served(target)))
     }
 
+    /// Takes over device `opts.id`, whose server died, and serves it with
+    /// `target`: the same block device, with the IOs the dead server held
+    /// reissued to this one. The device must have been added with
+    /// [`crate::Recovery::Reissue`], and `opts` must describe it as
+    /// it is ([`DeviceInfo::options`] reads them from the kernel). Waits
+    /// up to 30 s for the kernel to let go of the dead server. If taking
+    /// over fails, the device is left as it was, for another try.
+    pub fn recover<T: Target>(opts: &DeviceOptions, target: T) -> Result<Device> {
+        Self::recover_served(opts, Arc::new(Served(Arc::new(target))))
+    }
+
+    /// [`Device::recover`] for a target shared with its creator.
+    pub fn recover_shared<T: Target>(opts: &DeviceOptions, target: Arc<T>) -> Result<Device> {
+        Self::recover_served(opts, Arc::new(Served(target)))
+    }
+
+    fn recover_served(opts: &DeviceOptions, runtime: Arc<dyn Serve>) -> Result<Device> {
+        opts.validate(kernel_max_queues())?;
+        check_control()?;
+        let ctrl = Arc::new(recovery::take_over(opts, &*runtime)?);
+        let started = start(&ctrl, opts, runtime, Mode::Recover);
+        started.map(|running| Self::register(ctrl, running))
+    }
+
+    fn register(ctrl: Arc<UblkCtrl>, running: Running) -> Device {
+        let id = ctrl.dev_info().dev_id;
+        let inner = Arc::new(Inner {
+            id,
+            kind: running.runtime.kind().to_string(),
+            ctrl,
+            running: Mutex::new(Some(running)),
+        });
+        SERVED.lock().unwrap().insert(id, Arc::downgrade(&inner));
+        Device { inner }
+    }
+
     fn create_served(opts: &DeviceOptions, runtime: Arc<dyn Serve>) -> Result<Device> {
         // Bad input is reported as such even where the driver is missing.
         opts.validate(kernel_max_queues())?;
@@ -75,7 +112,7 @@ impl Device {
                 ));
             }
         }
-        let ctrl_flags = ctrl_flags(opts, &*runtime);
+        let ctrl_flags = ctrl_flags(opts, &*runtime)?;
         let ctrl = UblkCtrlBuilder::default()
             .name(runtime.kind())
             .id(opts.id.map_or(-1, |id| id as i32))
@@ -89,18 +126,9 @@ impl Device {
         let ctrl = Arc::new(ctrl);
         let id = ctrl.dev_info().dev_id;
         let checked = check_granted(&ctrl, opts, ctrl_flags, runtime.kind());
-        let started = checked.and_then(|()| start(&ctrl, opts, runtime));
+        let started = checked.and_then(|()| start(&ctrl, opts, runtime, Mode::Add));
         match started {
-            Ok(running) => {
-                let inner = Arc::new(Inner {
-                    id,
-                    kind: running.runtime.kind().to_string(),
-                    ctrl,
-                    running: Mutex::new(Some(running)),
-                });
-                SERVED.lock().unwrap().insert(id, Arc::downgrade(&inner));
-                Ok(Device { inner })
-            }
+            Ok(running) => Ok(Self::register(ctrl, running)),
             Err(e) => {
                 // Added but not started: delete it, so nothing is left.
                 let _ = ensure_control_ring();
@@ -245,19 +273,28 @@ pub fn stop_all_served() {
     }
 }
 
-/// The `UBLK_F_*` flags a device is added with: what its target needs,
-/// and zero copy where the options, the target and the running kernel
-/// (as `GET_FEATURES` reports it, not its version) all allow it.
-fn ctrl_flags(opts: &DeviceOptions, runtime: &dyn Serve) -> u64 {
+/// The `UBLK_F_*` flags a device is added with: what its target and its
+/// recovery mode need, and zero copy where the options, the target and the
+/// running kernel (as `GET_FEATURES` reports it, not its version) all
+/// allow it.
+fn ctrl_flags(opts: &DeviceOptions, runtime: &dyn Serve) -> Result<u64> {
     let auto_buf_reg = libublk::sys::UBLK_F_AUTO_BUF_REG as u64;
-    let kernel_has = |flag: u64| {
-        crate::control::kernel_features().is_ok_and(|features| features.mask & flag != 0)
-    };
-    let mut flags = runtime.ctrl_flags();
-    if opts.zero_copy && runtime.capabilities().zero_copy && kernel_has(auto_buf_reg) {
+    let kernel_mask = crate::control::kernel_features().ok().map(|f| f.mask);
+    let mut flags = runtime.ctrl_flags() | recovery::ctrl_flags(opts.recovery, kernel_mask)?;
+    if opts.zero_copy
+        && runtime.capabilities().zero_copy
+        && kernel_mask.is_some_and(|mask| mask & auto_buf_reg != 0)
+    {
         flags |= auto_buf_reg;
     }
-    flags
+    Ok(flags)
+}
+
+/// Whether a device is being added, or taken over from a dead server.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Add,
+    Recover,
 }
 
 /// Older kernels drop flags they do not know, and the driver caps queues
@@ -284,7 +321,12 @@ fn check_granted(ctrl: &UblkCtrl, opts: &DeviceOptions, wanted: u64, kind: &str)
 
 /// Serves the queues of an added device and starts it. On failure every
 /// queue thread has ended when this returns.
-fn start(ctrl: &Arc<UblkCtrl>, opts: &DeviceOptions, runtime: Arc<dyn Serve>) -> Result<Running> {
+fn start(
+    ctrl: &Arc<UblkCtrl>,
+    opts: &DeviceOptions,
+    runtime: Arc<dyn Serve>,
+    mode: Mode,
+) -> Result<Running> {
     let id = ctrl.dev_info().dev_id;
     let mut params_error = None;
     let dev = UblkDev::new(
@@ -400,7 +442,11 @@ fn start(ctrl: &Arc<UblkCtrl>, opts: &DeviceOptions, runtime: Arc<dyn Serve>) ->
         {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        let _ = ensure_control_ring().map(|()| ctrl.kill_dev());
+        // A device being recovered is left for another try: its queues
+        // let go of it, and the kernel holds its IO again.
+        if mode == Mode::Add {
+            let _ = ensure_control_ring().map(|()| ctrl.kill_dev());
+        }
         for control in &controls {
             control.abort();
         }

@@ -18,6 +18,7 @@ mod features;
 pub mod files;
 pub mod js_numbers;
 mod options;
+mod recovery;
 pub mod runtime;
 pub mod staging;
 pub mod targets;
@@ -27,7 +28,8 @@ pub use device::{queue_of_thread, stop_all_served, stop_served, Device};
 pub use error::{errno_name, Error, Result};
 pub use features::{feature_names, FEATURE_NAMES};
 pub use options::{
-    kernel_max_queues, DeviceOptions, MAX_DEPTH, MAX_DEVICE_ID, MAX_IO_BYTES, MAX_IO_DELAY,
+    kernel_max_queues, DeviceOptions, Recovery, MAX_DEPTH, MAX_DEVICE_ID, MAX_IO_BYTES,
+    MAX_IO_DELAY,
 };
 pub use runtime::{
     Capabilities, DeviceParams, Io, IoDesc, IoOp, QueueContext, Spawner, Target, WriteBatch,

@@ -36,6 +36,71 @@ pub struct DeviceOptions {
     /// the target allows it ([`crate::Capabilities::zero_copy`]); `false`
     /// keeps the copy path.
     pub zero_copy: bool,
+    /// What happens when the serving process dies: by default the device
+    /// dies with it; with [`Recovery::Reissue`] it waits for a new process
+    /// to take it over ([`crate::Device::recover`]).
+    pub recovery: Recovery,
+}
+
+/// What a device does when its server dies (`UBLK_F_USER_RECOVERY*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Recovery {
+    /// The device dies with its server: IO fails, it can only be deleted.
+    #[default]
+    None,
+    /// The device waits for a new server: IOs the dead one held are
+    /// reissued to it and new IOs queue until it arrives, so no IO fails.
+    Reissue,
+    /// The device waits for a new server and fails IO meanwhile
+    /// (`UBLK_F_USER_RECOVERY_FAIL_IO`, Linux 6.13).
+    FailIo,
+}
+
+impl Recovery {
+    /// The option's name in JavaScript and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Recovery::None => "none",
+            Recovery::Reissue => "reissue",
+            Recovery::FailIo => "fail-io",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Recovery> {
+        match name {
+            "none" => Ok(Recovery::None),
+            "reissue" => Ok(Recovery::Reissue),
+            "fail-io" => Ok(Recovery::FailIo),
+            other => Err(Error::invalid(format!(
+                "recovery must be 'none', 'reissue' or 'fail-io', got {other:?}"
+            ))),
+        }
+    }
+
+    /// The `UBLK_F_*` flags a device is added with for this mode.
+    pub fn ctrl_flags(self) -> u64 {
+        use libublk::sys;
+        let flags = match self {
+            Recovery::None => 0,
+            Recovery::Reissue => sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE,
+            Recovery::FailIo => sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_FAIL_IO,
+        };
+        flags as u64
+    }
+
+    /// The mode a device was added with, from its flags.
+    pub fn of_flags(flags: u64) -> Recovery {
+        use libublk::sys;
+        if flags & sys::UBLK_F_USER_RECOVERY as u64 == 0 {
+            Recovery::None
+        } else if flags & sys::UBLK_F_USER_RECOVERY_FAIL_IO as u64 != 0 {
+            Recovery::FailIo
+        } else {
+            // Plain USER_RECOVERY fails the IOs the server held; it is
+            // only ever seen on devices another program added.
+            Recovery::Reissue
+        }
+    }
 }
 
 impl Default for DeviceOptions {
@@ -49,6 +114,7 @@ impl Default for DeviceOptions {
             max_io_bytes: 512 << 10,
             io_delay: None,
             zero_copy: true,
+            recovery: Recovery::None,
         }
     }
 }
@@ -259,6 +325,15 @@ mod tests {
             ..opts()
         };
         assert_eq!(code(&o), "EINVAL");
+    }
+
+    #[test]
+    fn recovery_modes_round_trip_through_names_and_flags() {
+        for mode in [Recovery::None, Recovery::Reissue, Recovery::FailIo] {
+            assert_eq!(Recovery::parse(mode.name()).unwrap(), mode);
+            assert_eq!(Recovery::of_flags(mode.ctrl_flags()), mode);
+        }
+        assert_eq!(Recovery::parse("always").unwrap_err().code(), "EINVAL");
     }
 
     #[test]

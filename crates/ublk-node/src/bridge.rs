@@ -111,12 +111,33 @@ pub fn start_bridged_device(
     env: Env,
     bridge: &NativeBridge,
 ) -> napi::Result<AsyncTask<CreateDevice>> {
+    start_bridge(&env, bridge, Device::create_shared)
+}
+
+/// Takes over the device the bridge's options name (`id`), whose server
+/// died, and serves it through this bridge; resolves once it is live
+/// again. IOs the dead server held reach `onBatch` first.
+#[napi(ts_return_type = "Promise<NativeDevice>")]
+pub fn recover_bridged_device(
+    env: Env,
+    bridge: &NativeBridge,
+) -> napi::Result<AsyncTask<CreateDevice>> {
+    start_bridge(&env, bridge, Device::recover_shared)
+}
+
+type StartShared = fn(&ublk_core::DeviceOptions, Arc<BridgeTarget>) -> ublk_core::Result<Device>;
+
+fn start_bridge(
+    env: &Env,
+    bridge: &NativeBridge,
+    start: StartShared,
+) -> napi::Result<AsyncTask<CreateDevice>> {
     bridge.start_once()?;
-    register_env_cleanup(&env);
+    register_env_cleanup(env);
     let (target, opts) = (bridge.target.clone(), bridge.opts.clone());
     let failed = bridge.target.clone();
     Ok(CreateDevice::new(
-        move || Device::create_shared(&opts, target).map_err(to_napi),
+        move || start(&opts, target).map_err(to_napi),
         move || failed.release(),
     ))
 }

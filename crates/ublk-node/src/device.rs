@@ -42,6 +42,10 @@ pub struct NativeDeviceOptions {
     /// Run zero copy where the kernel and the target allow it (default);
     /// false keeps the copy path.
     pub zero_copy: Option<bool>,
+    /// When the serving process dies: "none" (default: the device dies
+    /// too) or "reissue" (it waits for a new process to recover it, and
+    /// the IOs the dead one held are reissued).
+    pub recovery: Option<String>,
 }
 
 pub fn core_options(opts: &NativeDeviceOptions) -> ublk_core::Result<ublk_core::DeviceOptions> {
@@ -70,6 +74,12 @@ pub fn core_options(opts: &NativeDeviceOptions) -> ublk_core::Result<ublk_core::
             .transpose()?
             .unwrap_or(defaults.max_io_bytes),
         zero_copy: opts.zero_copy.unwrap_or(defaults.zero_copy),
+        recovery: opts
+            .recovery
+            .as_deref()
+            .map(ublk_core::Recovery::parse)
+            .transpose()?
+            .unwrap_or(defaults.recovery),
         ..defaults
     })
 }
@@ -131,6 +141,24 @@ pub fn create_device(env: Env, options: NativeDeviceOptions) -> AsyncTask<Create
             let opts = request?;
             let kind = options.target.as_str();
             ublk_core::targets::create_builtin(&opts, kind, options.path.as_deref())
+                .map_err(to_napi)
+        },
+        || {},
+    )
+}
+
+/// Takes over device `options.id`, whose server died, with a built-in
+/// target; `options` must describe the device as it is. Resolves once it
+/// is live again.
+#[napi(ts_return_type = "Promise<NativeDevice>")]
+pub fn recover_device(env: Env, options: NativeDeviceOptions) -> AsyncTask<CreateDevice> {
+    register_env_cleanup(&env);
+    let request = core_options(&options).map_err(to_napi);
+    CreateDevice::new(
+        move || {
+            let opts = request?;
+            let kind = options.target.as_str();
+            ublk_core::targets::recover_builtin(&opts, kind, options.path.as_deref())
                 .map_err(to_napi)
         },
         || {},

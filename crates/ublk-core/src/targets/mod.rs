@@ -10,13 +10,45 @@ pub use null::NullTarget;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::options::DeviceOptions;
+use crate::runtime::Target;
 
 /// Creates a device served by a target this crate ships, by kind name;
 /// `backing` is the file or block device of a `loop` target.
 pub fn create_builtin(opts: &DeviceOptions, kind: &str, backing: Option<&str>) -> Result<Device> {
+    serve_builtin(opts, kind, backing, Start::Add)
+}
+
+/// Recovers device `opts.id` with a target this crate ships
+/// ([`Device::recover`]).
+pub fn recover_builtin(opts: &DeviceOptions, kind: &str, backing: Option<&str>) -> Result<Device> {
+    serve_builtin(opts, kind, backing, Start::Recover)
+}
+
+/// How a device gets its target: added, or recovered.
+#[derive(Clone, Copy)]
+enum Start {
+    Add,
+    Recover,
+}
+
+impl Start {
+    fn start<T: Target>(self, opts: &DeviceOptions, target: T) -> Result<Device> {
+        match self {
+            Start::Add => Device::create(opts, target),
+            Start::Recover => Device::recover(opts, target),
+        }
+    }
+}
+
+fn serve_builtin(
+    opts: &DeviceOptions,
+    kind: &str,
+    backing: Option<&str>,
+    start: Start,
+) -> Result<Device> {
     match (kind, backing) {
-        ("null", _) => Device::create(opts, NullTarget),
-        ("loop", Some(path)) => Device::create(opts, LoopTarget::open(path, true)?),
+        ("null", _) => start.start(opts, NullTarget),
+        ("loop", Some(path)) => start.start(opts, LoopTarget::open(path, true)?),
         ("loop", None) => Err(Error::invalid("the loop target needs a backing file path")),
         (other, _) => Err(Error::invalid(format!(
             "unknown target {other:?}; built-in targets: null, loop"

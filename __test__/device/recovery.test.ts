@@ -1,0 +1,120 @@
+// User recovery on a real kernel: a server killed with -9 again and again
+// while a mounted ext4 takes fio verify writes, and a new process takes the
+// same device over each time; no IO error reaches fio, and the file system
+// is clean at the end. Also what recovery refuses, and why.
+import { existsSync, unlinkSync, writeFileSync } from 'node:fs'
+
+import test from 'ava'
+
+import { createDevice, deviceInfo, loopTarget, recoverDevice } from '../../lib/index.ts'
+
+import { serve, type Server } from '../helpers/cli.ts'
+import { rejectsWithCode } from '../helpers/errors.ts'
+import { fio } from '../helpers/fio.ts'
+import { scratchFile } from '../helpers/files.ts'
+import { deviceGone, requireUblk } from '../helpers/kernel.ts'
+import { until } from '../helpers/poll.ts'
+import { sh } from '../helpers/shell.ts'
+
+const MiB = 1 << 20
+const CYCLES = 20
+
+test.before(() => requireUblk())
+
+/**
+ * In a mount namespace of its own: ext4 on `dev`, mounted, fio crc32c
+ * verify runs on a file in it (direct IO, so every write and read reaches
+ * the device) until `stopFlag` appears; then unmount and `fsck -n`.
+ * Prints one line per fio run and the fsck outcome.
+ */
+function ext4UnderFio(dev: string, stopFlag: string, startedFlag: string): Promise<{ code: number; stdout: string; stderr: string }> {
+  const script = [
+    'set -e',
+    `mkfs.ext4 -q -F ${dev}`,
+    'mnt=$(mktemp -d)',
+    `mount ${dev} "$mnt"`,
+    `touch ${startedFlag}`,
+    'runs=0',
+    `while [ ! -e ${stopFlag} ]; do`,
+    '  fio --name=v --filename="$mnt/data" --ioengine=io_uring --direct=1 --rw=randwrite --bs=4k --iodepth=16' +
+      ' --size=8M --verify=crc32c --do_verify=1 --verify_fatal=1 --output-format=terse > "$mnt/../fio.out" 2>&1 ||' +
+      ' { echo "fio failed:"; cat "$mnt/../fio.out"; exit 1; }',
+    '  runs=$((runs + 1))',
+    'done',
+    'umount "$mnt"',
+    'echo "fio runs: $runs"',
+    `fsck.ext4 -n -f ${dev} > /dev/null && echo "fsck clean"`,
+  ].join('\n')
+  return sh('unshare', ['-m', 'sh', '-c', script], 600_000)
+}
+
+/** Kills `server` with -9 and starts `recover` for its device; resolves with the new server. */
+async function killAndRecover(server: Server, id: number, target: string[]): Promise<Server> {
+  server.child.kill('SIGKILL')
+  await server.exited
+  const next = serve('recover', String(id), ...target)
+  const path = await next.path
+  if (path !== `/dev/ublkb${id}`) throw new Error(`recovered ${path}, not /dev/ublkb${id}`)
+  return next
+}
+
+for (const [name, target] of [
+  ['TypeScript loop', ['loop', '--ts']],
+  ['Rust loop', ['loop']],
+] as const) {
+  const cycles = name === 'TypeScript loop' ? CYCLES : 3
+  test.serial(`${name}: ${cycles} x kill -9 + recover under fio verify on a mounted ext4; no IO error, fsck clean`, async (t) => {
+    const file = scratchFile(`recover-${target.length}`, 64 * MiB)
+    const flags = `/tmp/ublk-recover-${process.pid}-${target.length}`
+    const [stopFlag, startedFlag] = [`${flags}.stop`, `${flags}.started`]
+    let server = serve('add', ...target, '--path', file, '--recovery', 'reissue')
+    const dev = await server.path
+    const id = Number(dev.replace('/dev/ublkb', ''))
+    t.is((await deviceInfo(id)).recovery, 'reissue')
+    const workload = ext4UnderFio(dev, stopFlag, startedFlag)
+    try {
+      await until(() => existsSync(startedFlag), 'ext4 is mounted', 120_000)
+      const took: number[] = []
+      for (let cycle = 0; cycle < cycles; cycle++) {
+        // Let the new server take some IO before it dies in turn.
+        await new Promise((resolve) => setTimeout(resolve, 200 + Math.random() * 600))
+        const start = Date.now()
+        server = await killAndRecover(server, id, [...target, '--path', file])
+        took.push(Date.now() - start)
+        t.is((await deviceInfo(id)).state, 'live')
+      }
+      t.log(`${cycles} recoveries: longest ${Math.max(...took)} ms, median ${took.sort((a, b) => a - b)[took.length >> 1]} ms from kill -9 to serving again`)
+    } finally {
+      writeFileSync(stopFlag, '')
+    }
+    const result = await workload
+    t.is(result.code, 0, `${result.stdout}\n${result.stderr}`)
+    t.log(result.stdout.trim().split('\n').join('; '))
+    t.regex(result.stdout, /fio runs: [1-9]/)
+    t.regex(result.stdout, /fsck clean/)
+    server.child.kill('SIGTERM')
+    t.is(await server.exited, 0, server.output())
+    await until(() => deviceGone(id), 'the device is gone after SIGTERM')
+    for (const f of [file, stopFlag, startedFlag]) unlinkSync(f)
+  })
+}
+
+test.serial('recovery refuses: a device without it (EINVAL), one still served (EBUSY), an unknown mode (EINVAL), fail-io (EOPNOTSUPP)', async (t) => {
+  const plain = await createDevice({ target: 'null', size: 16 * MiB })
+  const file = scratchFile('recover-refusals', 16 * MiB)
+  const recoverable = await createDevice({ target: loopTarget(file), size: 16 * MiB, recovery: 'reissue' })
+  try {
+    t.is((await plain.info()).recovery, 'none')
+    await rejectsWithCode(t, recoverDevice(plain.id, { target: 'null' }), 'EINVAL', /not added with recovery/)
+    await rejectsWithCode(t, recoverDevice(recoverable.id, { target: 'null' }), 'EBUSY', /is served by process/)
+    await rejectsWithCode(t, createDevice({ target: 'null', size: 16 * MiB, recovery: 'always' as never }), 'EINVAL', /recovery must be/)
+    await rejectsWithCode(t, createDevice({ target: 'null', size: 16 * MiB, recovery: 'fail-io' }), 'EOPNOTSUPP', /fail-io|FAIL_IO|user_recovery_fail_io/i)
+    // Still served after all that.
+    const r = await fio(recoverable.path, { rw: 'randwrite', bs: '4k', iodepth: 8, size: '4M', verify: 'crc32c' })
+    t.is(r.errors, 0)
+  } finally {
+    await plain.stop()
+    await recoverable.stop()
+    unlinkSync(file)
+  }
+})

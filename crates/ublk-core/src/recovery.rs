@@ -1,0 +1,275 @@
+//! User recovery: a device added with `UBLK_F_USER_RECOVERY` outlives its
+//! server. When the server dies the kernel quiesces the device and holds
+//! its IO; a new process takes it over here (`START_USER_RECOVERY`), then
+//! serves its queues and ends the recovery as a normal start would
+//! (`END_USER_RECOVERY`, in libublk's `start_dev`).
+
+use std::time::{Duration, Instant};
+
+use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
+use libublk::{sys, UblkError, UblkFlags};
+
+use crate::control::{device_info, DeviceInfo, DeviceState};
+use crate::error::{Error, Result};
+use crate::options::{DeviceOptions, Recovery};
+use crate::runtime::{basic_params, Serve};
+
+/// How long a new server waits for the kernel to let go of the dead one.
+const TAKE_OVER_TIMEOUT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(20);
+
+/// The flags a device is added with for `mode`, or why the running kernel
+/// (its `GET_FEATURES` mask, when it answers) or libublk cannot give it.
+pub(crate) fn ctrl_flags(mode: Recovery, kernel_mask: Option<u64>) -> Result<u64> {
+    let flags = mode.ctrl_flags();
+    let missing = flags & !kernel_mask.unwrap_or(u64::MAX);
+    if missing != 0 {
+        return Err(Error::new(
+            libc::EOPNOTSUPP,
+            format!(
+                "recovery '{}' needs the ublk features {:?}, which this kernel does not have",
+                mode.name(),
+                crate::features::feature_names(missing)
+            ),
+        ));
+    }
+    if mode == Recovery::FailIo {
+        // libublk 0.4 refuses every flag it does not know when it adds a
+        // device, and it does not know this one.
+        return Err(Error::new(
+            libc::EOPNOTSUPP,
+            "recovery 'fail-io' (UBLK_F_USER_RECOVERY_FAIL_IO): this kernel has it, but libublk 0.4 cannot add a device with it; use 'reissue'",
+        ));
+    }
+    Ok(flags)
+}
+
+/// Waits until device `opts.id` can be recovered, checks that `opts` and
+/// the target describe it as the kernel has it, and starts the recovery:
+/// the returned control then serves it as a new device's would. Nothing
+/// is changed in the kernel when this fails.
+pub(crate) fn take_over(opts: &DeviceOptions, runtime: &dyn Serve) -> Result<UblkCtrl> {
+    let id = opts
+        .id
+        .ok_or_else(|| Error::invalid("recovering a device needs its id"))?;
+    let deadline = Instant::now() + TAKE_OVER_TIMEOUT;
+    let info = wait_recoverable(id, deadline)?;
+    check_same_device(&info, opts)?;
+    let known = (sys::UBLK_F_USER_RECOVERY
+        | sys::UBLK_F_USER_RECOVERY_REISSUE
+        | sys::UBLK_F_AUTO_BUF_REG) as u64;
+    let ctrl = UblkCtrlBuilder::default()
+        .name(runtime.kind())
+        .id(id as i32)
+        .nr_queues(info.queues)
+        .depth(info.depth)
+        .io_buf_bytes(info.max_io_bytes)
+        .ctrl_flags(info.flags & known)
+        .dev_flags(UblkFlags::UBLK_DEV_F_RECOVER_DEV)
+        .build()
+        .map_err(|e| Error::from_ublk(format!("open ublk device {id} for recovery"), e))?;
+    check_target_fits(&ctrl, &info, opts, runtime)?;
+    loop {
+        let res = ctrl.start_user_recover();
+        let busy = match &res {
+            Ok(r) => *r == -libc::EBUSY,
+            Err(UblkError::OtherError(e)) => e.abs() == libc::EBUSY,
+            Err(_) => false,
+        };
+        if busy && Instant::now() < deadline {
+            std::thread::sleep(POLL);
+            continue;
+        }
+        return match res {
+            Ok(r) if r >= 0 => Ok(ctrl),
+            Ok(r) => Err(Error::new(
+                r,
+                format!(
+                    "start recovery of ublk device {id}: {}",
+                    crate::error::describe_errno(r)
+                ),
+            )),
+            Err(e) => Err(Error::from_ublk(
+                format!("start recovery of ublk device {id}"),
+                e,
+            )),
+        };
+    }
+}
+
+/// The device once the kernel holds it for a new server: quiesced (or
+/// failing IO) and its old server's char device released.
+fn wait_recoverable(id: u32, deadline: Instant) -> Result<DeviceInfo> {
+    loop {
+        let info = device_info(id)?;
+        if Recovery::of_flags(info.flags) == Recovery::None {
+            return Err(Error::invalid(format!(
+                "ublk device {id} was not added with recovery: it cannot outlive its server (add it with recovery 'reissue')"
+            )));
+        }
+        match info.state {
+            DeviceState::Quiesced | DeviceState::FailIo if !info.server_alive => return Ok(info),
+            DeviceState::Live if info.server_alive => {
+                return Err(Error::new(
+                    libc::EBUSY,
+                    format!(
+                        "ublk device {id} is served by process {}: only a device whose server died can be recovered",
+                        info.server_pid
+                    ),
+                ))
+            }
+            DeviceState::Dead => {
+                return Err(Error::invalid(format!(
+                    "ublk device {id} is not started (state dead): there is nothing to recover"
+                )))
+            }
+            // The old server is still on its way out.
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::new(
+                libc::ETIMEDOUT,
+                format!(
+                    "ublk device {id} did not become recoverable within {TAKE_OVER_TIMEOUT:?} (state {}, server {})",
+                    info.state.name(),
+                    if info.server_alive { "still holding it" } else { "gone" }
+                ),
+            ));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The options must describe the device as it is: a recovered device
+/// keeps its geometry.
+fn check_same_device(info: &DeviceInfo, opts: &DeviceOptions) -> Result<()> {
+    let pairs: [(&str, u64, u64); 5] = [
+        ("size", opts.size, info.size),
+        (
+            "logical block size",
+            opts.logical_block_size as u64,
+            info.logical_block_size as u64,
+        ),
+        ("queues", opts.queues as u64, info.queues as u64),
+        ("depth", opts.depth as u64, info.depth as u64),
+        (
+            "max IO size",
+            opts.max_io_bytes as u64,
+            info.max_io_bytes as u64,
+        ),
+    ];
+    let differ: Vec<String> = pairs
+        .iter()
+        .filter(|(_, asked, has)| asked != has)
+        .map(|(what, asked, has)| format!("{what} {asked} (the device has {has})"))
+        .collect();
+    if differ.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "ublk device {} cannot be recovered with other options: {}",
+            info.id,
+            differ.join(", ")
+        )))
+    }
+}
+
+/// The new target must give the device what the old one advertised, and
+/// must work on the data path the device runs (zero copy or not).
+fn check_target_fits(
+    ctrl: &UblkCtrl,
+    info: &DeviceInfo,
+    opts: &DeviceOptions,
+    runtime: &dyn Serve,
+) -> Result<()> {
+    let id = info.id;
+    if info.zero_copy() && !runtime.capabilities().zero_copy {
+        return Err(Error::invalid(format!(
+            "ublk device {id} runs zero copy, and target {} needs the IO data in its buffers",
+            runtime.kind()
+        )));
+    }
+    let mut wanted = basic_params(opts);
+    runtime.set_params(&mut wanted)?;
+    let mut has = sys::ublk_params {
+        len: std::mem::size_of::<sys::ublk_params>() as u32,
+        types: sys::UBLK_PARAM_TYPE_BASIC | sys::UBLK_PARAM_TYPE_DISCARD,
+        ..Default::default()
+    };
+    ctrl.get_params(&mut has)
+        .map_err(|e| Error::from_ublk(format!("read the parameters of ublk device {id}"), e))?;
+    let discard = |p: &sys::ublk_params| {
+        if p.types & sys::UBLK_PARAM_TYPE_DISCARD != 0 {
+            (
+                p.discard.max_discard_sectors,
+                p.discard.max_write_zeroes_sectors,
+            )
+        } else {
+            (0, 0)
+        }
+    };
+    if wanted.basic.attrs != has.basic.attrs || discard(&wanted) != discard(&has) {
+        return Err(Error::invalid(format!(
+            "target {} does not advertise what ublk device {id} does (read-only, cache, FUA, discard, write zeroes): recover it with a target like the one that served it",
+            runtime.kind()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_flags_follow_the_kernel() {
+        let all = Some(u64::MAX);
+        let none = Some(0);
+        assert_eq!(ctrl_flags(Recovery::None, none).unwrap(), 0);
+        assert_eq!(
+            ctrl_flags(Recovery::Reissue, all).unwrap(),
+            Recovery::Reissue.ctrl_flags()
+        );
+        let err = ctrl_flags(Recovery::Reissue, none).unwrap_err();
+        assert_eq!(err.code(), "EOPNOTSUPP");
+        assert!(err.message().contains("USER_RECOVERY"), "{}", err.message());
+        assert_eq!(
+            ctrl_flags(Recovery::FailIo, all).unwrap_err().code(),
+            "EOPNOTSUPP"
+        );
+    }
+
+    #[test]
+    fn other_geometry_is_refused_naming_what_differs() {
+        let opts = DeviceOptions {
+            id: Some(3),
+            size: 1 << 20,
+            ..Default::default()
+        };
+        let info = DeviceInfo {
+            id: 3,
+            state: DeviceState::Quiesced,
+            queues: 1,
+            depth: 64,
+            max_io_bytes: 512 << 10,
+            flags: Recovery::Reissue.ctrl_flags(),
+            server_pid: -1,
+            server_alive: false,
+            owner_uid: 0,
+            owner_gid: 0,
+            size: 2 << 20,
+            logical_block_size: 512,
+            physical_block_size: 4096,
+            read_only: false,
+            char_path: String::new(),
+            block_path: String::new(),
+        };
+        let err = check_same_device(&info, &opts).unwrap_err();
+        assert_eq!(err.code(), "EINVAL");
+        assert!(err
+            .message()
+            .contains("size 1048576 (the device has 2097152)"));
+        assert!(!err.message().contains("depth"));
+        assert!(check_same_device(&info, &info.options()).is_ok());
+    }
+}
