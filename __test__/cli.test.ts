@@ -9,11 +9,11 @@ import test from 'ava'
 import { parseSize } from '../lib/cli.ts'
 
 const run = promisify(execFile)
-const cli = join(__dirname, '..', 'lib', 'cli.ts')
+const cli = join(__dirname, '..', 'lib', 'cli.js')
 
 async function ublkTs(...args: string[]): Promise<{ code: number; out: string }> {
   try {
-    const { stdout, stderr } = await run(process.execPath, ['--import', 'tsx', cli, ...args])
+    const { stdout, stderr } = await run(process.execPath, [cli, ...args])
     return { code: 0, out: stdout + stderr }
   } catch (err) {
     const e = err as { code: number; stdout: string; stderr: string }

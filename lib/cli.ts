@@ -150,7 +150,7 @@ export function program(): Command {
       }
       if (opts.dead && ids.length === 0) console.log('no device whose server is gone')
     })
-  addRaid1Commands(cli, parseSize, parseCount)
+  addRaid1Commands(cli, { size: parseSize, count: parseCount, recovery: parseRecovery })
   cli
     .command('features')
     .description("what this kernel's ublk driver supports")

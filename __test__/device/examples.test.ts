@@ -37,7 +37,7 @@ const examples: Array<[string, string[], boolean]> = [
 for (const [name, args, keepsData] of examples) {
   test.serial(`examples/${name} serves a device and removes it on SIGINT`, async (t) => {
     scratchFile('example', 64 << 20)
-    const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '../../examples', name), ...args], {
+    const child = spawn(process.execPath, [join(__dirname, '../../examples', name.replace(/\.ts$/, '.js')), ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     let out = ''
@@ -80,7 +80,7 @@ for (const [name, args, keepsData] of examples) {
 }
 
 test.serial('examples/raid1-demo.ts (the README demo) verifies every file and ends with identical members', async (t) => {
-  const r = await sh(process.execPath, ['--import', 'tsx', join(__dirname, '../../examples/raid1-demo.ts')], 240_000)
+  const r = await sh(process.execPath, [join(__dirname, '../../examples/raid1-demo.js')], 240_000)
   t.is(r.code, 0, r.stdout + r.stderr)
   t.is((r.stdout.match(/: OK$/gm) ?? []).length, 16, 'every checksum verified')
   t.regex(r.stdout, /recovery resync copied \d+ of 128 chunks/)

@@ -12,6 +12,7 @@ import test from 'ava'
 
 import { assembleRaid1, createRaid1, deleteDevice } from '../../lib/index.ts'
 
+import { fixture } from '../helpers/child.ts'
 import { rejectsWithCode } from '../helpers/errors.ts'
 import { scratchFile } from '../helpers/files.ts'
 import { fio } from '../helpers/fio.ts'
@@ -64,7 +65,7 @@ test.serial('fio crc32c verify through the mirror; members identical after stop'
 test.serial('kill -9 during random writes: only dirty chunks are resynced, earlier data verifies', async (t) => {
   const [a, b] = members('crash')
   const options = { members: [a, b], chunkSize: CHUNK, bitmapClearDelayMs: 300 }
-  const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '..', 'fixtures', 'raid1-serve.ts'), JSON.stringify(options)], {
+  const child = spawn(process.execPath, [fixture('raid1-serve.ts'), JSON.stringify(options)], {
     stdio: ['ignore', 'pipe', 'inherit'],
   })
   const line = await new Promise<string>((resolve, reject) => {

@@ -1,5 +1,5 @@
 // RAID1 arrays as users see them: create, assemble, status, fail, add, stop.
-import { createDevice, type Device, type DeviceOptions } from '../device.js'
+import { createDevice, deviceInfo, recoverDevice, type Device, type DeviceOptions } from '../device.js'
 import { toUblkError, UblkError } from '../errors.js'
 import { parseSize } from '../size.js'
 import type { Member, MemberStatus } from './mirror.js'
@@ -15,7 +15,7 @@ import {
 import type { ResyncProgress, ResyncSpeed } from './resync.js'
 import { layoutFor, MAX_MEMBERS, newSuperblock, type SlotState, type Superblock } from './superblock.js'
 
-type DeviceGeometry = Pick<DeviceOptions, 'id' | 'queues' | 'depth' | 'maxIoBytes' | 'logicalBlockSize' | 'ioTimeoutMs' | 'zeroCopy'>
+type DeviceGeometry = Pick<DeviceOptions, 'id' | 'queues' | 'depth' | 'maxIoBytes' | 'logicalBlockSize' | 'ioTimeoutMs' | 'zeroCopy' | 'recovery'>
 
 export interface AssembleRaid1Options extends DeviceGeometry {
   /** Member files or block devices (2..8 for a new array). */
@@ -23,6 +23,15 @@ export interface AssembleRaid1Options extends DeviceGeometry {
   /** How long a chunk must see no write before its bit is cleared (default 5000 ms). */
   bitmapClearDelayMs?: number
   resync?: ResyncSpeed
+  /**
+   * Take over device `recover`, whose server died (an array served with
+   * `recovery: 'reissue'`), instead of adding a new one: the same
+   * `/dev/ublkbN` comes back with the IOs it held, after the crash
+   * handling assembly always does (the freshest superblock wins, the
+   * chunks the bitmap marks are resynced, and reads stay on the member
+   * that counts until they are).
+   */
+  recover?: number
 }
 
 export interface CreateRaid1Options extends AssembleRaid1Options {
@@ -331,11 +340,14 @@ async function start(
     resync: options.resync ?? {},
     afterStop: recordStop,
   })
-  const { members: _members, bitmapClearDelayMs: _delay, resync: _resync, ...geometry } = options
-  const deviceOptions: DeviceOptions = { ...pickGeometry(geometry), size: superblock.size, target: mirror }
+  const { members: _members, bitmapClearDelayMs: _delay, resync: _resync, recover, ...geometry } = options
   let device: Device
   try {
-    device = await createDevice(deviceOptions)
+    if (recover === undefined) {
+      device = await createDevice({ ...pickGeometry(geometry), size: superblock.size, target: mirror })
+    } else {
+      device = await recoverArrayDevice(recover, superblock, mirror, options.ioTimeoutMs)
+    }
   } catch (err) {
     throw toUblkError(err)
   }
@@ -343,8 +355,17 @@ async function start(
   return new Raid1Array(device, mirror)
 }
 
+/** The array's device, taken over from its dead server; it must be the array's size. */
+async function recoverArrayDevice(id: number, sb: Superblock, mirror: Mirror, ioTimeoutMs: number | undefined): Promise<Device> {
+  const info = await deviceInfo(id)
+  if (info.size !== sb.size) {
+    throw new UblkError('EINVAL', `ublk device ${id} holds ${info.size} bytes, the array ${sb.uuid} ${sb.size}: not this array's device`)
+  }
+  return recoverDevice(id, { target: mirror, ...(ioTimeoutMs !== undefined ? { ioTimeoutMs } : {}) })
+}
+
 function pickGeometry(o: Record<string, unknown>): DeviceGeometry {
-  const { id, queues, depth, maxIoBytes, logicalBlockSize, ioTimeoutMs, zeroCopy } = o as DeviceGeometry
+  const { id, queues, depth, maxIoBytes, logicalBlockSize, ioTimeoutMs, zeroCopy, recovery } = o as DeviceGeometry
   const out: DeviceGeometry = {}
   if (id !== undefined) out.id = id
   if (queues !== undefined) out.queues = queues
@@ -353,6 +374,7 @@ function pickGeometry(o: Record<string, unknown>): DeviceGeometry {
   if (logicalBlockSize !== undefined) out.logicalBlockSize = logicalBlockSize
   if (ioTimeoutMs !== undefined) out.ioTimeoutMs = ioTimeoutMs
   if (zeroCopy !== undefined) out.zeroCopy = zeroCopy
+  if (recovery !== undefined) out.recovery = recovery
   return out
 }
 

@@ -3,6 +3,7 @@
 import { SingleBar } from 'cli-progress'
 import type { Command } from 'commander'
 
+import type { Recovery } from '../device.js'
 import { formatSize } from '../size.js'
 import { assembleRaid1, createRaid1, type Raid1Array, type Raid1Status } from './array.js'
 import { request, serveControl } from './control.js'
@@ -16,6 +17,8 @@ interface ServeOptions {
   queues: number
   depth: number
   zeroCopy: boolean
+  recovery: Recovery
+  recover?: number
 }
 
 function summary(s: Raid1Status): string {
@@ -80,13 +83,21 @@ async function serve(md: Raid1Array): Promise<void> {
   console.log(`${md.path} stopped cleanly`)
 }
 
-export function addRaid1Commands(cli: Command, parseSize: (s: string) => number, parseCount: (s: string) => number): void {
+export interface Parsers {
+  size: (s: string) => number
+  count: (s: string) => number
+  recovery: (s: string) => Recovery
+}
+
+export function addRaid1Commands(cli: Command, parse: Parsers): void {
+  const { size: parseSize, count: parseCount } = parse
   const raid1 = cli.command('raid1').description('RAID1 mirrors served by a TypeScript target')
   const geometry = (c: Command) =>
     c
       .option('-q, --queues <n>', 'hardware queues', parseCount, 1)
       .option('-d, --depth <n>', 'IOs in flight per queue', parseCount, 128)
       .option('--no-zero-copy', 'copy IO data through user space even where the kernel has zero copy')
+      .option('--recovery <mode>', "when this process dies: none (the device dies too) or reissue (it waits for 'raid1 assemble --recover')", parse.recovery, 'none')
   geometry(
     raid1
       .command('create')
@@ -104,6 +115,7 @@ export function addRaid1Commands(cli: Command, parseSize: (s: string) => number,
         queues: o.queues,
         depth: o.depth,
         zeroCopy: o.zeroCopy,
+        recovery: o.recovery,
         bitmap: o.bitmap,
         ...(o.chunk !== undefined ? { chunkSize: o.chunk } : {}),
         ...(o.size !== undefined ? { size: o.size } : {}),
@@ -116,9 +128,11 @@ export function addRaid1Commands(cli: Command, parseSize: (s: string) => number,
     raid1
       .command('assemble')
       .description('assemble an existing array and serve it in the foreground (resyncs what needs it)')
-      .argument('<members...>', 'member files or block devices'),
+      .argument('<members...>', 'member files or block devices')
+      .option('--recover <id>', 'take over device <id>, whose server died, instead of adding a new one', parseCount),
   ).action(async (members: string[], o: ServeOptions) => {
-    await serve(await assembleRaid1({ members, queues: o.queues, depth: o.depth, zeroCopy: o.zeroCopy }))
+    const recover = o.recover !== undefined ? { recover: o.recover } : {}
+    await serve(await assembleRaid1({ members, queues: o.queues, depth: o.depth, zeroCopy: o.zeroCopy, recovery: o.recovery, ...recover }))
   })
   raid1
     .command('status')
