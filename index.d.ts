@@ -244,3 +244,11 @@ export declare function startBridgedDevice(bridge: NativeBridge): Promise<Native
  * handlers: `process.exit()` skips the environment cleanup hooks.
  */
 export declare function stopAllDevices(): void
+
+/**
+ * Waits while device `id` is served, until its server dies and the
+ * kernel holds it for a new one, for at most `timeoutMs` (default: for
+ * ever); resolves with its info. A device that cannot be recovered is
+ * refused at once. Holds a thread of the libuv pool while it waits.
+ */
+export declare function waitRecoverable(id: number, timeoutMs?: number | undefined | null): Promise<DeviceInfo>

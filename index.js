@@ -849,3 +849,4 @@ module.exports.runSyntheticBridge = nativeBinding.runSyntheticBridge
 module.exports.setLogHandler = nativeBinding.setLogHandler
 module.exports.startBridgedDevice = nativeBinding.startBridgedDevice
 module.exports.stopAllDevices = nativeBinding.stopAllDevices
+module.exports.waitRecoverable = nativeBinding.waitRecoverable

@@ -76,8 +76,9 @@ async function add(kind: string, opts: AddOptions): Promise<void> {
   await serveUntilSignal(dev, `${opts.ts ? 'TypeScript' : 'Rust'} ${kind}`)
 }
 
-async function recover(id: number, kind: string, opts: { path?: string; ts?: boolean }): Promise<void> {
-  const dev = await recoverDevice(id, targetOf(kind, opts))
+async function recover(id: number, kind: string, opts: { path?: string; ts?: boolean; standby?: boolean }): Promise<void> {
+  if (opts.standby) console.log(`standing by for /dev/ublkb${id}: taking it over when its server dies`)
+  const dev = await recoverDevice(id, { ...targetOf(kind, opts), standby: opts.standby === true })
   await serveUntilSignal(dev, `recovered, ${opts.ts ? 'TypeScript' : 'Rust'} ${kind}`)
 }
 
@@ -116,6 +117,7 @@ export function program(): Command {
     .argument('<target>', 'null or loop, like the server that died')
     .option('-p, --path <file>', 'backing file or block device (loop)')
     .option('--ts', 'serve with the TypeScript target instead of the Rust one')
+    .option('--standby', 'wait while the device is still served, and take it over the moment its server dies')
     .action(recover)
   cli
     .command('list')

@@ -60,6 +60,12 @@ export interface RecoverOptions {
   path?: string
   /** TypeScript targets: fail an IO not completed within this many ms (default 30000; 0: never). */
   ioTimeoutMs?: number
+  /**
+   * Wait as a standby while the device is still served, and take it over
+   * the moment its server dies (see `waitRecoverable`). Without it, a
+   * device still served is refused with EBUSY.
+   */
+  standby?: boolean
 }
 
 interface Served {
@@ -234,7 +240,7 @@ export async function recoverDevice(id: number, options: RecoverOptions): Promis
   if (typeof options !== 'object' || options === null) {
     throw new UblkError('EINVAL', 'recoverDevice needs an options object with a target')
   }
-  const info = await deviceInfo(id)
+  const info = options.standby ? await waitRecoverable(id) : await deviceInfo(id)
   const geometry = {
     id,
     size: info.size,
@@ -255,6 +261,17 @@ export async function recoverDevice(id: number, options: RecoverOptions): Promis
   }
   const nativeDevice = await native(() => binding.recoverDevice({ ...geometry, target, path }))
   return new Device(nativeDevice)
+}
+
+/**
+ * Waits while device `id` is served, until its server dies and the kernel
+ * holds the device for a new one (then `recoverDevice` takes it over at
+ * once); for at most `timeoutMs` (default: for ever), else ETIMEDOUT. A
+ * device added without recovery is refused at once with EINVAL. While it
+ * waits, it holds one thread of Node's libuv pool.
+ */
+export function waitRecoverable(id: number, options: { timeoutMs?: number } = {}): Promise<DeviceInfo> {
+  return native(() => binding.waitRecoverable(id, options.timeoutMs))
 }
 
 /** Every ublk device on this machine, whoever serves it. */

@@ -6,6 +6,7 @@ export {
   kernelFeatures,
   listDevices,
   recoverDevice,
+  waitRecoverable,
 } from './device.js'
 export type { BuiltinTarget, DeviceInfo, DeviceOptions, KernelFeatures, RecoverOptions, Recovery } from './device.js'
 export { UblkError } from './errors.js'

@@ -1,5 +1,5 @@
 // RAID1 arrays as users see them: create, assemble, status, fail, add, stop.
-import { createDevice, deviceInfo, recoverDevice, type Device, type DeviceOptions } from '../device.js'
+import { createDevice, deviceInfo, recoverDevice, waitRecoverable, type Device, type DeviceOptions } from '../device.js'
 import { toUblkError, UblkError } from '../errors.js'
 import { parseSize } from '../size.js'
 import type { Member, MemberStatus } from './mirror.js'
@@ -32,6 +32,8 @@ export interface AssembleRaid1Options extends DeviceGeometry {
    * that counts until they are).
    */
   recover?: number
+  /** With `recover`: wait while the device is still served, and assemble once its server died. */
+  standby?: boolean
 }
 
 export interface CreateRaid1Options extends AssembleRaid1Options {
@@ -277,6 +279,8 @@ export async function createRaid1(options: CreateRaid1Options): Promise<Raid1Arr
 export async function assembleRaid1(options: AssembleRaid1Options): Promise<Raid1Array> {
   if (typeof options !== 'object' || options === null) throw new UblkError('EINVAL', 'assembleRaid1 needs options')
   const paths = checkMemberList(options.members, 1)
+  // A standby reads the members only once their last writer is gone.
+  if (options.recover !== undefined && options.standby) await waitRecoverable(options.recover)
   const found = await Promise.all(paths.map(async (path) => ({ path, sb: await readSuperblock(path) })))
   const fresh = found.reduce((a, b) => (b.sb.events > a.sb.events ? b : a))
   for (const { path, sb } of found) {
@@ -340,7 +344,7 @@ async function start(
     resync: options.resync ?? {},
     afterStop: recordStop,
   })
-  const { members: _members, bitmapClearDelayMs: _delay, resync: _resync, recover, ...geometry } = options
+  const { members: _members, bitmapClearDelayMs: _delay, resync: _resync, recover, standby: _standby, ...geometry } = options
   let device: Device
   try {
     if (recover === undefined) {

@@ -1,11 +1,11 @@
 // `ublk-ts raid1 ...`: create or assemble an array and serve it in the
 // foreground; status, fail, add and stop talk to that process.
-import { SingleBar } from 'cli-progress'
 import type { Command } from 'commander'
 
 import type { Recovery } from '../device.js'
+import { UblkError } from '../errors.js'
 import { formatSize } from '../size.js'
-import { assembleRaid1, createRaid1, type Raid1Array, type Raid1Status } from './array.js'
+import type { Raid1Array, Raid1Status } from './array.js'
 import { request, serveControl } from './control.js'
 
 interface ServeOptions {
@@ -19,6 +19,7 @@ interface ServeOptions {
   zeroCopy: boolean
   recovery: Recovery
   recover?: number
+  standby?: boolean
 }
 
 function summary(s: Raid1Status): string {
@@ -34,6 +35,8 @@ function summary(s: Raid1Status): string {
 
 /** A progress bar that follows resyncs, fed by `poll` every 250 ms until `done` says stop. */
 async function followResync(poll: () => Promise<Raid1Status> | Raid1Status, done: (s: Raid1Status) => boolean): Promise<void> {
+  // Loaded when needed: every process start of the CLI would pay for it.
+  const { SingleBar } = await import('cli-progress')
   const bar = new SingleBar({
     format: 'resync ({kind}) [{bar}] {percentage}% | {value}/{total} chunks | {copied}',
     hideCursor: true,
@@ -109,6 +112,7 @@ export function addRaid1Commands(cli: Command, parse: Parsers): void {
       .option('--assume-clean', 'block-device members already hold the same data: no initial sync')
       .option('--force', 'overwrite members that belong to another array'),
   ).action(async (members: string[], o: ServeOptions) => {
+    const { createRaid1 } = await import('./array.js')
     await serve(
       await createRaid1({
         members,
@@ -129,9 +133,13 @@ export function addRaid1Commands(cli: Command, parse: Parsers): void {
       .command('assemble')
       .description('assemble an existing array and serve it in the foreground (resyncs what needs it)')
       .argument('<members...>', 'member files or block devices')
-      .option('--recover <id>', 'take over device <id>, whose server died, instead of adding a new one', parseCount),
+      .option('--recover <id>', 'take over device <id>, whose server died, instead of adding a new one', parseCount)
+      .option('--standby', 'with --recover: wait while the device is still served, and take it over when its server dies'),
   ).action(async (members: string[], o: ServeOptions) => {
-    const recover = o.recover !== undefined ? { recover: o.recover } : {}
+    if (o.standby && o.recover === undefined) throw new UblkError('EINVAL', '--standby goes with --recover <id>')
+    if (o.standby) console.log(`standing by for /dev/ublkb${o.recover}: taking it over when its server dies`)
+    const recover = o.recover !== undefined ? { recover: o.recover, standby: o.standby === true } : {}
+    const { assembleRaid1 } = await import('./array.js')
     await serve(await assembleRaid1({ members, queues: o.queues, depth: o.depth, zeroCopy: o.zeroCopy, recovery: o.recovery, ...recover }))
   })
   raid1

@@ -53,7 +53,7 @@ pub(crate) fn take_over(opts: &DeviceOptions, runtime: &dyn Serve) -> Result<Ubl
         .id
         .ok_or_else(|| Error::invalid("recovering a device needs its id"))?;
     let deadline = Instant::now() + TAKE_OVER_TIMEOUT;
-    let info = wait_recoverable(id, deadline)?;
+    let info = wait(id, Some(deadline), false)?;
     check_same_device(&info, opts)?;
     let known = (sys::UBLK_F_USER_RECOVERY
         | sys::UBLK_F_USER_RECOVERY_REISSUE
@@ -97,9 +97,21 @@ pub(crate) fn take_over(opts: &DeviceOptions, runtime: &dyn Serve) -> Result<Ubl
     }
 }
 
+/// Waits while device `id` is served, until its server dies and the kernel
+/// holds it for a new one (for at most `timeout`, or for ever): what a
+/// standby process does before it takes the device over. A device that
+/// cannot be recovered (added without recovery, or not started) is
+/// refused at once.
+pub fn wait_recoverable(id: u32, timeout: Option<Duration>) -> Result<DeviceInfo> {
+    crate::options::check_device_id(id)?;
+    wait(id, timeout.map(|t| Instant::now() + t), true)
+}
+
 /// The device once the kernel holds it for a new server: quiesced (or
-/// failing IO) and its old server's char device released.
-fn wait_recoverable(id: u32, deadline: Instant) -> Result<DeviceInfo> {
+/// failing IO) and its old server's char device released. A device still
+/// served is EBUSY, unless `standby`.
+fn wait(id: u32, deadline: Option<Instant>, standby: bool) -> Result<DeviceInfo> {
+    let started = Instant::now();
     loop {
         let info = device_info(id)?;
         if Recovery::of_flags(info.flags) == Recovery::None {
@@ -109,7 +121,7 @@ fn wait_recoverable(id: u32, deadline: Instant) -> Result<DeviceInfo> {
         }
         match info.state {
             DeviceState::Quiesced | DeviceState::FailIo if !info.server_alive => return Ok(info),
-            DeviceState::Live if info.server_alive => {
+            DeviceState::Live if info.server_alive && !standby => {
                 return Err(Error::new(
                     libc::EBUSY,
                     format!(
@@ -126,17 +138,64 @@ fn wait_recoverable(id: u32, deadline: Instant) -> Result<DeviceInfo> {
             // The old server is still on its way out.
             _ => {}
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
             return Err(Error::new(
                 libc::ETIMEDOUT,
                 format!(
-                    "ublk device {id} did not become recoverable within {TAKE_OVER_TIMEOUT:?} (state {}, server {})",
+                    "ublk device {id} did not become recoverable within {:?} (state {}, server {})",
+                    started.elapsed(),
                     info.state.name(),
-                    if info.server_alive { "still holding it" } else { "gone" }
+                    if info.server_alive {
+                        "still holding it"
+                    } else {
+                        "gone"
+                    }
                 ),
             ));
         }
-        std::thread::sleep(POLL);
+        if info.state == DeviceState::Live && info.server_alive {
+            // A standby sleeps until the server exits, rather than polling
+            // the device for as long as it is served.
+            let until = deadline.map_or(STANDBY_RECHECK, |d| (d - now).min(STANDBY_RECHECK));
+            wait_for_exit(info.server_pid, until);
+        } else {
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+/// A standby checks the device again at least this often, in case it is
+/// served by another process than the one it waits for.
+const STANDBY_RECHECK: Duration = Duration::from_secs(1);
+
+/// Sleeps until process `pid` exits, or for `timeout` at most.
+fn wait_for_exit(pid: i32, timeout: Duration) {
+    let fd = if pid > 0 {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or
+        // -1; no memory is shared with the kernel.
+        unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32 }
+    } else {
+        -1
+    };
+    if fd < 0 {
+        std::thread::sleep(POLL.max(timeout.min(Duration::from_millis(100))));
+        return;
+    }
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid pollfd that lives across the call, and
+    // `fd` is the pidfd opened above, closed once here afterwards.
+    unsafe {
+        libc::poll(
+            &mut pfd,
+            1,
+            timeout.as_millis().min(i32::MAX as u128) as i32,
+        );
+        libc::close(fd);
     }
 }
 

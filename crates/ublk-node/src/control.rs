@@ -6,7 +6,7 @@ use napi_derive::napi;
 
 use crate::errors::{guard, to_napi};
 use crate::info::{DeviceInfo, KernelFeatures};
-use ublk_core::js_numbers::u32_arg;
+use ublk_core::js_numbers::{integer, u32_arg};
 
 pub struct ListDevices;
 
@@ -31,8 +31,17 @@ pub fn list_devices() -> AsyncTask<ListDevices> {
     AsyncTask::new(ListDevices)
 }
 
+type InfoQuery = Box<dyn FnOnce() -> ublk_core::Result<ublk_core::DeviceInfo> + Send>;
+
+/// A question about one device, answered off the JavaScript thread.
 pub struct ReadDeviceInfo {
-    id: Result<u32, napi::Error>,
+    query: Option<napi::Result<InfoQuery>>,
+}
+
+impl ReadDeviceInfo {
+    fn task(query: napi::Result<InfoQuery>) -> AsyncTask<ReadDeviceInfo> {
+        AsyncTask::new(ReadDeviceInfo { query: Some(query) })
+    }
 }
 
 impl Task for ReadDeviceInfo {
@@ -41,8 +50,8 @@ impl Task for ReadDeviceInfo {
 
     fn compute(&mut self) -> napi::Result<Self::Output> {
         guard("read device info", || {
-            let id = std::mem::replace(&mut self.id, Ok(0))?;
-            ublk_core::control::device_info(id).map_err(to_napi)
+            let query = self.query.take().expect("compute runs once")?;
+            query().map_err(to_napi)
         })
     }
 
@@ -54,9 +63,32 @@ impl Task for ReadDeviceInfo {
 /// One device's info, read from the kernel.
 #[napi(ts_return_type = "Promise<DeviceInfo>")]
 pub fn device_info(id: f64) -> AsyncTask<ReadDeviceInfo> {
-    AsyncTask::new(ReadDeviceInfo {
-        id: u32_arg("id", id).map_err(to_napi),
-    })
+    ReadDeviceInfo::task(
+        u32_arg("id", id)
+            .map(|id| -> InfoQuery { Box::new(move || ublk_core::control::device_info(id)) })
+            .map_err(to_napi),
+    )
+}
+
+/// Waits while device `id` is served, until its server dies and the
+/// kernel holds it for a new one, for at most `timeoutMs` (default: for
+/// ever); resolves with its info. A device that cannot be recovered is
+/// refused at once. Holds a thread of the libuv pool while it waits.
+#[napi(ts_return_type = "Promise<DeviceInfo>")]
+pub fn wait_recoverable(id: f64, timeout_ms: Option<f64>) -> AsyncTask<ReadDeviceInfo> {
+    let args = u32_arg("id", id).and_then(|id| {
+        let timeout = timeout_ms
+            .map(|ms| integer("timeoutMs", ms, u32::MAX as u64))
+            .transpose()?
+            .map(std::time::Duration::from_millis);
+        Ok((id, timeout))
+    });
+    ReadDeviceInfo::task(
+        args.map(|(id, timeout)| -> InfoQuery {
+            Box::new(move || ublk_core::wait_recoverable(id, timeout))
+        })
+        .map_err(to_napi),
+    )
 }
 
 pub struct DeleteDevice {
