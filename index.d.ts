@@ -74,6 +74,11 @@ export declare class NativeDevice {
    * again resolves at once.
    */
   stop(): Promise<void>
+  /**
+   * Stops serving the device without stopping it, for a process waiting
+   * to recover it to take over (a live upgrade). Recovery devices only.
+   */
+  handOver(): Promise<void>
 }
 
 /**

@@ -14,6 +14,7 @@ import {
   type Recovery,
 } from './device.js'
 import { UblkError } from './errors.js'
+import { askForHandOver, untilStopOrHandOver } from './handover.js'
 import { addRaid1Commands } from './raid1/cli.js'
 import { parseSize as parseSizeOf } from './size.js'
 import { loopTarget, nullTarget } from './targets/index.js'
@@ -76,9 +77,19 @@ async function add(kind: string, opts: AddOptions): Promise<void> {
   await serveUntilSignal(dev, `${opts.ts ? 'TypeScript' : 'Rust'} ${kind}`)
 }
 
-async function recover(id: number, kind: string, opts: { path?: string; ts?: boolean; standby?: boolean }): Promise<void> {
+interface RecoverCliOptions {
+  path?: string
+  ts?: boolean
+  standby?: boolean
+  takeOver?: boolean
+}
+
+async function recover(id: number, kind: string, opts: RecoverCliOptions): Promise<void> {
+  const target = targetOf(kind, opts)
+  const handOver = opts.takeOver ? await askForHandOver(id) : undefined
   if (opts.standby) console.log(`standing by for /dev/ublkb${id}: taking it over when its server dies`)
-  const dev = await recoverDevice(id, { ...targetOf(kind, opts), standby: opts.standby === true })
+  const dev = await recoverDevice(id, { ...target, standby: opts.standby === true || handOver !== undefined })
+  if (handOver) console.log(`took /dev/ublkb${id} over from pid ${handOver.pid}: its IO waited at most ${Date.now() - handOver.at} ms`)
   await serveUntilSignal(dev, `recovered, ${opts.ts ? 'TypeScript' : 'Rust'} ${kind}`)
 }
 
@@ -87,10 +98,11 @@ async function serveUntilSignal(dev: Device, what: string): Promise<void> {
   const path = info.zeroCopy ? 'zero copy' : 'copy path'
   const recovery = info.recovery === 'none' ? '' : `, recovery ${info.recovery}`
   console.log(`serving ${dev.path} (${what}, ${path}${recovery}); Ctrl-C or SIGTERM to stop`)
-  await new Promise<void>((resolve) => {
-    process.once('SIGINT', resolve)
-    process.once('SIGTERM', resolve)
-  })
+  if ((await untilStopOrHandOver()) === 'hand-over') {
+    await dev.handOver()
+    console.log(`${dev.path} handed over`)
+    return
+  }
   await dev.stop()
   console.log(`${dev.path} removed`)
 }
@@ -118,7 +130,16 @@ export function program(): Command {
     .option('-p, --path <file>', 'backing file or block device (loop)')
     .option('--ts', 'serve with the TypeScript target instead of the Rust one')
     .option('--standby', 'wait while the device is still served, and take it over the moment its server dies')
+    .option('--take-over', 'ask the running server to hand the device over, and take it over (a live upgrade)')
     .action(recover)
+  cli
+    .command('upgrade')
+    .description('a live upgrade: take a device over from the process serving it (added with --recovery reissue), with no IO failing')
+    .argument('<id>', 'device id', parseCount)
+    .argument('<target>', 'null or loop')
+    .option('-p, --path <file>', 'backing file or block device (loop)')
+    .option('--ts', 'serve with the TypeScript target instead of the Rust one')
+    .action((id: number, kind: string, opts: RecoverCliOptions) => recover(id, kind, { ...opts, takeOver: true }))
   cli
     .command('list')
     .description('list every ublk device')

@@ -2,7 +2,7 @@ import binding = require('./binding.js')
 import type { Dispatcher } from './dispatch/index.js'
 import { native, UblkError } from './errors.js'
 import { serve } from './served.js'
-import type { Target } from './target.js'
+import type { CloseReason, Target } from './target.js'
 
 import type { DeviceInfo, KernelFeatures, NativeDevice } from '../index.js'
 
@@ -161,15 +161,35 @@ export class Device {
   }
 
   /**
+   * A live upgrade: stops serving the device without stopping it, so that
+   * a process waiting for it (`recoverDevice(id, { standby: true })`,
+   * `ublk-ts upgrade`) takes it over. The kernel holds the device's IO
+   * meanwhile and reissues to the new server what this one had not
+   * completed: no IO fails. Only for a device created with `recovery:
+   * 'reissue'` (EINVAL otherwise); afterwards this object is stopped.
+   */
+  handOver(): Promise<void> {
+    if (this.#stopping) return Promise.reject(new UblkError('EALREADY', `ublk device ${this.id} is already stopping`))
+    const handing = (async () => {
+      await native(() => this.#native.handOver())
+      await this.afterStop('handed-over')
+    })()
+    // A refused hand-over leaves the device served, and stoppable.
+    this.#stopping = handing.catch(() => {})
+    handing.catch(() => (this.#stopping = undefined))
+    return handing
+  }
+
+  /**
    * @internal Runs once the device stopped, however it was stopped (by
    * `stop()`, or by `deleteDevice(id)` from anywhere in this process):
    * fails what the target still holds and closes the target.
    */
-  afterStop(): Promise<void> {
+  afterStop(how: CloseReason = 'stopped'): Promise<void> {
     this.#closed ??= (async () => {
       clearInterval(this.#keepAlive)
       this.#served?.dispatcher.shutdown()
-      await this.#served?.target.close?.()
+      await this.#served?.target.close?.(how)
     })()
     return this.#closed
   }

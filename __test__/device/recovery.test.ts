@@ -200,3 +200,49 @@ test.serial('recovery refuses: a device without it (EINVAL), one still served (E
     unlinkSync(file)
   }
 })
+
+interface FioLatencyJson {
+  jobs: Array<{ error: number; write: { total_ios: number; clat_ns: { max: number } }; read: { total_ios: number; clat_ns: { max: number } } }>
+}
+
+for (const [name, add, upgrade] of [
+  ['TypeScript loop', (f: string[]) => ['add', 'loop', '--ts', '--path', f[0]!, '--recovery', 'reissue'], (id: number, f: string[]) => ['upgrade', String(id), 'loop', '--ts', '--path', f[0]!]],
+  [
+    'RAID1',
+    (f: string[]) => ['raid1', 'create', ...f, '--chunk', '64k', '--recovery', 'reissue'],
+    (id: number, f: string[]) => ['raid1', 'assemble', ...f, '--recover', String(id), '--take-over'],
+  ],
+] as const) {
+  test.serial(`live upgrade of the ${name} under fio verify: 3 hand-overs, no IO error, the longest stall printed`, async (t) => {
+    const files = (name === 'RAID1' ? [0, 1] : [0]).map((i) => scratchFile(`upgrade-${name.length}-${i}`, 72 * MiB))
+    let server = serve(...add(files))
+    const dev = await server.path
+    const id = Number(dev.replace('/dev/ublkb', ''))
+    const job = sh('fio', [
+      '--name=upgrade', `--filename=${dev}`, '--ioengine=io_uring', '--direct=1', '--rw=randwrite', '--bs=4k', '--iodepth=16',
+      '--rate_iops=1000', '--size=24M', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--output-format=json',
+    ], 300_000)
+    const stalls: string[] = []
+    await until(() => inFlight(dev) > 0, 'fio has IO in flight', 60_000)
+    for (let i = 0; i < 3; i++) {
+      const next = serve(...upgrade(id, files))
+      t.is(await next.path, dev)
+      t.is(await server.exited, 0, server.output())
+      t.regex(server.output(), /handed over/)
+      stalls.push(/waited at most (\d+ ms)/.exec(next.output())?.[1] ?? '?')
+      server = next
+    }
+    const r = await job
+    t.is(r.code, 0, r.stderr)
+    const out = JSON.parse(r.stdout.slice(r.stdout.indexOf('{'))) as FioLatencyJson
+    const fioJob = out.jobs[0]!
+    t.is(fioJob.error, 0, 'no IO error reached fio, and every block verified')
+    t.true(fioJob.write.total_ios > 0 && fioJob.read.total_ios > 0)
+    const longest = Math.max(fioJob.write.clat_ns.max, fioJob.read.clat_ns.max) / 1e6
+    t.log(`3 live upgrades: hand-over to serving ${stalls.join(', ')}; the longest IO fio saw took ${longest.toFixed(0)} ms`)
+    server.child.kill('SIGTERM')
+    t.is(await server.exited, 0, server.output())
+    await until(() => deviceGone(id), 'the device is gone after SIGTERM')
+    for (const f of files) unlinkSync(f)
+  })
+}

@@ -6,6 +6,7 @@ import type { Recovery } from '../device.js'
 import { UblkError } from '../errors.js'
 import { formatSize } from '../size.js'
 import type { Raid1Array, Raid1Status } from './array.js'
+import { askForHandOver, untilStopOrHandOver } from '../handover.js'
 import { request, serveControl } from './control.js'
 
 interface ServeOptions {
@@ -20,6 +21,7 @@ interface ServeOptions {
   recovery: Recovery
   recover?: number
   standby?: boolean
+  takeOver?: boolean
 }
 
 function summary(s: Raid1Status): string {
@@ -71,8 +73,11 @@ async function serve(md: Raid1Array): Promise<void> {
   const stopped = new Promise<void>((resolve) => (stop = resolve))
   const control = serveControl(md, stop)
   console.log(`serving ${md.path} (RAID1 ${md.status().state}); Ctrl-C, SIGTERM or \`ublk-ts raid1 stop ${md.id}\` to stop`)
-  process.once('SIGINT', stop)
-  process.once('SIGTERM', stop)
+  let handOver = false
+  void untilStopOrHandOver().then((how) => {
+    handOver = how === 'hand-over'
+    stop()
+  })
   let finished = false
   const progress = followResync(
     () => md.status(),
@@ -82,6 +87,11 @@ async function serve(md: Raid1Array): Promise<void> {
   finished = true
   await progress
   control.close()
+  if (handOver) {
+    await md.handOver()
+    console.log(`${md.path} handed over`)
+    return
+  }
   await md.stop()
   console.log(`${md.path} stopped cleanly`)
 }
@@ -134,13 +144,17 @@ export function addRaid1Commands(cli: Command, parse: Parsers): void {
       .description('assemble an existing array and serve it in the foreground (resyncs what needs it)')
       .argument('<members...>', 'member files or block devices')
       .option('--recover <id>', 'take over device <id>, whose server died, instead of adding a new one', parseCount)
-      .option('--standby', 'with --recover: wait while the device is still served, and take it over when its server dies'),
+      .option('--standby', 'with --recover: wait while the device is still served, and take it over when its server dies')
+      .option('--take-over', 'with --recover: ask the running server to hand the array over, and take it over (a live upgrade)'),
   ).action(async (members: string[], o: ServeOptions) => {
-    if (o.standby && o.recover === undefined) throw new UblkError('EINVAL', '--standby goes with --recover <id>')
-    if (o.standby) console.log(`standing by for /dev/ublkb${o.recover}: taking it over when its server dies`)
-    const recover = o.recover !== undefined ? { recover: o.recover, standby: o.standby === true } : {}
+    if ((o.standby || o.takeOver) && o.recover === undefined) throw new UblkError('EINVAL', '--standby and --take-over go with --recover <id>')
     const { assembleRaid1 } = await import('./array.js')
-    await serve(await assembleRaid1({ members, queues: o.queues, depth: o.depth, zeroCopy: o.zeroCopy, recovery: o.recovery, ...recover }))
+    const handOver = o.takeOver ? await askForHandOver(o.recover!) : undefined
+    if (o.standby) console.log(`standing by for /dev/ublkb${o.recover}: taking it over when its server dies`)
+    const recover = o.recover !== undefined ? { recover: o.recover, standby: o.standby === true || handOver !== undefined } : {}
+    const md = await assembleRaid1({ members, queues: o.queues, depth: o.depth, zeroCopy: o.zeroCopy, recovery: o.recovery, ...recover })
+    if (handOver) console.log(`took /dev/ublkb${md.id} over from pid ${handOver.pid}: its IO waited at most ${Date.now() - handOver.at} ms`)
+    await serve(md)
   })
   raid1
     .command('status')

@@ -192,9 +192,61 @@ impl Device {
     pub fn stop(&self) -> Result<()> {
         self.inner.stop()
     }
+
+    /// Stops serving the device without stopping it, for another process
+    /// to take over ([`Device::recover`], in a standby): a live upgrade.
+    /// The kernel holds the device's IO until then, and reissues to the
+    /// new server the IOs this one had not completed, so none fails. Only
+    /// for a device added with recovery; afterwards this handle is stopped.
+    pub fn hand_over(&self) -> Result<()> {
+        self.inner.hand_over()
+    }
 }
 
 impl Inner {
+    fn unregister(&self) {
+        let mut served = SERVED.lock().unwrap();
+        let ours = served
+            .get(&self.id)
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), self));
+        if ours {
+            served.remove(&self.id);
+        }
+    }
+
+    fn hand_over(&self) -> Result<()> {
+        let mut running = self.running.lock().unwrap();
+        if running.is_none() {
+            return Err(Error::new(
+                libc::ENODEV,
+                format!("ublk device {} was stopped", self.id),
+            ));
+        }
+        if crate::Recovery::of_flags(self.ctrl.dev_info().flags) == crate::Recovery::None {
+            return Err(Error::invalid(format!(
+                "ublk device {} was added without recovery: no other process could take it over",
+                self.id
+            )));
+        }
+        let run = running.take().expect("checked above");
+        self.unregister();
+        // Dropping the control must not delete the device it hands over.
+        self.ctrl.disown();
+        // The queues leave at once, with what their target holds left
+        // unanswered: when the last of them has closed the char device,
+        // the kernel quiesces the device and keeps those IOs for the next
+        // server.
+        for control in &run.controls {
+            control.stopping();
+            control.abort();
+        }
+        for handle in run.queues {
+            let _ = handle.join();
+        }
+        run.runtime.stopped();
+        Ok(())
+    }
+
     fn stop(&self) -> Result<()> {
         // Stopping sends control commands from whatever thread calls it.
         ensure_control_ring()?;
@@ -203,15 +255,7 @@ impl Inner {
         let Some(run) = running.take() else {
             return Ok(());
         };
-        {
-            let mut served = SERVED.lock().unwrap();
-            let ours = served
-                .get(&self.id)
-                .is_some_and(|w| std::ptr::eq(w.as_ptr(), self));
-            if ours {
-                served.remove(&self.id);
-            }
-        }
+        self.unregister();
         for control in &run.controls {
             control.stopping();
         }

@@ -165,9 +165,9 @@ fn wait(id: u32, deadline: Option<Instant>, standby: bool) -> Result<DeviceInfo>
     }
 }
 
-/// A standby checks the device again at least this often, in case it is
-/// served by another process than the one it waits for.
-const STANDBY_RECHECK: Duration = Duration::from_secs(1);
+/// A standby checks the device again at least this often: its server may
+/// hand it over and live on, or be another process than the one named.
+const STANDBY_RECHECK: Duration = Duration::from_millis(250);
 
 /// Sleeps until process `pid` exits, or for `timeout` at most.
 fn wait_for_exit(pid: i32, timeout: Duration) {

@@ -238,7 +238,14 @@ impl NativeDevice {
     /// again resolves at once.
     #[napi(ts_return_type = "Promise<void>")]
     pub fn stop(&self) -> AsyncTask<StopDevice> {
-        AsyncTask::new(StopDevice(self.device.clone()))
+        AsyncTask::new(StopDevice(self.device.clone(), Device::stop))
+    }
+
+    /// Stops serving the device without stopping it, for a process waiting
+    /// to recover it to take over (a live upgrade). Recovery devices only.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn hand_over(&self) -> AsyncTask<StopDevice> {
+        AsyncTask::new(StopDevice(self.device.clone(), Device::hand_over))
     }
 }
 
@@ -257,14 +264,15 @@ impl Task for OwnedDeviceInfo {
     }
 }
 
-pub struct StopDevice(Device);
+/// Stops serving a device: `Device::stop`, or `Device::hand_over`.
+pub struct StopDevice(Device, fn(&Device) -> ublk_core::Result<()>);
 
 impl Task for StopDevice {
     type Output = ();
     type JsValue = ();
 
     fn compute(&mut self) -> napi::Result<()> {
-        guard("stop device", || self.0.stop().map_err(to_napi))
+        guard("stop device", || (self.1)(&self.0).map_err(to_napi))
     }
 
     fn resolve(&mut self, _: Env, _: ()) -> napi::Result<()> {
