@@ -79,6 +79,12 @@ export declare class NativeDevice {
    * to recover it to take over (a live upgrade). Recovery devices only.
    */
   handOver(): Promise<void>
+  /**
+   * For a process about to exit: leaves the device to the kernel, not
+   * stopped or deleted by this process (a recovery device then waits
+   * for its next server, as after a crash).
+   */
+  abandon(): void
 }
 
 /**

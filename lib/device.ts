@@ -166,7 +166,10 @@ export class Device {
    * `ublk-ts upgrade`) takes it over. The kernel holds the device's IO
    * meanwhile and reissues to the new server what this one had not
    * completed: no IO fails. Only for a device created with `recovery:
-   * 'reissue'` (EINVAL otherwise); afterwards this object is stopped.
+   * 'reissue'` (EINVAL otherwise), and on Linux 6.16 or newer: older
+   * kernels let go of a device's queues only when the process exits
+   * (EOPNOTSUPP; `abandon()` and exit instead). Afterwards this object is
+   * stopped.
    */
   handOver(): Promise<void> {
     if (this.#stopping) return Promise.reject(new UblkError('EALREADY', `ublk device ${this.id} is already stopping`))
@@ -178,6 +181,18 @@ export class Device {
     this.#stopping = handing.catch(() => {})
     handing.catch(() => (this.#stopping = undefined))
     return handing
+  }
+
+  /**
+   * For a process about to exit (`process.exit()` right after): leaves the
+   * device to the kernel, neither stopped nor deleted by this process. A
+   * device created with `recovery: 'reissue'` then waits for its next
+   * server as after a crash, with the IOs in flight kept for it: the way
+   * to hand a device over where `handOver()` is EOPNOTSUPP (before Linux
+   * 6.16). Any other device dies with the process.
+   */
+  abandon(): void {
+    this.#native.abandon()
   }
 
   /**

@@ -1,7 +1,24 @@
 // Live upgrades between serving processes: the new one asks the running
 // one to hand its device over, and every serving command answers.
-import { deviceInfo } from './device.js'
+import { deviceInfo, type Device } from './device.js'
 import { UblkError } from './errors.js'
+
+/**
+ * Hands `device` over to the process that asked for it: in place where
+ * the kernel can (`handOver()`), else by leaving it to the kernel and
+ * exiting at once, as a crash would, but on purpose.
+ */
+export async function handOverOrExit(device: Device, say: (line: string) => void): Promise<void> {
+  try {
+    await device.handOver()
+  } catch (err) {
+    if ((err as UblkError).code !== 'EOPNOTSUPP') throw err
+    device.abandon()
+    say(`${device.path} handed over (this process exits for it)`)
+    process.exit(0)
+  }
+  say(`${device.path} handed over`)
+}
 
 /**
  * A live upgrade: asks the process serving device `id` to hand it over

@@ -201,6 +201,17 @@ impl Device {
     pub fn hand_over(&self) -> Result<()> {
         self.inner.hand_over()
     }
+
+    /// For a process about to exit: leaves the device to the kernel as it
+    /// is, still served until the process ends, and neither stopped nor
+    /// deleted by it. A recovery device then waits for a new server, as
+    /// after a crash, with the IOs in flight kept for it. This is how a
+    /// device is handed over where the kernel cannot let a living process
+    /// stop serving it ([`Device::hand_over`] is EOPNOTSUPP there).
+    pub fn abandon(&self) {
+        self.inner.unregister();
+        self.inner.ctrl.disown();
+    }
 }
 
 impl Inner {
@@ -227,6 +238,20 @@ impl Inner {
                 "ublk device {} was added without recovery: no other process could take it over",
                 self.id
             )));
+        }
+        // Before 6.16 (whose ublk driver is the first with QUIESCE), a
+        // queue that lets go of its ring while the kernel holds its fetch
+        // commands waits for them for ever: there only the exit of the
+        // process releases them.
+        let quiesce = libublk::sys::UBLK_F_QUIESCE as u64;
+        if !crate::control::kernel_features().is_ok_and(|f| f.mask & quiesce != 0) {
+            return Err(Error::new(
+                libc::EOPNOTSUPP,
+                format!(
+                    "this kernel cannot take ublk device {} from a process that lives on (Linux 6.16 or newer can): abandon it and exit instead",
+                    self.id
+                ),
+            ));
         }
         let run = running.take().expect("checked above");
         self.unregister();

@@ -247,6 +247,14 @@ impl NativeDevice {
     pub fn hand_over(&self) -> AsyncTask<StopDevice> {
         AsyncTask::new(StopDevice(self.device.clone(), Device::hand_over))
     }
+
+    /// For a process about to exit: leaves the device to the kernel, not
+    /// stopped or deleted by this process (a recovery device then waits
+    /// for its next server, as after a crash).
+    #[napi]
+    pub fn abandon(&self) {
+        self.device.abandon()
+    }
 }
 
 pub struct OwnedDeviceInfo(Device);
