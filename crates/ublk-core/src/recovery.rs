@@ -291,7 +291,7 @@ mod tests {
         );
         let err = ctrl_flags(Recovery::Reissue, none).unwrap_err();
         assert_eq!(err.code(), "EOPNOTSUPP");
-        assert!(err.message().contains("USER_RECOVERY"), "{}", err.message());
+        assert!(err.message().contains("user_recovery"), "{}", err.message());
         assert_eq!(
             ctrl_flags(Recovery::FailIo, all).unwrap_err().code(),
             "EOPNOTSUPP"
