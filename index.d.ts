@@ -75,11 +75,6 @@ export declare class NativeDevice {
    */
   stop(): Promise<void>
   /**
-   * Stops serving the device without stopping it, for a process waiting
-   * to recover it to take over (a live upgrade). Recovery devices only.
-   */
-  handOver(): Promise<void>
-  /**
    * For a process about to exit: leaves the device to the kernel, not
    * stopped or deleted by this process (a recovery device then waits
    * for its next server, as after a crash).

@@ -14,7 +14,7 @@ import {
   type Recovery,
 } from './device.js'
 import { UblkError } from './errors.js'
-import { askForHandOver, handOverOrExit, untilStopOrHandOver } from './handover.js'
+import { askForHandOver, handOverAndExit, untilStopOrHandOver } from './handover.js'
 import { addRaid1Commands } from './raid1/cli.js'
 import { parseSize as parseSizeOf } from './size.js'
 import { loopTarget, nullTarget } from './targets/index.js'
@@ -98,7 +98,7 @@ async function serveUntilSignal(dev: Device, what: string): Promise<void> {
   const path = info.zeroCopy ? 'zero copy' : 'copy path'
   const recovery = info.recovery === 'none' ? '' : `, recovery ${info.recovery}`
   console.log(`serving ${dev.path} (${what}, ${path}${recovery}); Ctrl-C or SIGTERM to stop`)
-  if ((await untilStopOrHandOver()) === 'hand-over') return handOverOrExit(dev, console.log)
+  if ((await untilStopOrHandOver()) === 'hand-over') handOverAndExit(dev, console.log)
   await dev.stop()
   console.log(`${dev.path} removed`)
 }

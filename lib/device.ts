@@ -2,7 +2,7 @@ import binding = require('./binding.js')
 import type { Dispatcher } from './dispatch/index.js'
 import { native, UblkError } from './errors.js'
 import { serve } from './served.js'
-import type { CloseReason, Target } from './target.js'
+import type { Target } from './target.js'
 
 import type { DeviceInfo, KernelFeatures, NativeDevice } from '../index.js'
 
@@ -161,35 +161,12 @@ export class Device {
   }
 
   /**
-   * A live upgrade: stops serving the device without stopping it, so that
-   * a process waiting for it (`recoverDevice(id, { standby: true })`,
-   * `ublk-ts upgrade`) takes it over. The kernel holds the device's IO
-   * meanwhile and reissues to the new server what this one had not
-   * completed: no IO fails. Only for a device created with `recovery:
-   * 'reissue'` (EINVAL otherwise), and on Linux 6.16 or newer: older
-   * kernels let go of a device's queues only when the process exits
-   * (EOPNOTSUPP; `abandon()` and exit instead). Afterwards this object is
-   * stopped.
-   */
-  handOver(): Promise<void> {
-    if (this.#stopping) return Promise.reject(new UblkError('EALREADY', `ublk device ${this.id} is already stopping`))
-    const handing = (async () => {
-      await native(() => this.#native.handOver())
-      await this.afterStop('handed-over')
-    })()
-    // A refused hand-over leaves the device served, and stoppable.
-    this.#stopping = handing.catch(() => {})
-    handing.catch(() => (this.#stopping = undefined))
-    return handing
-  }
-
-  /**
    * For a process about to exit (`process.exit()` right after): leaves the
    * device to the kernel, neither stopped nor deleted by this process. A
    * device created with `recovery: 'reissue'` then waits for its next
-   * server as after a crash, with the IOs in flight kept for it: the way
-   * to hand a device over where `handOver()` is EOPNOTSUPP (before Linux
-   * 6.16). Any other device dies with the process.
+   * server as after a crash, with the IOs in flight kept for it: a live
+   * upgrade, with a standby (`recoverDevice(id, { standby: true })`)
+   * taking over. Any other device dies with the process.
    */
   abandon(): void {
     this.#native.abandon()
@@ -200,11 +177,11 @@ export class Device {
    * `stop()`, or by `deleteDevice(id)` from anywhere in this process):
    * fails what the target still holds and closes the target.
    */
-  afterStop(how: CloseReason = 'stopped'): Promise<void> {
+  afterStop(): Promise<void> {
     this.#closed ??= (async () => {
       clearInterval(this.#keepAlive)
       this.#served?.dispatcher.shutdown()
-      await this.#served?.target.close?.(how)
+      await this.#served?.target.close?.()
     })()
     return this.#closed
   }

@@ -11,7 +11,7 @@ export {
 export type { BuiltinTarget, DeviceInfo, DeviceOptions, KernelFeatures, RecoverOptions, Recovery } from './device.js'
 export { UblkError } from './errors.js'
 export { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE } from './target.js'
-export type { BackingFile, CloseReason, FailedRead, Io, IoOp, ReadErrorHandler, ReadRoute, StagedIoOptions, StagingBuffer, Target, TargetContext } from './target.js'
+export type { BackingFile, FailedRead, Io, IoOp, ReadErrorHandler, ReadRoute, StagedIoOptions, StagingBuffer, Target, TargetContext } from './target.js'
 export { loopTarget, nullTarget, ramdiskTarget, withIoDelay } from './targets/index.js'
 export { assembleRaid1, createRaid1, Raid1Array } from './raid1/index.js'
 export type {

@@ -194,14 +194,6 @@ export interface Target {
    * `DeviceOptions.zeroCopy`).
    */
   readonly zeroCopy?: boolean
-  /**
-   * Called after the device stopped, or after it was handed over to
-   * another process (`device.handOver()`, `how: 'handed-over'`): then the
-   * device lives on, and the target must leave its state for the next
-   * server as it is (a RAID1 does not record a clean stop).
-   */
-  close?(how?: CloseReason): Promise<void> | void
+  /** Called after the device stopped. */
+  close?(): Promise<void> | void
 }
-
-/** Why a target is closed. */
-export type CloseReason = 'stopped' | 'handed-over'

@@ -2,8 +2,7 @@
 // while a mounted ext4 takes fio verify writes, and a new process takes the
 // same device over each time; no IO error reaches fio, and the file system
 // is clean at the end. Also what recovery refuses, and why.
-import { existsSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs'
-import { basename } from 'node:path'
+import { existsSync, unlinkSync, writeFileSync } from 'node:fs'
 
 import test from 'ava'
 
@@ -13,7 +12,7 @@ import { serve, ublkTs, type Server } from '../helpers/cli.ts'
 import { rejectsWithCode } from '../helpers/errors.ts'
 import { fio } from '../helpers/fio.ts'
 import { scratchFile } from '../helpers/files.ts'
-import { deviceGone, requireUblk } from '../helpers/kernel.ts'
+import { deviceGone, inFlight, requireUblk } from '../helpers/kernel.ts'
 import { digestRange } from '../helpers/raid1.ts'
 import { until } from '../helpers/poll.ts'
 import { sh } from '../helpers/shell.ts'
@@ -49,12 +48,6 @@ function ext4UnderFio(dev: string, stopFlag: string, startedFlag: string): Promi
     `fsck.ext4 -n -f ${dev} > /dev/null && echo "fsck clean"`,
   ].join('\n')
   return sh('unshare', ['-m', 'sh', '-c', script], 600_000)
-}
-
-/** Reads and writes the block layer has in flight on `dev` now. */
-function inFlight(dev: string): number {
-  const [reads, writes] = readFileSync(`/sys/block/${basename(dev)}/inflight`, 'utf8').trim().split(/\s+/).map(Number)
-  return (reads ?? 0) + (writes ?? 0)
 }
 
 /**
@@ -240,9 +233,20 @@ for (const [name, add, upgrade] of [
     t.true(fioJob.write.total_ios > 0 && fioJob.read.total_ios > 0)
     const longest = Math.max(fioJob.write.clat_ns.max, fioJob.read.clat_ns.max) / 1e6
     t.log(`3 live upgrades: hand-over to serving ${stalls.join(', ')}; the longest IO fio saw took ${longest.toFixed(0)} ms`)
+    let status: Raid1Status | undefined
+    if (files.length === 2) {
+      for (const deadline = Date.now() + 60_000; status?.state !== 'optimal' && Date.now() < deadline; ) {
+        status = await raid1Status(id)
+      }
+      t.is(status?.state, 'optimal', 'the array is in sync after its upgrades')
+    }
     server.child.kill('SIGTERM')
     t.is(await server.exited, 0, server.output())
     await until(() => deviceGone(id), 'the device is gone after SIGTERM')
+    if (status) {
+      const [a, b] = files.map((f) => digestRange(f, status.dataOffset, status.size))
+      t.is(a, b, 'the members are identical')
+    }
     for (const f of files) unlinkSync(f)
   })
 }

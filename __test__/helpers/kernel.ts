@@ -42,3 +42,9 @@ export function requireUblk(): void {
     )
   }
 }
+
+/** Reads and writes the block layer has in flight on `devPath` now. */
+export function inFlight(devPath: string): number {
+  const [reads, writes] = readFileSync(`/sys/block/${basename(devPath)}/inflight`, 'utf8').trim().split(/\s+/).map(Number)
+  return (reads ?? 0) + (writes ?? 0)
+}

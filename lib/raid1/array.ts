@@ -185,16 +185,6 @@ export class Raid1Array {
     await mirror.addMember(member)
   }
 
-  /**
-   * A live upgrade: stops serving the array without stopping its device,
-   * for a process assembling it with `recover` and `standby` to take it
-   * over (see `Device.handOver`). Nothing is recorded on the members.
-   */
-  handOver(): Promise<void> {
-    this.#stopping ??= this.#device.handOver()
-    return this.#stopping
-  }
-
   /** Resolves when no resync is running. */
   whenResynced(): Promise<void> {
     return this.#mirror.whenResynced()

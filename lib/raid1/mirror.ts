@@ -7,7 +7,6 @@ import {
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
   type BackingFile,
-  type CloseReason,
   type Io,
   type StagingBuffer,
   type Target,
@@ -179,15 +178,13 @@ export class Mirror implements Target {
     this.#bitmap.unmark(extents)
   }
 
-  async close(how: CloseReason = 'stopped'): Promise<void> {
+  async close(): Promise<void> {
     this.#closing = true
     this.#route()
     this.#resync?.abort()
     if (this.#sweeper) clearInterval(this.#sweeper)
     await this.#resyncRunning
-    // Handed over, the array lives on in the next server, which assembles
-    // it from the members as this one left them: nothing is recorded.
-    if (how === 'stopped') await this.#afterStop?.(this)
+    await this.#afterStop?.(this)
   }
 
   // --- State ------------------------------------------------------------------

@@ -193,21 +193,11 @@ impl Device {
         self.inner.stop()
     }
 
-    /// Stops serving the device without stopping it, for another process
-    /// to take over ([`Device::recover`], in a standby): a live upgrade.
-    /// The kernel holds the device's IO until then, and reissues to the
-    /// new server the IOs this one had not completed, so none fails. Only
-    /// for a device added with recovery; afterwards this handle is stopped.
-    pub fn hand_over(&self) -> Result<()> {
-        self.inner.hand_over()
-    }
-
     /// For a process about to exit: leaves the device to the kernel as it
     /// is, still served until the process ends, and neither stopped nor
     /// deleted by it. A recovery device then waits for a new server, as
-    /// after a crash, with the IOs in flight kept for it. This is how a
-    /// device is handed over where the kernel cannot let a living process
-    /// stop serving it ([`Device::hand_over`] is EOPNOTSUPP there).
+    /// after a crash, with the IOs in flight kept for it: a live upgrade,
+    /// with a standby ([`crate::wait_recoverable`]) waiting to take over.
     pub fn abandon(&self) {
         self.inner.unregister();
         self.inner.ctrl.disown();
@@ -223,53 +213,6 @@ impl Inner {
         if ours {
             served.remove(&self.id);
         }
-    }
-
-    fn hand_over(&self) -> Result<()> {
-        let mut running = self.running.lock().unwrap();
-        if running.is_none() {
-            return Err(Error::new(
-                libc::ENODEV,
-                format!("ublk device {} was stopped", self.id),
-            ));
-        }
-        if crate::Recovery::of_flags(self.ctrl.dev_info().flags) == crate::Recovery::None {
-            return Err(Error::invalid(format!(
-                "ublk device {} was added without recovery: no other process could take it over",
-                self.id
-            )));
-        }
-        // Before 6.16 (whose ublk driver is the first with QUIESCE), a
-        // queue that lets go of its ring while the kernel holds its fetch
-        // commands waits for them for ever: there only the exit of the
-        // process releases them.
-        let quiesce = libublk::sys::UBLK_F_QUIESCE as u64;
-        if !crate::control::kernel_features().is_ok_and(|f| f.mask & quiesce != 0) {
-            return Err(Error::new(
-                libc::EOPNOTSUPP,
-                format!(
-                    "this kernel cannot take ublk device {} from a process that lives on (Linux 6.16 or newer can): abandon it and exit instead",
-                    self.id
-                ),
-            ));
-        }
-        let run = running.take().expect("checked above");
-        self.unregister();
-        // Dropping the control must not delete the device it hands over.
-        self.ctrl.disown();
-        // The queues leave at once, with what their target holds left
-        // unanswered: when the last of them has closed the char device,
-        // the kernel quiesces the device and keeps those IOs for the next
-        // server.
-        for control in &run.controls {
-            control.stopping();
-            control.abort();
-        }
-        for handle in run.queues {
-            let _ = handle.join();
-        }
-        run.runtime.stopped();
-        Ok(())
     }
 
     fn stop(&self) -> Result<()> {

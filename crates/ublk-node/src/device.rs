@@ -238,14 +238,7 @@ impl NativeDevice {
     /// again resolves at once.
     #[napi(ts_return_type = "Promise<void>")]
     pub fn stop(&self) -> AsyncTask<StopDevice> {
-        AsyncTask::new(StopDevice(self.device.clone(), Device::stop))
-    }
-
-    /// Stops serving the device without stopping it, for a process waiting
-    /// to recover it to take over (a live upgrade). Recovery devices only.
-    #[napi(ts_return_type = "Promise<void>")]
-    pub fn hand_over(&self) -> AsyncTask<StopDevice> {
-        AsyncTask::new(StopDevice(self.device.clone(), Device::hand_over))
+        AsyncTask::new(StopDevice(self.device.clone()))
     }
 
     /// For a process about to exit: leaves the device to the kernel, not
@@ -272,15 +265,14 @@ impl Task for OwnedDeviceInfo {
     }
 }
 
-/// Stops serving a device: `Device::stop`, or `Device::hand_over`.
-pub struct StopDevice(Device, fn(&Device) -> ublk_core::Result<()>);
+pub struct StopDevice(Device);
 
 impl Task for StopDevice {
     type Output = ();
     type JsValue = ();
 
     fn compute(&mut self) -> napi::Result<()> {
-        guard("stop device", || (self.1)(&self.0).map_err(to_napi))
+        guard("stop device", || self.0.stop().map_err(to_napi))
     }
 
     fn resolve(&mut self, _: Env, _: ()) -> napi::Result<()> {
