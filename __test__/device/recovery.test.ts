@@ -4,7 +4,7 @@
 // is clean at the end. Also what recovery refuses, and why.
 import { existsSync, unlinkSync, writeFileSync } from 'node:fs'
 
-import test from 'ava'
+import test, { type ExecutionContext } from 'ava'
 
 import { createDevice, deviceInfo, loopTarget, recoverDevice, type Raid1Status } from '../../lib/index.ts'
 
@@ -70,6 +70,28 @@ async function killAndRecover(server: Server, dev: string, recover: string[], st
   const path = await next.path
   if (path !== dev) throw new Error(`recovered ${path}, not ${dev}`)
   return { server: next, withIo, ms: Date.now() - killed }
+}
+
+/**
+ * Stops the last server with SIGTERM and checks the device is gone. For a
+ * RAID1 array (its `members` given), first waits until it is in sync, and
+ * after the stop checks that its members hold the same data.
+ */
+async function stopLastServer(t: ExecutionContext, server: Server, id: number, members?: string[]): Promise<void> {
+  let status: Raid1Status | undefined
+  if (members) {
+    for (const deadline = Date.now() + 60_000; status?.state !== 'optimal' && Date.now() < deadline; ) {
+      status = await raid1Status(id)
+    }
+    t.is(status?.state, 'optimal', 'the array is in sync before it stops')
+  }
+  server.child.kill('SIGTERM')
+  t.is(await server.exited, 0, server.output())
+  await until(() => deviceGone(id), 'the device is gone after SIGTERM')
+  if (members && status) {
+    const [a, b] = members.map((f) => digestRange(f, status.dataOffset, status.size))
+    t.is(a, b, 'the members are identical')
+  }
 }
 
 interface Scenario {
@@ -155,21 +177,8 @@ for (const s of scenarios) {
     t.log(result.stdout.trim().split('\n').join('; '))
     t.regex(result.stdout, /fio runs: [1-9]/)
     t.regex(result.stdout, /fsck clean/)
-    let status: Raid1Status | undefined
-    if (s.mirror) {
-      // The last server resyncs what the crashes left dirty.
-      for (const deadline = Date.now() + 60_000; status?.state !== 'optimal' && Date.now() < deadline; ) {
-        status = await raid1Status(id)
-      }
-      t.is(status?.state, 'optimal', 'the resync after the last crash finished')
-    }
-    server.child.kill('SIGTERM')
-    t.is(await server.exited, 0, server.output())
-    await until(() => deviceGone(id), 'the device is gone after SIGTERM')
-    if (status) {
-      const [a, b] = files.map((f) => digestRange(f, status.dataOffset, status.size))
-      t.is(a, b, 'the members are identical')
-    }
+    // The last server resyncs what the crashes left dirty.
+    await stopLastServer(t, server, id, s.mirror ? files : undefined)
     for (const f of [...files, stopFlag, startedFlag]) unlinkSync(f)
   })
 }
@@ -233,20 +242,7 @@ for (const [name, add, upgrade] of [
     t.true(fioJob.write.total_ios > 0 && fioJob.read.total_ios > 0)
     const longest = Math.max(fioJob.write.clat_ns.max, fioJob.read.clat_ns.max) / 1e6
     t.log(`3 live upgrades: hand-over to serving ${stalls.join(', ')}; the longest IO fio saw took ${longest.toFixed(0)} ms`)
-    let status: Raid1Status | undefined
-    if (files.length === 2) {
-      for (const deadline = Date.now() + 60_000; status?.state !== 'optimal' && Date.now() < deadline; ) {
-        status = await raid1Status(id)
-      }
-      t.is(status?.state, 'optimal', 'the array is in sync after its upgrades')
-    }
-    server.child.kill('SIGTERM')
-    t.is(await server.exited, 0, server.output())
-    await until(() => deviceGone(id), 'the device is gone after SIGTERM')
-    if (status) {
-      const [a, b] = files.map((f) => digestRange(f, status.dataOffset, status.size))
-      t.is(a, b, 'the members are identical')
-    }
+    await stopLastServer(t, server, id, files.length === 2 ? files : undefined)
     for (const f of files) unlinkSync(f)
   })
 }

@@ -70,30 +70,29 @@ pub(crate) fn take_over(opts: &DeviceOptions, runtime: &dyn Serve) -> Result<Ubl
         .map_err(|e| Error::from_ublk(format!("open ublk device {id} for recovery"), e))?;
     check_target_fits(&ctrl, &info, opts, runtime)?;
     loop {
-        let res = ctrl.start_user_recover();
-        let busy = match &res {
-            Ok(r) => *r == -libc::EBUSY,
-            Err(UblkError::OtherError(e)) => e.abs() == libc::EBUSY,
-            Err(_) => false,
-        };
-        if busy && Instant::now() < deadline {
-            std::thread::sleep(POLL);
-            continue;
+        // libublk reports a refusal either way: as an error, or as a
+        // negative result.
+        let res = ctrl.start_user_recover().and_then(|r| {
+            if r < 0 {
+                Err(UblkError::OtherError(r))
+            } else {
+                Ok(r)
+            }
+        });
+        match res {
+            Ok(_) => return Ok(ctrl),
+            Err(UblkError::OtherError(e))
+                if e.abs() == libc::EBUSY && Instant::now() < deadline =>
+            {
+                std::thread::sleep(POLL)
+            }
+            Err(e) => {
+                return Err(Error::from_ublk(
+                    format!("start recovery of ublk device {id}"),
+                    e,
+                ))
+            }
         }
-        return match res {
-            Ok(r) if r >= 0 => Ok(ctrl),
-            Ok(r) => Err(Error::new(
-                r,
-                format!(
-                    "start recovery of ublk device {id}: {}",
-                    crate::error::describe_errno(r)
-                ),
-            )),
-            Err(e) => Err(Error::from_ublk(
-                format!("start recovery of ublk device {id}"),
-                e,
-            )),
-        };
     }
 }
 
@@ -103,7 +102,6 @@ pub(crate) fn take_over(opts: &DeviceOptions, runtime: &dyn Serve) -> Result<Ubl
 /// cannot be recovered (added without recovery, or not started) is
 /// refused at once.
 pub fn wait_recoverable(id: u32, timeout: Option<Duration>) -> Result<DeviceInfo> {
-    crate::options::check_device_id(id)?;
     wait(id, timeout.map(|t| Instant::now() + t), true)
 }
 
@@ -114,7 +112,7 @@ fn wait(id: u32, deadline: Option<Instant>, standby: bool) -> Result<DeviceInfo>
     let started = Instant::now();
     loop {
         let info = device_info(id)?;
-        if Recovery::of_flags(info.flags) == Recovery::None {
+        if info.recovery() == Recovery::None {
             return Err(Error::invalid(format!(
                 "ublk device {id} was not added with recovery: it cannot outlive its server (add it with recovery 'reissue')"
             )));
@@ -165,8 +163,8 @@ fn wait(id: u32, deadline: Option<Instant>, standby: bool) -> Result<DeviceInfo>
     }
 }
 
-/// A standby checks the device again at least this often: its server may
-/// hand it over and live on, or be another process than the one named.
+/// A standby checks the device again at least this often: the process
+/// holding it may not be the server the kernel names.
 const STANDBY_RECHECK: Duration = Duration::from_millis(250);
 
 /// Sleeps until process `pid` exits, or for `timeout` at most.

@@ -134,17 +134,7 @@ impl Task for CreateDevice {
 /// its block device exists.
 #[napi(ts_return_type = "Promise<NativeDevice>")]
 pub fn create_device(env: Env, options: NativeDeviceOptions) -> AsyncTask<CreateDevice> {
-    register_env_cleanup(&env);
-    let request = core_options(&options).map_err(to_napi);
-    CreateDevice::new(
-        move || {
-            let opts = request?;
-            let kind = options.target.as_str();
-            ublk_core::targets::create_builtin(&opts, kind, options.path.as_deref())
-                .map_err(to_napi)
-        },
-        || {},
-    )
+    start_builtin(&env, options, ublk_core::targets::create_builtin)
 }
 
 /// Takes over device `options.id`, whose server died, with a built-in
@@ -152,14 +142,22 @@ pub fn create_device(env: Env, options: NativeDeviceOptions) -> AsyncTask<Create
 /// is live again.
 #[napi(ts_return_type = "Promise<NativeDevice>")]
 pub fn recover_device(env: Env, options: NativeDeviceOptions) -> AsyncTask<CreateDevice> {
-    register_env_cleanup(&env);
+    start_builtin(&env, options, ublk_core::targets::recover_builtin)
+}
+
+type StartBuiltin = fn(&ublk_core::DeviceOptions, &str, Option<&str>) -> ublk_core::Result<Device>;
+
+fn start_builtin(
+    env: &Env,
+    options: NativeDeviceOptions,
+    start: StartBuiltin,
+) -> AsyncTask<CreateDevice> {
+    register_env_cleanup(env);
     let request = core_options(&options).map_err(to_napi);
     CreateDevice::new(
         move || {
             let opts = request?;
-            let kind = options.target.as_str();
-            ublk_core::targets::recover_builtin(&opts, kind, options.path.as_deref())
-                .map_err(to_napi)
+            start(&opts, &options.target, options.path.as_deref()).map_err(to_napi)
         },
         || {},
     )
