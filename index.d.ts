@@ -83,6 +83,27 @@ export declare class NativeDevice {
 }
 
 /**
+ * A claim on one device's recovery (see `claimRecovery`). It ends when a
+ * recovery given it finishes, or on `release()`.
+ */
+export declare class NativeRecoveryClaim {
+  /** The device as it was when the claim was granted: its server gone. */
+  get info(): DeviceInfo
+  /** Ends the claim without recovering. Calling it again is a no-op. */
+  release(): void
+}
+
+/**
+ * Claims the recovery of device `id`: resolves once its server is gone
+ * and no other process is taking it over. Without `standby` a device
+ * still served is EBUSY, and the wait ends after `timeoutMs` (default
+ * 30 s); a standby waits while the device is served (for `timeoutMs`, or
+ * for ever), and goes on waiting when another process takes it first.
+ * Holds a thread of the libuv pool while it waits.
+ */
+export declare function claimRecovery(id: number, standby: boolean, timeoutMs?: number | undefined | null): Promise<NativeRecoveryClaim>
+
+/**
  * Prepares a device served by JavaScript: `onBatch(queue, ios, buffers,
  * backendResults, events)` is called once per hand-over, answers go back
  * through `NativeBridge.post`. Start it with `startBridgedDevice`.
@@ -217,17 +238,18 @@ export interface NativeDeviceOptions {
 
 /**
  * Takes over the device the bridge's options name (`id`), whose server
- * died, and serves it through this bridge; resolves once it is live
- * again. IOs the dead server held reach `onBatch` first.
+ * died, and serves it through this bridge, under `claim` (from
+ * `claimRecovery`) if given; resolves once it is live again. IOs the
+ * dead server held reach `onBatch` first.
  */
-export declare function recoverBridgedDevice(bridge: NativeBridge): Promise<NativeDevice>
+export declare function recoverBridgedDevice(bridge: NativeBridge, claim?: NativeRecoveryClaim | undefined | null): Promise<NativeDevice>
 
 /**
  * Takes over device `options.id`, whose server died, with a built-in
- * target; `options` must describe the device as it is. Resolves once it
- * is live again.
+ * target, under `claim` (from `claimRecovery`) if given; `options` must
+ * describe the device as it is. Resolves once it is live again.
  */
-export declare function recoverDevice(options: NativeDeviceOptions): Promise<NativeDevice>
+export declare function recoverDevice(options: NativeDeviceOptions, claim?: NativeRecoveryClaim | undefined | null): Promise<NativeDevice>
 
 /**
  * Drives a bridge that was not started with `total` synthetic 4 KiB reads

@@ -98,9 +98,10 @@ async function serveUntilSignal(dev: Device, what: string): Promise<void> {
   const path = info.zeroCopy ? 'zero copy' : 'copy path'
   const recovery = info.recovery === 'none' ? '' : `, recovery ${info.recovery}`
   console.log(`serving ${dev.path} (${what}, ${path}${recovery}); Ctrl-C or SIGTERM to stop`)
-  if ((await untilStopOrHandOver()) === 'hand-over') handOverAndExit(dev, console.log)
+  const how = await untilStopOrHandOver(dev)
+  if (how === 'hand-over') handOverAndExit(dev, console.log)
   await dev.stop()
-  console.log(`${dev.path} removed`)
+  console.log(how === 'gone' ? `${dev.path} was deleted by another process; nothing left to serve` : `${dev.path} removed`)
 }
 
 export function program(): Command {

@@ -4,7 +4,7 @@ import { native, UblkError } from './errors.js'
 import { serve } from './served.js'
 import type { Target } from './target.js'
 
-import type { DeviceInfo, KernelFeatures, NativeDevice } from '../index.js'
+import type { DeviceInfo, KernelFeatures, NativeDevice, NativeRecoveryClaim } from '../index.js'
 
 export type { DeviceInfo, KernelFeatures }
 
@@ -66,6 +66,22 @@ export interface RecoverOptions {
    * device still served is refused with EBUSY.
    */
   standby?: boolean
+  /**
+   * A claim already held on the device (`claimRecovery`), for a target
+   * that prepared itself under it; it ends when the recovery does.
+   */
+  claim?: RecoveryClaim
+}
+
+/**
+ * The right to take one device over, held by one recoverer at a time on
+ * this machine (see `claimRecovery`).
+ */
+export interface RecoveryClaim {
+  /** The device as it was when the claim was granted: its server gone. */
+  readonly info: DeviceInfo
+  /** Ends the claim without recovering; a no-op once it ended. */
+  release(): void
 }
 
 interface Served {
@@ -87,6 +103,8 @@ export class Device {
   readonly #keepAlive = setInterval(() => {
     if (!this.#native.serving) void this.stop().catch(() => {})
   }, 1000)
+  #markStopped: () => void = () => {}
+  readonly #whenStopped = new Promise<void>((resolve) => (this.#markStopped = resolve))
 
   /** @internal use `createDevice()` */
   constructor(nativeDevice: NativeDevice, target?: Served) {
@@ -136,6 +154,15 @@ export class Device {
     return d ? { batches: d.batches, ios: d.ios, routedReads: d.routedReads() } : undefined
   }
 
+  /**
+   * Resolves once the device stopped, however: by `stop()`, or deleted by
+   * another process (noticed within a second). A server that waits on it
+   * never outlives its device.
+   */
+  whenStopped(): Promise<void> {
+    return this.#whenStopped
+  }
+
   /** The device as the kernel describes it now. */
   info(): Promise<DeviceInfo> {
     return native(() => this.#native.info())
@@ -182,7 +209,7 @@ export class Device {
       clearInterval(this.#keepAlive)
       this.#served?.dispatcher.shutdown()
       await this.#served?.target.close?.()
-    })()
+    })().finally(() => this.#markStopped())
     return this.#closed
   }
 
@@ -229,12 +256,12 @@ export async function createDevice(options: DeviceOptions): Promise<Device> {
   return new Device(nativeDevice)
 }
 
-async function createServedDevice(options: DeviceOptions, target: Target, how: 'add' | 'recover' = 'add'): Promise<Device> {
+async function createServedDevice(options: DeviceOptions, target: Target, claim?: NativeRecoveryClaim): Promise<Device> {
   const { target: _target, ioTimeoutMs = 30_000, path: _path, ...geometry } = options
   if (typeof ioTimeoutMs !== 'number' || !(ioTimeoutMs >= 0)) {
     throw new UblkError('EINVAL', `ioTimeoutMs must be a number of milliseconds >= 0, got ${String(ioTimeoutMs)}`)
   }
-  const served = await serve(target, geometry, ioTimeoutMs, how)
+  const served = await serve(target, geometry, ioTimeoutMs, claim)
   const device = new Device(served.native, { dispatcher: served.dispatcher, target })
   served.onStopped(() => void device.afterStop())
   return device
@@ -246,33 +273,56 @@ async function createServedDevice(options: DeviceOptions, target: Target, how: '
  * again, with the IOs the dead server held reissued to this one. The
  * device must have been created with `recovery: 'reissue'`; its geometry
  * is read from the kernel. Waits up to 30 s for the kernel to let go of
- * the dead server. When it fails, the device is left as it was.
+ * the dead server. When it fails, the device is left as it was. Two
+ * processes never take one device over at once: the second waits for the
+ * first, then finds the device served (EBUSY, or a standby waits on).
  */
 export async function recoverDevice(id: number, options: RecoverOptions): Promise<Device> {
   if (typeof options !== 'object' || options === null) {
     throw new UblkError('EINVAL', 'recoverDevice needs an options object with a target')
   }
-  const info = options.standby ? await waitRecoverable(id) : await deviceInfo(id)
-  const geometry = {
-    id,
-    size: info.size,
-    logicalBlockSize: info.logicalBlockSize,
-    queues: info.queues,
-    depth: info.depth,
-    maxIoBytes: info.maxIoBytes,
-    zeroCopy: info.zeroCopy,
-    recovery: info.recovery as Recovery,
+  const claim = (options.claim as NativeRecoveryClaim | undefined) ?? (await claimRecovery(id, { standby: options.standby === true }))
+  try {
+    const info = claim.info
+    if (info.id !== id) throw new UblkError('EINVAL', `the recovery claim is for ublk device ${info.id}, not ${id}`)
+    const geometry = {
+      id,
+      size: info.size,
+      logicalBlockSize: info.logicalBlockSize,
+      queues: info.queues,
+      depth: info.depth,
+      maxIoBytes: info.maxIoBytes,
+      zeroCopy: info.zeroCopy,
+      recovery: info.recovery as Recovery,
+    }
+    installProcessHooks()
+    const { target, path, ioTimeoutMs } = options
+    if (typeof target === 'object' && target !== null) {
+      return await createServedDevice({ ...geometry, target, ioTimeoutMs }, target, claim)
+    }
+    if (typeof target !== 'string') {
+      throw new UblkError('EINVAL', 'options.target must be a built-in target name ("null") or a target object')
+    }
+    const nativeDevice = await native(() => binding.recoverDevice({ ...geometry, target, path }, claim))
+    return new Device(nativeDevice)
+  } finally {
+    claim.release()
   }
-  installProcessHooks()
-  const { target, path, ioTimeoutMs } = options
-  if (typeof target === 'object' && target !== null) {
-    return createServedDevice({ ...geometry, target, ioTimeoutMs }, target, 'recover')
-  }
-  if (typeof target !== 'string') {
-    throw new UblkError('EINVAL', 'options.target must be a built-in target name ("null") or a target object')
-  }
-  const nativeDevice = await native(() => binding.recoverDevice({ ...geometry, target, path }))
-  return new Device(nativeDevice)
+}
+
+/**
+ * Claims the recovery of device `id`: resolves once its server is gone
+ * and no other process on this machine is taking it over; then nobody
+ * else can until the claim ends (`recoverDevice` with `{ claim }`, or
+ * `release()`). For a target that must read or write its own metadata
+ * before it serves, as the RAID1 target does its members'. Without
+ * `standby`, a device still served is EBUSY, and the wait ends after
+ * `timeoutMs` (default 30 s) with ETIMEDOUT; a standby waits while the
+ * device is served (for `timeoutMs`, or for ever) and goes on waiting
+ * when another process takes it over first.
+ */
+export function claimRecovery(id: number, options: { standby?: boolean; timeoutMs?: number } = {}): Promise<RecoveryClaim> {
+  return native(() => binding.claimRecovery(id, options.standby === true, options.timeoutMs))
 }
 
 /**

@@ -30,13 +30,15 @@ export async function askForHandOver(id: number): Promise<{ pid: number; at: num
 }
 
 /**
- * Resolves with what ended serving: Ctrl-C or SIGTERM ('stop'), or
- * SIGUSR2 ('hand-over': a new server asked to take the device over).
+ * Resolves with what ended serving: Ctrl-C or SIGTERM ('stop'), SIGUSR2
+ * ('hand-over': a new server asked to take the device over), or the
+ * device itself stopping ('gone': deleted by another process).
  */
-export function untilStopOrHandOver(): Promise<'stop' | 'hand-over'> {
+export function untilStopOrHandOver(device: Device): Promise<'stop' | 'hand-over' | 'gone'> {
   return new Promise((resolve) => {
     process.once('SIGINT', () => resolve('stop'))
     process.once('SIGTERM', () => resolve('stop'))
     process.once('SIGUSR2', () => resolve('hand-over'))
+    void device.whenStopped().then(() => resolve('gone'))
   })
 }

@@ -7,8 +7,9 @@ export {
   listDevices,
   recoverDevice,
   waitRecoverable,
+  claimRecovery,
 } from './device.js'
-export type { BuiltinTarget, DeviceInfo, DeviceOptions, KernelFeatures, RecoverOptions, Recovery } from './device.js'
+export type { BuiltinTarget, DeviceInfo, DeviceOptions, KernelFeatures, RecoverOptions, RecoveryClaim, Recovery } from './device.js'
 export { UblkError } from './errors.js'
 export { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE } from './target.js'
 export type { BackingFile, FailedRead, Io, IoOp, ReadErrorHandler, ReadRoute, StagedIoOptions, StagingBuffer, Target, TargetContext } from './target.js'

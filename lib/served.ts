@@ -8,7 +8,7 @@ import { Handles } from './handles.js'
 import type { BackingFile, StagingBuffer, Target, TargetContext } from './target.js'
 import { KIND_FDATASYNC, KIND_READ, KIND_SLEEP, KIND_WRITE, RWF_DSYNC, STAGING } from './wire.js'
 
-import type { NativeBridge, NativeDevice, NativeDeviceOptions } from '../index.js'
+import type { NativeBridge, NativeDevice, NativeDeviceOptions, NativeRecoveryClaim } from '../index.js'
 
 export interface ServedDevice {
   native: NativeDevice
@@ -33,12 +33,15 @@ function capabilitiesOf(target: Target) {
   }
 }
 
-/** Prepares the bridge, opens the target, starts the device (or takes over a dead server's). */
+/**
+ * Prepares the bridge, opens the target, starts the device, or with a
+ * recovery claim takes over the claimed device from its dead server.
+ */
 export async function serve(
   target: Target,
   geometry: Omit<NativeDeviceOptions, 'target' | 'path'>,
   ioTimeoutMs: number,
-  how: 'add' | 'recover' = 'add',
+  claim?: NativeRecoveryClaim,
 ): Promise<ServedDevice> {
   const capabilities = capabilitiesOf(target)
   const stopped: Array<() => void> = []
@@ -62,8 +65,7 @@ export async function serve(
     bridge.close()
     throw toUblkError(err)
   }
-  const start = how === 'add' ? binding.startBridgedDevice : binding.recoverBridgedDevice
-  const nativeDevice = await native(() => start(bridge))
+  const nativeDevice = await native(() => (claim ? binding.recoverBridgedDevice(bridge, claim) : binding.startBridgedDevice(bridge)))
   return { native: nativeDevice, dispatcher, onStopped: (listener) => stopped.push(listener) }
 }
 

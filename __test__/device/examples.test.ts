@@ -83,6 +83,6 @@ test.serial('examples/raid1-demo.ts (the README demo) verifies every file and en
   const r = await sh(process.execPath, [join(__dirname, '../../examples/raid1-demo.js')], 240_000)
   t.is(r.code, 0, r.stdout + r.stderr)
   t.is((r.stdout.match(/: OK$/gm) ?? []).length, 16, 'every checksum verified')
-  t.regex(r.stdout, /recovery resync copied \d+ of 128 chunks/)
+  t.regex(r.stdout, /recovery resync copied \d+ of 64 chunks/)
   t.regex(r.stdout, /members hold identical data: yes/)
 })

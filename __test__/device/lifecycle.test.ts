@@ -1,17 +1,19 @@
 // Real ublk devices in a real kernel: what the library reports is checked
 // against sysfs and /dev, and IO goes through the block layer with fio.
-import { existsSync } from 'node:fs'
+import { existsSync, unlinkSync } from 'node:fs'
 
 import test from 'ava'
 
-import { createDevice, deleteDevice, deviceInfo, kernelFeatures, listDevices } from '../../lib/index.ts'
+import { createDevice, deleteDevice, deviceInfo, kernelFeatures, listDevices, loopTarget } from '../../lib/index.ts'
 
 import { runFixture } from '../helpers/child.ts'
 import { rejectsWithCode } from '../helpers/errors.ts'
+import { scratchFile } from '../helpers/files.ts'
 import { fio } from '../helpers/fio.ts'
 import { deviceGone, requireUblk, sysfsBlock } from '../helpers/kernel.ts'
 import { until } from '../helpers/poll.ts'
 
+const MiB = 1 << 20
 const GiB = 1 << 30
 
 test.before(() => requireUblk())
@@ -179,4 +181,16 @@ test.serial('a process that exits without stopping leaves no device behind', asy
   const { id } = await runFixture<{ id: number; path: string }>('exit-without-stop.ts')
   t.true(deviceGone(id), `device ${id} was removed when its process exited`)
   t.false((await listDevices()).some((d) => d.id === id))
+})
+
+test.serial('loop targets refuse a device larger than the backing file', async (t) => {
+  const file = scratchFile('small', 4 * MiB)
+  try {
+    await rejectsWithCode(t, createDevice({ target: 'loop', path: file, size: 8 * MiB }), 'EINVAL', /larger than the backing file/)
+    await rejectsWithCode(t, createDevice({ target: loopTarget(file), size: 8 * MiB }), 'EINVAL', /less than the device/)
+    await rejectsWithCode(t, createDevice({ target: 'loop', size: 8 * MiB }), 'EINVAL', /needs a backing file/)
+    await rejectsWithCode(t, createDevice({ target: 'loop', path: '/nonexistent.img', size: 8 * MiB }), 'ENOENT')
+  } finally {
+    unlinkSync(file)
+  }
 })

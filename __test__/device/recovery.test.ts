@@ -6,7 +6,7 @@ import { existsSync, unlinkSync, writeFileSync } from 'node:fs'
 
 import test, { type ExecutionContext } from 'ava'
 
-import { createDevice, deviceInfo, loopTarget, recoverDevice, type Raid1Status } from '../../lib/index.ts'
+import { assembleRaid1, createDevice, createRaid1, deviceInfo, loopTarget, recoverDevice, type Raid1Status } from '../../lib/index.ts'
 
 import { serve, ublkTs, type Server } from '../helpers/cli.ts'
 import { rejectsWithCode } from '../helpers/errors.ts'
@@ -19,6 +19,8 @@ import { sh } from '../helpers/shell.ts'
 
 const MiB = 1 << 20
 const CYCLES = 20
+/** Standbys waiting at once in the kill cycles: they race for each dead server. */
+const STANDBYS = 2
 
 test.before(() => requireUblk())
 
@@ -52,13 +54,14 @@ function ext4UnderFio(dev: string, stopFlag: string, startedFlag: string): Promi
 
 /**
  * Kills `server` with -9 once the block layer has IO in flight on `dev`
- * (or after 3 s without any), and lets `recover` take the device over:
- * `standby` if one is already waiting, else a new process started after
- * the kill. Resolves with the new server, whether IO was in flight at the
- * kill, and the time from the kill to serving again.
+ * (or after 3 s without any), and lets a new server take the device over:
+ * one of `standbys` if any is waiting (they race; the others stand by for
+ * the winner), else a process started after the kill with `recover`.
+ * Resolves with the new server, whether IO was in flight at the kill, and
+ * the time from the kill to serving again.
  */
-async function killAndRecover(server: Server, dev: string, recover: string[], standby: Server | undefined) {
-  if (standby) await until(() => /standing by/.test(standby.output()), 'the standby is up', 60_000)
+async function killAndRecover(server: Server, dev: string, recover: string[], standbys: Server[]) {
+  if (standbys.length > 0) await until(() => standbys.some((s) => /standing by/.test(s.output())), 'a standby is up', 60_000)
   for (const deadline = Date.now() + 3000; inFlight(dev) === 0 && Date.now() < deadline; ) {
     await new Promise((resolve) => setTimeout(resolve, 2))
   }
@@ -66,7 +69,7 @@ async function killAndRecover(server: Server, dev: string, recover: string[], st
   const killed = Date.now()
   server.child.kill('SIGKILL')
   await server.exited
-  const next = standby ?? serve(...recover)
+  const next = standbys.length > 0 ? await Promise.race(standbys.map((s) => s.path.then(() => s))) : serve(...recover)
   const path = await next.path
   if (path !== dev) throw new Error(`recovered ${path}, not ${dev}`)
   return { server: next, withIo, ms: Date.now() - killed }
@@ -153,17 +156,19 @@ for (const s of scenarios) {
       await until(() => existsSync(startedFlag), 'ext4 is mounted', 120_000)
       const took: number[] = []
       let killedWithIo = 0
-      let standby: Server | undefined
+      let standbys: Server[] = []
       for (let cycle = 0; cycle < s.cycles; cycle++) {
-        // The first new server starts after the kill; each later one is
-        // started as a standby while its predecessor serves.
-        const next = await killAndRecover(server, dev, s.recover(id, files), standby)
-        if (standby) took.push(next.ms)
+        // The first new server starts after the kill; later ones are
+        // standbys started while their predecessors serve, two at a time,
+        // so one has loaded while the other takes over.
+        const next = await killAndRecover(server, dev, s.recover(id, files), standbys)
+        if (standbys.length > 0) took.push(next.ms)
         else t.log(`recover started after the kill: serving again ${next.ms} ms after it`)
         server = next.server
+        standbys = standbys.filter((standby) => standby !== server)
         if (next.withIo) killedWithIo++
         t.is((await deviceInfo(id)).state, 'live')
-        standby = cycle + 1 < s.cycles ? serve(...s.recover(id, files), '--standby') : undefined
+        while (standbys.length < Math.min(STANDBYS, s.cycles - cycle - 1)) standbys.push(serve(...s.recover(id, files), '--standby'))
       }
       took.sort((a, b) => a - b)
       t.log(`${took.length} standbys took over: median ${took[took.length >> 1]} ms, longest ${took[took.length - 1]} ms from kill -9 to serving again`)
@@ -200,6 +205,37 @@ test.serial('recovery refuses: a device without it (EINVAL), one still served (E
     await plain.stop()
     await recoverable.stop()
     unlinkSync(file)
+  }
+})
+
+test.serial('two recoverers at once: one takes the device over, the other is refused with EBUSY; a served RAID1 is not touched', async (t) => {
+  const file = scratchFile('recover-race', 16 * MiB)
+  const first = serve('add', 'loop', '--ts', '--path', file, '--recovery', 'reissue')
+  const dev = await first.path
+  const id = Number(dev.replace('/dev/ublkb', ''))
+  first.child.kill('SIGKILL')
+  await first.exited
+  const racers = [0, 1].map(() => serve('recover', String(id), 'loop', '--ts', '--path', file))
+  const outcomes = await Promise.all(racers.map((r) => r.path.then((p) => p, () => r.output())))
+  const won = racers.filter((_, i) => outcomes[i] === dev)
+  t.is(won.length, 1, `exactly one recoverer serves ${dev}: ${outcomes.join(' | ')}`)
+  t.regex(outcomes.find((o) => o !== dev) ?? '', /EBUSY/)
+  const r = await fio(dev, { rw: 'randwrite', bs: '4k', iodepth: 8, size: '2M', verify: 'crc32c' })
+  t.is(r.errors, 0)
+  await stopLastServer(t, won[0]!, id)
+  unlinkSync(file)
+
+  // An array still served: the recoverer is refused before it reads or
+  // writes a member.
+  const members = [0, 1].map((i) => scratchFile(`recover-race-m${i}`, 40 * MiB))
+  const md = await createRaid1({ members, recovery: 'reissue' })
+  try {
+    const before = members.map((m) => digestRange(m, 0, 2 * MiB))
+    await rejectsWithCode(t, assembleRaid1({ members, recover: md.id }), 'EBUSY', /is served by process/)
+    t.deepEqual(members.map((m) => digestRange(m, 0, 2 * MiB)), before, 'no member metadata was written')
+  } finally {
+    await md.stop()
+    for (const m of members) unlinkSync(m)
   }
 })
 

@@ -18,14 +18,18 @@ test.before(() => requireUblk())
 
 const verifyMatrix = [
   // QD 1 with 512-byte IOs is a round trip per sector: keep it small.
-  { bs: '512', iodepth: 1, queues: 1, size: '512K' },
+  { bs: '512', iodepth: 1, queues: 1, size: '256K' },
   { bs: '4k', iodepth: 32, queues: 1, size: '16M' },
   { bs: '64k', iodepth: 128, queues: 2, size: '16M' },
   { bs: '1M', iodepth: 4, queues: 2, size: '16M' },
 ] as const
 
-/** The targets the verify matrix runs on, each with what it needs set up. */
-const verifyTargets: Array<{ name: string; make(): { target: DeviceOptions['target']; path?: string; cleanup(): void } }> = [
+/**
+ * The targets the verify matrix runs on, each with what it needs set up.
+ * The Rust loop runs only the sub-block row here: its larger IOs, and the
+ * TypeScript loop's file-equals-device check, are in zero-copy.test.ts.
+ */
+const verifyTargets: Array<{ name: string; rows?: number; make(): { target: DeviceOptions['target']; path?: string; cleanup(): void } }> = [
   { name: 'TypeScript ramdisk', make: () => ({ target: ramdiskTarget(), cleanup() {} }) },
   {
     name: 'TypeScript loop',
@@ -36,6 +40,7 @@ const verifyTargets: Array<{ name: string; make(): { target: DeviceOptions['targ
   },
   {
     name: 'Rust loop',
+    rows: 1,
     make() {
       const file = scratchFile('verify-rust', 64 * MiB)
       return { target: 'loop', path: file, cleanup: () => unlinkSync(file) }
@@ -43,8 +48,8 @@ const verifyTargets: Array<{ name: string; make(): { target: DeviceOptions['targ
   },
 ]
 
-for (const { name, make } of verifyTargets) {
-  for (const { bs, iodepth, queues, size } of verifyMatrix) {
+for (const { name, rows, make } of verifyTargets) {
+  for (const { bs, iodepth, queues, size } of verifyMatrix.slice(0, rows)) {
     test.serial(`${name}: fio crc32c verify, bs ${bs}, QD ${iodepth}, ${queues} queue(s)`, async (t) => {
       const { target, path, cleanup } = make()
       const dev = await createDevice({ target, path, size: 64 * MiB, queues, depth: 128 })
@@ -61,17 +66,6 @@ for (const { name, make } of verifyTargets) {
     })
   }
 }
-
-test.serial('TypeScript loop: fio verify, and the file holds exactly what was written', async (t) => {
-  const file = scratchFile('loop', 32 * MiB)
-  const dev = await createDevice({ target: loopTarget(file), size: 32 * MiB, queues: 2, depth: 64 })
-  try {
-    await verifyAgainstFile(t, dev.path, file, { rw: 'randwrite', bs: '4k', iodepth: 32, size: '32M' })
-  } finally {
-    await dev.stop()
-    unlinkSync(file)
-  }
-})
 
 test.serial('TypeScript loop: discard punches holes in the backing file', async (t) => {
   const file = scratchFile('discard', 16 * MiB)

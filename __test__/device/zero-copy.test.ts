@@ -61,7 +61,8 @@ for (const [name, target] of [
 ] as const) {
   bothPaths(`${name}: fio verify, the file equals the device`, async (t, zeroCopy) => {
     const file = scratchFile(`zc-${name.replace(' ', '-')}`, SIZE)
-    const dev = await createDevice({ target: target(file), path: file, size: SIZE, zeroCopy })
+    // Two queues: each queue thread registers its own IOs' pages.
+    const dev = await createDevice({ target: target(file), path: file, size: SIZE, queues: 2, zeroCopy })
     try {
       await expectPath(t, dev, zeroCopy)
       for (const job of jobs) {

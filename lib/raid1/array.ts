@@ -1,5 +1,5 @@
 // RAID1 arrays as users see them: create, assemble, status, fail, add, stop.
-import { createDevice, deviceInfo, recoverDevice, waitRecoverable, type Device, type DeviceOptions } from '../device.js'
+import { claimRecovery, createDevice, recoverDevice, type Device, type DeviceOptions, type RecoveryClaim } from '../device.js'
 import { toUblkError, UblkError } from '../errors.js'
 import { parseSize } from '../size.js'
 import type { Member, MemberStatus } from './mirror.js'
@@ -279,8 +279,19 @@ export async function createRaid1(options: CreateRaid1Options): Promise<Raid1Arr
 export async function assembleRaid1(options: AssembleRaid1Options): Promise<Raid1Array> {
   if (typeof options !== 'object' || options === null) throw new UblkError('EINVAL', 'assembleRaid1 needs options')
   const paths = checkMemberList(options.members, 1)
-  // A standby reads the members only once their last writer is gone.
-  if (options.recover !== undefined && options.standby) await waitRecoverable(options.recover)
+  if (options.recover === undefined) return assembleFrom(paths, options)
+  // The members are read, and their metadata written, only under the
+  // device's recovery claim: once their last writer is gone, and by one
+  // recoverer only.
+  const claim = await claimRecovery(options.recover, { standby: options.standby === true })
+  try {
+    return await assembleFrom(paths, options, claim)
+  } finally {
+    claim.release()
+  }
+}
+
+async function assembleFrom(paths: string[], options: AssembleRaid1Options, claim?: RecoveryClaim): Promise<Raid1Array> {
   const found = await Promise.all(paths.map(async (path) => ({ path, sb: await readSuperblock(path) })))
   const fresh = found.reduce((a, b) => (b.sb.events > a.sb.events ? b : a))
   for (const { path, sb } of found) {
@@ -316,7 +327,7 @@ export async function assembleRaid1(options: AssembleRaid1Options): Promise<Raid
   }
   const freshActive = found.find((f) => f.sb.events === fresh.sb.events && members.find((m) => m.path === f.path)?.state === 'active')!
   const bitmap = fresh.sb.bitmap ? await readBitmap(freshActive.path, fresh.sb) : undefined
-  return start(options, superblock, members, bitmap, !fresh.sb.clean)
+  return start(options, superblock, members, bitmap, !fresh.sb.clean, claim)
 }
 
 async function start(
@@ -325,6 +336,7 @@ async function start(
   members: Member[],
   bitmap: Uint8Array | undefined,
   unclean: boolean,
+  claim?: RecoveryClaim,
 ): Promise<Raid1Array> {
   const clearDelay = options.bitmapClearDelayMs ?? 5000
   if (!(typeof clearDelay === 'number' && clearDelay >= 10)) {
@@ -350,7 +362,7 @@ async function start(
     if (recover === undefined) {
       device = await createDevice({ ...pickGeometry(geometry), size: superblock.size, target: mirror })
     } else {
-      device = await recoverArrayDevice(recover, superblock, mirror, options.ioTimeoutMs)
+      device = await recoverArrayDevice(claim!, superblock, mirror, options.ioTimeoutMs)
     }
   } catch (err) {
     throw toUblkError(err)
@@ -359,13 +371,13 @@ async function start(
   return new Raid1Array(device, mirror)
 }
 
-/** The array's device, taken over from its dead server; it must be the array's size. */
-async function recoverArrayDevice(id: number, sb: Superblock, mirror: Mirror, ioTimeoutMs: number | undefined): Promise<Device> {
-  const info = await deviceInfo(id)
-  if (info.size !== sb.size) {
-    throw new UblkError('EINVAL', `ublk device ${id} holds ${info.size} bytes, the array ${sb.uuid} ${sb.size}: not this array's device`)
+/** The array's device, taken over from its dead server under `claim`; it must be the array's size. */
+async function recoverArrayDevice(claim: RecoveryClaim, sb: Superblock, mirror: Mirror, ioTimeoutMs: number | undefined): Promise<Device> {
+  const { id, size } = claim.info
+  if (size !== sb.size) {
+    throw new UblkError('EINVAL', `ublk device ${id} holds ${size} bytes, the array ${sb.uuid} ${sb.size}: not this array's device`)
   }
-  return recoverDevice(id, { target: mirror, ...(ioTimeoutMs !== undefined ? { ioTimeoutMs } : {}) })
+  return recoverDevice(id, { target: mirror, claim, ...(ioTimeoutMs !== undefined ? { ioTimeoutMs } : {}) })
 }
 
 function pickGeometry(o: Record<string, unknown>): DeviceGeometry {

@@ -74,8 +74,9 @@ async function serve(md: Raid1Array): Promise<void> {
   const control = serveControl(md, stop)
   console.log(`serving ${md.path} (RAID1 ${md.status().state}); Ctrl-C, SIGTERM or \`ublk-ts raid1 stop ${md.id}\` to stop`)
   let handOver = false
-  void untilStopOrHandOver().then((how) => {
+  void untilStopOrHandOver(md.device).then((how) => {
     handOver = how === 'hand-over'
+    if (how === 'gone') console.log(`${md.path} was deleted by another process; nothing left to serve`)
     stop()
   })
   let finished = false

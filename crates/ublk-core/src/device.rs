@@ -18,7 +18,7 @@ use libublk::UblkFlags;
 use crate::control::{check_control, ensure_control_ring, info_from_ctrl, DeviceInfo};
 use crate::error::{Error, Result};
 use crate::options::{kernel_max_queues, DeviceOptions};
-use crate::recovery;
+use crate::recovery::{self, RecoveryClaim};
 use crate::runtime::{basic_params, IoBuffers, QueueArgs, QueueControl, Serve, Served, Target};
 
 /// A device this process serves. Clones are handles to the same device;
@@ -66,22 +66,36 @@ impl Device {
     /// reissued to this one. The device must have been added with
     /// [`crate::Recovery::Reissue`], and `opts` must describe it as
     /// it is ([`DeviceInfo::options`] reads them from the kernel). Waits
-    /// up to 30 s for the kernel to let go of the dead server. If taking
-    /// over fails, the device is left as it was, for another try.
+    /// up to 30 s for the kernel to let go of the dead server (and for
+    /// another recoverer, see [`RecoveryClaim`]). If taking over fails,
+    /// the device is left as it was, for another try.
     pub fn recover<T: Target>(opts: &DeviceOptions, target: T) -> Result<Device> {
-        Self::recover_served(opts, Arc::new(Served(Arc::new(target))))
+        Self::recover_shared(opts, Arc::new(target))
     }
 
     /// [`Device::recover`] for a target shared with its creator.
     pub fn recover_shared<T: Target>(opts: &DeviceOptions, target: Arc<T>) -> Result<Device> {
-        Self::recover_served(opts, Arc::new(Served(target)))
+        let id = opts
+            .id
+            .ok_or_else(|| Error::invalid("recovering a device needs its id"))?;
+        Self::recover_claimed(RecoveryClaim::acquire(id, false, None)?, opts, target)
     }
 
-    fn recover_served(opts: &DeviceOptions, runtime: Arc<dyn Serve>) -> Result<Device> {
+    /// [`Device::recover_shared`] under a claim the caller already holds
+    /// (a standby's, or one held while the target prepared itself); the
+    /// claim ends when this returns.
+    pub fn recover_claimed<T: Target>(
+        claim: RecoveryClaim,
+        opts: &DeviceOptions,
+        target: Arc<T>,
+    ) -> Result<Device> {
         opts.validate(kernel_max_queues())?;
         check_control()?;
-        let ctrl = Arc::new(recovery::take_over(opts, &*runtime)?);
+        let runtime: Arc<dyn Serve> = Arc::new(Served(target));
+        let ctrl = Arc::new(recovery::take_over(&claim, opts, &*runtime)?);
         let started = start(&ctrl, opts, runtime, Mode::Recover);
+        // Live again (or failed): the next recoverer may look.
+        drop(claim);
         started.map(|running| Self::register(ctrl, running))
     }
 

@@ -31,7 +31,7 @@ pub use options::{
     kernel_max_queues, DeviceOptions, Recovery, MAX_DEPTH, MAX_DEVICE_ID, MAX_IO_BYTES,
     MAX_IO_DELAY,
 };
-pub use recovery::wait_recoverable;
+pub use recovery::{wait_recoverable, RecoveryClaim};
 pub use runtime::{
     Capabilities, DeviceParams, Io, IoDesc, IoOp, QueueContext, Spawner, Target, WriteBatch,
     WriteExtent,

@@ -4,6 +4,9 @@
 //! serves its queues and ends the recovery as a normal start would
 //! (`END_USER_RECOVERY`, in libublk's `start_dev`).
 
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
@@ -44,17 +47,120 @@ pub(crate) fn ctrl_flags(mode: Recovery, kernel_mask: Option<u64>) -> Result<u64
     Ok(flags)
 }
 
-/// Waits until device `opts.id` can be recovered, checks that `opts` and
-/// the target describe it as the kernel has it, and starts the recovery:
-/// the returned control then serves it as a new device's would. Nothing
-/// is changed in the kernel when this fails.
-pub(crate) fn take_over(opts: &DeviceOptions, runtime: &dyn Serve) -> Result<UblkCtrl> {
-    let id = opts
-        .id
-        .ok_or_else(|| Error::invalid("recovering a device needs its id"))?;
-    let deadline = Instant::now() + TAKE_OVER_TIMEOUT;
-    let info = wait(id, Some(deadline), false)?;
-    check_same_device(&info, opts)?;
+/// The right to take one device over, held by one recoverer at a time.
+///
+/// The kernel does not order two processes that recover the same device:
+/// a second `START_USER_RECOVERY` while the first server is still opening
+/// its queues resets the state that server is building. So every
+/// recoverer first takes an exclusive lock on a file named for the device
+/// (`/run/ublk-ts/recover-<id>.lock`, released with the process if it
+/// dies), and only then looks at the device: a claim is granted once the
+/// device's server is gone, and ends when the new server is live (or
+/// failed to start) and the claim is dropped. A RAID1 target holds it
+/// while it reads and writes its members' metadata, so a recoverer that
+/// loses never touches the members of a served array.
+pub struct RecoveryClaim {
+    info: DeviceInfo,
+    _lock: File,
+}
+
+impl RecoveryClaim {
+    /// Claims device `id`, once its server is gone and the kernel holds it
+    /// for a new one. Without `standby`, a device still served is EBUSY,
+    /// and the wait (for another recoverer, or for the kernel to let go of
+    /// the dead server) ends after `timeout` (30 s if `None`). A `standby`
+    /// waits while the device is served, for `timeout` or for ever, and
+    /// goes on waiting when another recoverer takes the device first.
+    pub fn acquire(id: u32, standby: bool, timeout: Option<Duration>) -> Result<RecoveryClaim> {
+        let timeout = if standby {
+            timeout
+        } else {
+            Some(timeout.unwrap_or(TAKE_OVER_TIMEOUT))
+        };
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let lock = lock_file(id)?;
+        loop {
+            if standby {
+                wait(id, deadline, true)?;
+            }
+            if try_lock(&lock, id)? {
+                // Under the lock, nobody else can be taking it over.
+                match wait(id, deadline, false) {
+                    Ok(info) => return Ok(RecoveryClaim { info, _lock: lock }),
+                    // Another standby won: stand by again, for its server.
+                    Err(e) if standby && e.errno() == libc::EBUSY => unlock(&lock),
+                    Err(e) => return Err(e),
+                }
+            } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::new(
+                    libc::ETIMEDOUT,
+                    format!("ublk device {id}: another process has been recovering it for longer than the wait allowed"),
+                ));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// The device as it was when the claim was granted: its server gone.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+}
+
+const LOCK_DIR: &str = "/run/ublk-ts";
+
+fn lock_file(id: u32) -> Result<File> {
+    let path = format!("{LOCK_DIR}/recover-{id}.lock");
+    std::fs::create_dir_all(LOCK_DIR)
+        .and_then(|()| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+        })
+        .map_err(|e| Error::from(e).context(format!("open the recovery lock {path}")))
+}
+
+fn try_lock(lock: &File, id: u32) -> Result<bool> {
+    // SAFETY: flock takes a file descriptor this `File` owns for the
+    // whole call, and an operation; it touches no memory of ours.
+    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EWOULDBLOCK) | Some(libc::EINTR) => Ok(false),
+        _ => Err(Error::from(err).context(format!("lock the recovery of ublk device {id}"))),
+    }
+}
+
+fn unlock(lock: &File) {
+    // SAFETY: as in `try_lock`; unlocking a lock this file holds.
+    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_UN) };
+}
+
+/// Checks that `opts` and the target describe the claimed device as the
+/// kernel has it, and starts the recovery: the returned control then
+/// serves it as a new device's would. Nothing is changed in the kernel
+/// when this fails.
+pub(crate) fn take_over(
+    claim: &RecoveryClaim,
+    opts: &DeviceOptions,
+    runtime: &dyn Serve,
+) -> Result<UblkCtrl> {
+    let info = claim.info();
+    let id = info.id;
+    if opts.id != Some(id) {
+        return Err(Error::invalid(format!(
+            "the recovery claim is for ublk device {id}, the options name {:?}",
+            opts.id
+        )));
+    }
+    check_same_device(info, opts)?;
     let known = (sys::UBLK_F_USER_RECOVERY
         | sys::UBLK_F_USER_RECOVERY_REISSUE
         | sys::UBLK_F_AUTO_BUF_REG) as u64;
@@ -68,7 +174,8 @@ pub(crate) fn take_over(opts: &DeviceOptions, runtime: &dyn Serve) -> Result<Ubl
         .dev_flags(UblkFlags::UBLK_DEV_F_RECOVER_DEV)
         .build()
         .map_err(|e| Error::from_ublk(format!("open ublk device {id} for recovery"), e))?;
-    check_target_fits(&ctrl, &info, opts, runtime)?;
+    check_target_fits(&ctrl, info, opts, runtime)?;
+    let deadline = Instant::now() + TAKE_OVER_TIMEOUT;
     loop {
         // libublk reports a refusal either way: as an error, or as a
         // negative result.

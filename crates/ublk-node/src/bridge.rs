@@ -17,6 +17,7 @@ use ublk_core::{Capabilities, Device};
 use crate::device::{core_options, register_env_cleanup, CreateDevice, NativeDeviceOptions};
 use crate::errors::{guard, to_napi};
 use crate::handover::{batch_to_js, detach_all, staging_array_buffer, BatchFn, JsSink, RawValue};
+use crate::recovery::NativeRecoveryClaim;
 
 /// What a JS target can do; decides the device's parameters.
 #[napi(object)]
@@ -115,22 +116,28 @@ pub fn start_bridged_device(
 }
 
 /// Takes over the device the bridge's options name (`id`), whose server
-/// died, and serves it through this bridge; resolves once it is live
-/// again. IOs the dead server held reach `onBatch` first.
+/// died, and serves it through this bridge, under `claim` (from
+/// `claimRecovery`) if given; resolves once it is live again. IOs the
+/// dead server held reach `onBatch` first.
 #[napi(ts_return_type = "Promise<NativeDevice>")]
 pub fn recover_bridged_device(
     env: Env,
     bridge: &NativeBridge,
+    claim: Option<&NativeRecoveryClaim>,
 ) -> napi::Result<AsyncTask<CreateDevice>> {
-    start_bridge(&env, bridge, Device::recover_shared)
+    let claim = claim.map(NativeRecoveryClaim::take).transpose()?;
+    start_bridge(&env, bridge, move |opts, target| match claim {
+        Some(claim) => Device::recover_claimed(claim, opts, target),
+        None => Device::recover_shared(opts, target),
+    })
 }
-
-type StartShared = fn(&ublk_core::DeviceOptions, Arc<BridgeTarget>) -> ublk_core::Result<Device>;
 
 fn start_bridge(
     env: &Env,
     bridge: &NativeBridge,
-    start: StartShared,
+    start: impl FnOnce(&ublk_core::DeviceOptions, Arc<BridgeTarget>) -> ublk_core::Result<Device>
+        + Send
+        + 'static,
 ) -> napi::Result<AsyncTask<CreateDevice>> {
     bridge.start_once()?;
     register_env_cleanup(env);

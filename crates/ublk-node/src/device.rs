@@ -13,6 +13,7 @@ use ublk_core::Device;
 
 use crate::errors::{guard, to_napi};
 use crate::info::DeviceInfo;
+use crate::recovery::NativeRecoveryClaim;
 
 thread_local! {
     /// Devices created from this thread's JavaScript environment, stopped by
@@ -138,19 +139,26 @@ pub fn create_device(env: Env, options: NativeDeviceOptions) -> AsyncTask<Create
 }
 
 /// Takes over device `options.id`, whose server died, with a built-in
-/// target; `options` must describe the device as it is. Resolves once it
-/// is live again.
+/// target, under `claim` (from `claimRecovery`) if given; `options` must
+/// describe the device as it is. Resolves once it is live again.
 #[napi(ts_return_type = "Promise<NativeDevice>")]
-pub fn recover_device(env: Env, options: NativeDeviceOptions) -> AsyncTask<CreateDevice> {
-    start_builtin(&env, options, ublk_core::targets::recover_builtin)
+pub fn recover_device(
+    env: Env,
+    options: NativeDeviceOptions,
+    claim: Option<&NativeRecoveryClaim>,
+) -> napi::Result<AsyncTask<CreateDevice>> {
+    let claim = claim.map(NativeRecoveryClaim::take).transpose()?;
+    Ok(start_builtin(&env, options, move |opts, kind, path| {
+        ublk_core::targets::recover_builtin(claim, opts, kind, path)
+    }))
 }
-
-type StartBuiltin = fn(&ublk_core::DeviceOptions, &str, Option<&str>) -> ublk_core::Result<Device>;
 
 fn start_builtin(
     env: &Env,
     options: NativeDeviceOptions,
-    start: StartBuiltin,
+    start: impl FnOnce(&ublk_core::DeviceOptions, &str, Option<&str>) -> ublk_core::Result<Device>
+        + Send
+        + 'static,
 ) -> AsyncTask<CreateDevice> {
     register_env_cleanup(env);
     let request = core_options(&options).map_err(to_napi);

@@ -15,3 +15,4 @@ mod errors;
 mod handover;
 mod info;
 mod log_forward;
+mod recovery;

@@ -7,9 +7,12 @@ mod null;
 pub use loop_file::LoopTarget;
 pub use null::NullTarget;
 
+use std::sync::Arc;
+
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::options::DeviceOptions;
+use crate::recovery::RecoveryClaim;
 use crate::runtime::Target;
 
 /// Creates a device served by a target this crate ships, by kind name;
@@ -19,23 +22,28 @@ pub fn create_builtin(opts: &DeviceOptions, kind: &str, backing: Option<&str>) -
 }
 
 /// Recovers device `opts.id` with a target this crate ships
-/// ([`Device::recover`]).
-pub fn recover_builtin(opts: &DeviceOptions, kind: &str, backing: Option<&str>) -> Result<Device> {
-    serve_builtin(opts, kind, backing, Start::Recover)
+/// ([`Device::recover`]), under `claim` if the caller holds one.
+pub fn recover_builtin(
+    claim: Option<RecoveryClaim>,
+    opts: &DeviceOptions,
+    kind: &str,
+    backing: Option<&str>,
+) -> Result<Device> {
+    serve_builtin(opts, kind, backing, Start::Recover(claim))
 }
 
 /// How a device gets its target: added, or recovered.
-#[derive(Clone, Copy)]
 enum Start {
     Add,
-    Recover,
+    Recover(Option<RecoveryClaim>),
 }
 
 impl Start {
     fn start<T: Target>(self, opts: &DeviceOptions, target: T) -> Result<Device> {
         match self {
             Start::Add => Device::create(opts, target),
-            Start::Recover => Device::recover(opts, target),
+            Start::Recover(None) => Device::recover(opts, target),
+            Start::Recover(Some(claim)) => Device::recover_claimed(claim, opts, Arc::new(target)),
         }
     }
 }
