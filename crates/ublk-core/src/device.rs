@@ -31,13 +31,17 @@ pub struct Device {
 struct Inner {
     id: u32,
     kind: String,
-    ctrl: Arc<UblkCtrl>,
+    block_path: String,
+    char_path: String,
     /// `None` once stopped.
     running: Mutex<Option<Running>>,
 }
 
-/// What a running device holds.
+/// What a running device holds; all of it is let go when it stops (not
+/// when the last handle goes: a garbage-collected language may keep a
+/// stopped device's handle for a long time, and it must hold no fd).
 struct Running {
+    ctrl: Arc<UblkCtrl>,
     runtime: Arc<dyn Serve>,
     queues: Vec<JoinHandle<()>>,
     controls: Vec<Arc<QueueControl>>,
@@ -96,15 +100,16 @@ impl Device {
         let started = start(&ctrl, opts, runtime, Mode::Recover);
         // Live again (or failed): the next recoverer may look.
         drop(claim);
-        started.map(|running| Self::register(ctrl, running))
+        started.map(Self::register)
     }
 
-    fn register(ctrl: Arc<UblkCtrl>, running: Running) -> Device {
-        let id = ctrl.dev_info().dev_id;
+    fn register(running: Running) -> Device {
+        let id = running.ctrl.dev_info().dev_id;
         let inner = Arc::new(Inner {
             id,
             kind: running.runtime.kind().to_string(),
-            ctrl,
+            block_path: running.ctrl.get_bdev_path(),
+            char_path: running.ctrl.get_cdev_path(),
             running: Mutex::new(Some(running)),
         });
         SERVED.lock().unwrap().insert(id, Arc::downgrade(&inner));
@@ -142,7 +147,7 @@ impl Device {
         let checked = check_granted(&ctrl, opts, ctrl_flags, runtime.kind());
         let started = checked.and_then(|()| start(&ctrl, opts, runtime, Mode::Add));
         match started {
-            Ok(running) => Ok(Self::register(ctrl, running)),
+            Ok(running) => Ok(Self::register(running)),
             Err(e) => {
                 // Added but not started: delete it, so nothing is left.
                 let _ = ensure_control_ring();
@@ -164,22 +169,29 @@ impl Device {
     }
 
     pub fn block_path(&self) -> String {
-        self.inner.ctrl.get_bdev_path()
+        self.inner.block_path.clone()
     }
 
     pub fn char_path(&self) -> String {
-        self.inner.ctrl.get_cdev_path()
+        self.inner.char_path.clone()
     }
 
     /// The device as the kernel describes it now.
     pub fn info(&self) -> Result<DeviceInfo> {
-        if self.is_stopped() {
-            return Err(Error::new(
+        let ctrl = self
+            .inner
+            .running
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|r| r.ctrl.clone());
+        match ctrl {
+            Some(ctrl) => info_from_ctrl(&ctrl),
+            None => Err(Error::new(
                 libc::ENODEV,
                 format!("ublk device {} was stopped", self.id()),
-            ));
+            )),
         }
-        info_from_ctrl(&self.inner.ctrl)
     }
 
     pub fn is_stopped(&self) -> bool {
@@ -214,7 +226,9 @@ impl Device {
     /// with a standby ([`crate::wait_recoverable`]) waiting to take over.
     pub fn abandon(&self) {
         self.inner.unregister();
-        self.inner.ctrl.disown();
+        if let Some(run) = self.inner.running.lock().unwrap().as_ref() {
+            run.ctrl.disown();
+        }
     }
 }
 
@@ -242,11 +256,11 @@ impl Inner {
             control.stopping();
         }
         run.runtime.stopping();
-        let stopped = self.ctrl.kill_dev();
+        let stopped = run.ctrl.kill_dev();
         for handle in run.queues {
             let _ = handle.join();
         }
-        let deleted = self.ctrl.del_dev();
+        let deleted = run.ctrl.del_dev();
         run.runtime.stopped();
         for (what, res) in [("stop", stopped), ("delete", deleted)] {
             if let Err(e) = res {
@@ -485,6 +499,7 @@ fn start(
         return Err(cause.unwrap_or(start_error));
     }
     Ok(Running {
+        ctrl: ctrl.clone(),
         runtime,
         queues,
         controls,

@@ -71,6 +71,12 @@ impl QueueInbox {
     pub fn eventfd(&self) -> RawFd {
         self.eventfd.raw_fd()
     }
+
+    /// Closes the eventfd once the queue thread is gone; later posts wake
+    /// nobody.
+    pub(crate) fn close(&self) {
+        self.eventfd.close();
+    }
 }
 
 #[cfg(test)]

@@ -189,6 +189,10 @@ impl BridgeTarget {
         self.device.files.close();
         self.device.staging.close();
         self.device.sink.close();
+        // The queue threads are gone (or never started).
+        for q in &self.queues {
+            q.inbox.close();
+        }
     }
 }
 
