@@ -44,8 +44,8 @@ test.serial('fio crc32c verify through the mirror; members identical after stop'
   try {
     t.is(md.status().state, 'optimal')
     for (const job of [
-      { rw: 'randwrite', bs: '4k', iodepth: 32, size: '16M' },
-      { rw: 'write', bs: '1M', iodepth: 4, size: '32M' },
+      { rw: 'randwrite', bs: '4k', iodepth: 32, size: '8M' },
+      { rw: 'write', bs: '1M', iodepth: 4, size: '16M' },
       { rw: 'randwrite', bs: '512', iodepth: 8, size: '1M' },
     ] as const) {
       const r = await fio(md.path, { ...job, verify: 'crc32c' })

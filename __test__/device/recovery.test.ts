@@ -21,6 +21,8 @@ const MiB = 1 << 20
 const CYCLES = 20
 /** Standbys waiting at once in the kill cycles: they race for each dead server. */
 const STANDBYS = 2
+/** Live upgrades in a row under one fio run: the upgraded server is upgraded again. */
+const UPGRADES = 2
 
 test.before(() => requireUblk())
 
@@ -251,18 +253,18 @@ for (const [name, add, upgrade] of [
     (id: number, f: string[]) => ['raid1', 'assemble', ...f, '--recover', String(id), '--take-over'],
   ],
 ] as const) {
-  test.serial(`live upgrade of the ${name} under fio verify: 3 hand-overs, no IO error, the longest stall printed`, async (t) => {
+  test.serial(`live upgrade of the ${name} under fio verify: ${UPGRADES} hand-overs, no IO error, the longest stall printed`, async (t) => {
     const files = (name === 'RAID1' ? [0, 1] : [0]).map((i) => scratchFile(`upgrade-${name.length}-${i}`, 72 * MiB))
     let server = serve(...add(files))
     const dev = await server.path
     const id = Number(dev.replace('/dev/ublkb', ''))
     const job = sh('fio', [
       '--name=upgrade', `--filename=${dev}`, '--ioengine=io_uring', '--direct=1', '--rw=randwrite', '--bs=4k', '--iodepth=16',
-      '--rate_iops=1000', '--size=24M', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--output-format=json',
+      '--rate_iops=1000', '--size=16M', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--output-format=json',
     ], 300_000)
     const stalls: string[] = []
     await until(() => inFlight(dev) > 0, 'fio has IO in flight', 60_000)
-    for (let i = 0; i < 3; i++) {
+    for (let i = 0; i < UPGRADES; i++) {
       const next = serve(...upgrade(id, files))
       t.is(await next.path, dev)
       t.is(await server.exited, 0, server.output())
@@ -277,7 +279,7 @@ for (const [name, add, upgrade] of [
     t.is(fioJob.error, 0, 'no IO error reached fio, and every block verified')
     t.true(fioJob.write.total_ios > 0 && fioJob.read.total_ios > 0)
     const longest = Math.max(fioJob.write.clat_ns.max, fioJob.read.clat_ns.max) / 1e6
-    t.log(`3 live upgrades: hand-over to serving ${stalls.join(', ')}; the longest IO fio saw took ${longest.toFixed(0)} ms`)
+    t.log(`${UPGRADES} live upgrades: hand-over to serving ${stalls.join(', ')}; the longest IO fio saw took ${longest.toFixed(0)} ms`)
     await stopLastServer(t, server, id, files.length === 2 ? files : undefined)
     for (const f of files) unlinkSync(f)
   })

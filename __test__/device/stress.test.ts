@@ -9,7 +9,7 @@ import { promisify } from 'node:util'
 
 import test from 'ava'
 
-import { deviceInfo, listDevices } from '../../lib/index.ts'
+import { deleteDevice, deviceInfo, listDevices } from '../../lib/index.ts'
 
 import { fixture } from '../helpers/child.ts'
 import { serve, ublkTs } from '../helpers/cli.ts'
@@ -41,8 +41,7 @@ for (const { name, files: fileCount, add } of servers) {
       await until(() => inFlight(dev) > 0, 'fio has IO in flight', 60_000)
       const at = Date.now()
       if (how === 'deleted by another process') {
-        const del = await ublkTs('delete', String(id))
-        t.is(del.code, 0, del.stderr)
+        await deleteDevice(id)
       } else {
         server.child.kill('SIGKILL')
       }

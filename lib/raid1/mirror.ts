@@ -167,7 +167,7 @@ export class Mirror implements Target {
 
   beforeWrites(ios: readonly Io[]): Promise<void> | undefined {
     const extents = ios.map((io) => ({ offset: io.offset, length: io.length }))
-    if (this.#locks.size > 0) return this.#waitForLocks(extents).then(() => this.#mark(ios, extents))
+    if (this.#locks.size > 0) return this.#markWhenUnlocked(ios, extents)
     return this.#mark(ios, extents)
   }
 
@@ -353,17 +353,30 @@ export class Mirror implements Target {
     return this.#bitmap.mark(extents)
   }
 
-  async #waitForLocks(extents: Extent[]): Promise<void> {
+  /**
+   * Marks the writes once no chunk they touch is locked. The check and the
+   * mark happen in one synchronous step: a chunk lock taken in between
+   * (a resync copy, a read repair) would otherwise find the chunk idle and
+   * copy it while these writes land on it.
+   */
+  async #markWhenUnlocked(ios: readonly Io[], extents: Extent[]): Promise<void> {
     for (;;) {
-      let held: Promise<void> | undefined
-      for (const e of extents) {
-        const [first, last] = this.#bitmap.chunksOf(e)
-        for (let c = first; c <= last && !held; c++) held = this.#locks.get(c)
-        if (held) break
-      }
-      if (!held) return
+      const held = this.#lockOn(extents)
+      if (!held) return this.#mark(ios, extents)
       await held
     }
+  }
+
+  /** A lock held on a chunk the extents touch, if any. */
+  #lockOn(extents: Extent[]): Promise<void> | undefined {
+    for (const e of extents) {
+      const [first, last] = this.#bitmap.chunksOf(e)
+      for (let c = first; c <= last; c++) {
+        const held = this.#locks.get(c)
+        if (held) return held
+      }
+    }
+    return undefined
   }
 
   /** Holds writes off a chunk and waits for those in flight; returns the release. */

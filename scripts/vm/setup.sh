@@ -28,14 +28,14 @@ die() { printf '[vm-setup] error: %s\n' "$*" >&2; exit 1; }
 # Modules. Required ones must exist (as a .ko or built in); wanted ones are skipped with
 # a warning when the kernel has neither. Their dependencies come from each .ko's modinfo.
 required_modules=(9p 9pnet_virtio ublk_drv)
-wanted_modules=(overlay configfs null_blk loop md-mod raid1 dm-mod dm-flakey dm-delay ext4)
+wanted_modules=(overlay configfs null_blk loop md-mod raid1 dm-mod dm-flakey dm-delay ext4 nbd)
 read -r -a extra_modules <<<"${UBLK_VM_EXTRA_MODULES:-}"
 # Parameters given to insmod. null_blk creates no device by itself: tests make their own
 # through configfs (/sys/kernel/config/nullb) or by reloading it with other parameters.
 declare -A module_params=([null_blk]="nr_devices=0")
 
 host_packages=(qemu-system-x86 busybox-static cpio fio xz-utils e2fsprogs libclang-dev
-  util-linux dmsetup mdadm debian-archive-keyring)
+  util-linux dmsetup mdadm debian-archive-keyring nbdkit nbd-client iproute2)
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 
 flavour=${UBLK_VM_KERNEL:-backports}
