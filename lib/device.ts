@@ -281,6 +281,11 @@ export async function recoverDevice(id: number, options: RecoverOptions): Promis
   if (typeof options !== 'object' || options === null) {
     throw new UblkError('EINVAL', 'recoverDevice needs an options object with a target')
   }
+  const { target, path, ioTimeoutMs } = options
+  // Checked before the claim: a standby may wait for a long time.
+  if (typeof target !== 'string' && (typeof target !== 'object' || target === null)) {
+    throw new UblkError('EINVAL', 'options.target must be a built-in target name ("null") or a target object')
+  }
   const claim = (options.claim as NativeRecoveryClaim | undefined) ?? (await claimRecovery(id, { standby: options.standby === true }))
   try {
     const info = claim.info
@@ -296,12 +301,8 @@ export async function recoverDevice(id: number, options: RecoverOptions): Promis
       recovery: info.recovery as Recovery,
     }
     installProcessHooks()
-    const { target, path, ioTimeoutMs } = options
-    if (typeof target === 'object' && target !== null) {
+    if (typeof target === 'object') {
       return await createServedDevice({ ...geometry, target, ioTimeoutMs }, target, claim)
-    }
-    if (typeof target !== 'string') {
-      throw new UblkError('EINVAL', 'options.target must be a built-in target name ("null") or a target object')
     }
     const nativeDevice = await native(() => binding.recoverDevice({ ...geometry, target, path }, claim))
     return new Device(nativeDevice)

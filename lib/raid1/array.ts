@@ -327,6 +327,10 @@ async function assembleFrom(paths: string[], options: AssembleRaid1Options, clai
   }
   const freshActive = found.find((f) => f.sb.events === fresh.sb.events && members.find((m) => m.path === f.path)?.state === 'active')!
   const bitmap = fresh.sb.bitmap ? await readBitmap(freshActive.path, fresh.sb) : undefined
+  // Before anything is written: the device to take over must be this array's.
+  if (claim && claim.info.size !== superblock.size) {
+    throw new UblkError('EINVAL', `ublk device ${claim.info.id} holds ${claim.info.size} bytes, the array ${superblock.uuid} ${superblock.size}: not this array's device`)
+  }
   return start(options, superblock, members, bitmap, !fresh.sb.clean, claim)
 }
 
@@ -362,7 +366,7 @@ async function start(
     if (recover === undefined) {
       device = await createDevice({ ...pickGeometry(geometry), size: superblock.size, target: mirror })
     } else {
-      device = await recoverArrayDevice(claim!, superblock, mirror, options.ioTimeoutMs)
+      device = await recoverArrayDevice(claim!, mirror, options.ioTimeoutMs)
     }
   } catch (err) {
     throw toUblkError(err)
@@ -371,13 +375,9 @@ async function start(
   return new Raid1Array(device, mirror)
 }
 
-/** The array's device, taken over from its dead server under `claim`; it must be the array's size. */
-async function recoverArrayDevice(claim: RecoveryClaim, sb: Superblock, mirror: Mirror, ioTimeoutMs: number | undefined): Promise<Device> {
-  const { id, size } = claim.info
-  if (size !== sb.size) {
-    throw new UblkError('EINVAL', `ublk device ${id} holds ${size} bytes, the array ${sb.uuid} ${sb.size}: not this array's device`)
-  }
-  return recoverDevice(id, { target: mirror, claim, ...(ioTimeoutMs !== undefined ? { ioTimeoutMs } : {}) })
+/** The array's device, taken over from its dead server under `claim` (its size checked before). */
+function recoverArrayDevice(claim: RecoveryClaim, mirror: Mirror, ioTimeoutMs: number | undefined): Promise<Device> {
+  return recoverDevice(claim.info.id, { target: mirror, claim, ...(ioTimeoutMs !== undefined ? { ioTimeoutMs } : {}) })
 }
 
 function pickGeometry(o: Record<string, unknown>): DeviceGeometry {

@@ -84,6 +84,8 @@ export class Mirror implements Target {
   readonly #locks = new Map<number, Promise<void>>()
   readonly #marked = new WeakMap<readonly Io[], Extent[]>()
   #needsDirtyResync: boolean
+  /** A write to the members was cancelled part way (the device stopping). */
+  #cancelledWrites = false
   #resync: Resync | undefined
   #resyncSource: Member | undefined
   #lastResync: ResyncProgress | undefined
@@ -123,7 +125,7 @@ export class Mirror implements Target {
       persist: (from, to) => this.#persistBitmap(from, to),
     })
     if (!this.#bitmapEnabled) this.#bitmap.persistent = false
-    this.#bitmap.keepBits = () => this.degraded || this.#resync !== undefined || this.#needsDirtyResync
+    this.#bitmap.keepBits = () => this.degraded || this.#resync !== undefined || this.#needsDirtyResync || this.#cancelledWrites
     this.#copyBuffer = ctx.allocBuffer(Math.min(this.sb.chunkSize, COPY_PIECE))
     this.#sweeper = setInterval(() => this.#bitmap.sweep(), this.#clearDelayMs)
     this.#sweeper.unref()
@@ -197,9 +199,9 @@ export class Mirror implements Target {
     return this.#resync !== undefined
   }
 
-  /** A dirty resync was due and has not finished: the members may differ. */
+  /** A dirty resync was due and has not finished, or a write was cut short: the members may differ. */
   get dirtyResyncPending(): boolean {
-    return this.#needsDirtyResync || this.#resync?.progress.kind === 'dirty'
+    return this.#needsDirtyResync || this.#cancelledWrites || this.#resync?.progress.kind === 'dirty'
   }
 
   get bitmapEnabled(): boolean {
@@ -291,7 +293,12 @@ export class Mirror implements Target {
         if (wasActive[i]) succeeded = true
         continue
       }
-      if (isCancel(r.reason)) throw r.reason
+      if (isCancel(r.reason)) {
+        // The device is going away with this write half done: the members
+        // may differ in its chunks, so the stop must not be recorded clean.
+        this.#cancelledWrites = true
+        throw r.reason
+      }
       if (isUnsupported(r.reason)) {
         unsupported = r.reason
         continue

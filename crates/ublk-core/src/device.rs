@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, LazyLock, Mutex, Weak};
 use std::thread::JoinHandle;
 
@@ -33,6 +34,8 @@ struct Inner {
     kind: String,
     block_path: String,
     char_path: String,
+    /// Set when a stop begins (the stop holds `running` while it waits).
+    stopping: AtomicBool,
     /// `None` once stopped.
     running: Mutex<Option<Running>>,
 }
@@ -110,6 +113,7 @@ impl Device {
             kind: running.runtime.kind().to_string(),
             block_path: running.ctrl.get_bdev_path(),
             char_path: running.ctrl.get_cdev_path(),
+            stopping: AtomicBool::new(false),
             running: Mutex::new(Some(running)),
         });
         SERVED.lock().unwrap().insert(id, Arc::downgrade(&inner));
@@ -203,12 +207,15 @@ impl Device {
     /// device goes away, deleted by another process, say). A device that
     /// is no longer served still needs [`Device::stop`] to let go of it.
     pub fn is_serving(&self) -> bool {
+        if self.inner.stopping.load(Ordering::SeqCst) {
+            return false;
+        }
         match self.inner.running.try_lock() {
             Ok(running) => running
                 .as_ref()
                 .is_some_and(|r| r.queues.iter().any(|q| !q.is_finished())),
-            // Someone is stopping it right now.
-            Err(_) => false,
+            // Held for a moment by `info` or `abandon`: still serving.
+            Err(_) => true,
         }
     }
 
@@ -244,6 +251,7 @@ impl Inner {
     }
 
     fn stop(&self) -> Result<()> {
+        self.stopping.store(true, Ordering::SeqCst);
         // Stopping sends control commands from whatever thread calls it.
         ensure_control_ring()?;
         // Held throughout, so a second caller waits for the first to finish.
@@ -265,8 +273,14 @@ impl Inner {
         for (what, res) in [("stop", stopped), ("delete", deleted)] {
             if let Err(e) = res {
                 let err = Error::from_ublk(format!("{what} ublk device {}", self.id), e);
-                // Somebody deleted it already, which is the goal anyway.
-                if err.errno() != libc::ENODEV {
+                // ENODEV: somebody deleted it already, which is the goal
+                // anyway. ENOENT on delete: the kernel device is gone, and
+                // libublk's json file for its id was removed meanwhile by
+                // another process whose own device of that id went first
+                // (libublk checks the file, then removes it).
+                let gone = err.errno() == libc::ENODEV
+                    || (what == "delete" && err.errno() == libc::ENOENT);
+                if !gone {
                     return Err(err);
                 }
             }
