@@ -178,3 +178,26 @@ for (let seed = 1; seed <= 40; seed++) {
     await mirror.close()
   })
 }
+
+test('a write cut short on one member (the device stopping) leaves the array to be resynced, not clean', async (t) => {
+  const random = seeded(99)
+  const turns = new Turns(random)
+  const { data, ctx } = memoryContext(turns)
+  const sb = newSuperblock(SIZE, CHUNK, 2, true)
+  for (const path of ['a', 'b']) data.set(path, new Uint8Array(sb.dataOffset + SIZE))
+  const members: Member[] = ['a', 'b'].map((path, slot) => ({ slot, path, state: 'active', readErrors: 0, writeErrors: 0, repairedReads: 0 }))
+  const mirror = new Mirror({ superblock: sb, members, bitmap: new Uint8Array(sb.bitmapBytes), unclean: false, bitmapClearDelayMs: 10, resync: {} })
+  await mirror.open(ctx)
+  t.false(mirror.dirtyResyncPending)
+  const io = writeIo(data, 3 * CHUNK, CHUNK, 7, turns)
+  const landed = io.writeTo.bind(io)
+  // Member b's copy is cancelled, as the queue does when the device stops.
+  ;(io as { writeTo: Io['writeTo'] }).writeTo = (file, fileOffset) =>
+    file.path === 'b' ? Promise.reject(Object.assign(new Error('cancelled'), { code: 'ECANCELED' })) : landed(file, fileOffset)
+  await mirror.beforeWrites([io])
+  await t.throwsAsync(mirror.write(io), { code: 'ECANCELED' })
+  mirror.afterWrites([io])
+  t.true(mirror.dirtyResyncPending, 'the stop will be recorded unclean, with the bit kept')
+  t.deepEqual(mirror.memberStatus().map((m) => m.state), ['active', 'active'], 'a cancel says nothing about the member')
+  await mirror.close()
+})
