@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs'
 
 import test from 'ava'
 
-import { createDevice, deleteDevice, deviceInfo, kernelFeatures, listDevices } from '../lib/index.ts'
+import { createDevice, createRaid1, deleteDevice, deviceInfo, kernelFeatures, listDevices } from '../lib/index.ts'
 import type { DeviceOptions } from '../lib/index.ts'
 
 import { rejectsWithCode } from './helpers/errors.ts'
@@ -68,4 +68,8 @@ withoutUblk('without a ublk driver every device call fails with ENOENT and says 
   await rejectsWithCode(t, deviceInfo(0), 'ENOENT', why)
   await rejectsWithCode(t, deleteDevice(0), 'ENOENT', why)
   await rejectsWithCode(t, kernelFeatures(), 'ENOENT', why)
+})
+
+test('createRaid1 with recover is EINVAL: taking a device over is assembleRaid1', async (t) => {
+  await rejectsWithCode(t, createRaid1({ members: ['/nonexistent-a', '/nonexistent-b'], recover: 0 }), 'EINVAL', /use assembleRaid1 with recover/)
 })

@@ -230,6 +230,9 @@ function checkMemberList(members: unknown, min: number): string[] {
  */
 export async function createRaid1(options: CreateRaid1Options): Promise<Raid1Array> {
   if (typeof options !== 'object' || options === null) throw new UblkError('EINVAL', 'createRaid1 needs options')
+  if (options.recover !== undefined) {
+    throw new UblkError('EINVAL', 'createRaid1 makes a new array: to take over the device of an existing one, use assembleRaid1 with recover')
+  }
   const paths = checkMemberList(options.members, 2)
   const chunkSize = chunkSizeOf(options.chunkSize)
   const capacities = await Promise.all(paths.map((p) => memberCapacity(p)))
@@ -360,13 +363,13 @@ async function start(
     resync: options.resync ?? {},
     afterStop: recordStop,
   })
-  const { members: _members, bitmapClearDelayMs: _delay, resync: _resync, recover, standby: _standby, ...geometry } = options
+  const { members: _members, bitmapClearDelayMs: _delay, resync: _resync, recover: _recover, standby: _standby, ...geometry } = options
   let device: Device
   try {
-    if (recover === undefined) {
+    if (claim === undefined) {
       device = await createDevice({ ...pickGeometry(geometry), size: superblock.size, target: mirror })
     } else {
-      device = await recoverArrayDevice(claim!, mirror, options.ioTimeoutMs)
+      device = await recoverArrayDevice(claim, mirror, options.ioTimeoutMs)
     }
   } catch (err) {
     throw toUblkError(err)

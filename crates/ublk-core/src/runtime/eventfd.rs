@@ -25,7 +25,6 @@ impl EventFd {
         }))))
     }
 
-    /// Makes the counter non-zero: a pending read completes.
     /// Makes the counter non-zero: a pending read completes. A no-op once
     /// closed.
     pub fn wake(&self) {
