@@ -9,6 +9,28 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started=$SECONDS
 step() { printf '\n=== %s  [%s, %d s in]\n' "$*" "$(date +%T)" $((SECONDS - started)); }
 
+# Every run's counts add up to the one plain total line that ends the output.
+passed=0 failed=0 skipped=0
+run_log=$(mktemp /tmp/ublk-ts-test-run.XXXXXX)
+trap 'rm -f "$run_log"' EXIT
+color=()
+[[ -t 1 ]] && color=(--color)
+# Runs an ava command with its output shown and kept, then adds its summary
+# ("N tests passed", "N tests skipped", ...) to the totals.
+ava_counted() {
+  "$@" 2>&1 | tee "$run_log"
+  local counts n kind
+  counts=$(tr -d '\r' <"$run_log" | sed -nE 's/^[[:space:]]*([0-9]+) (tests?|known failures?) (passed|failed|skipped|todo)$/\1 \3/p')
+  [[ $counts == *passed* ]] || { echo "no ava summary found in the output of: $*" >&2; exit 1; }
+  while read -r n kind; do
+    case $kind in
+      passed) passed=$((passed + n)) ;;
+      failed) failed=$((failed + n)) ;;
+      *) skipped=$((skipped + n)) ;;
+    esac
+  done <<<"$counts"
+}
+
 step "dependencies"
 bash scripts/ensure-deps.sh
 
@@ -45,7 +67,11 @@ for run in $(seq 1 20); do
     fi
     # The first run's results are shown, with their counts (binaries
     # without tests are left out: their "0 passed" would read as nothing run).
-    if ((run == 1)) && [[ $out != *"running 0 tests"* ]]; then printf '%s\n' "$out"; fi
+    if ((run == 1)) && [[ $out != *"running 0 tests"* ]]; then
+      printf '%s\n' "$out"
+      n=$(sed -nE 's/^test result: ok\. ([0-9]+) passed.*/\1/p' <<<"$out")
+      passed=$((passed + ${n:-0}))
+    fi
   done
 done
 echo "20 runs of ${#test_bins[@]} test binaries passed"
@@ -69,20 +95,23 @@ step "tsc: type-check everything, compile the tests and examples"
 npx tsc -p tsconfig.test.json
 
 step "host tests (ava)"
-npx ava __test__/*.test.js
+ava_counted npx ava "${color[@]}" __test__/*.test.js
 
 step "real-device tests (ava)"
-device_tests=(npx ava --concurrency=1 __test__/device/)
+device_tests=(npx ava "${color[@]}" --concurrency=1 __test__/device/)
 if [[ -e /dev/ublk-control ]]; then
   echo "this kernel has ublk: running natively on $(uname -r)"
-  "${device_tests[@]}"
+  ava_counted "${device_tests[@]}"
 else
   # The newest backports kernel has the fast paths (zero copy, batch IO);
-  # Debian's stable 6.12 has the older behaviour the fallbacks are for. The
-  # kernel without skipped tests runs last: its summary ends the output.
+  # Debian's stable 6.12 has the older behaviour the fallbacks are for.
   for kernel in trixie backports; do
     step "real-device tests (ava) in the VM, kernel: $kernel"
-    UBLK_VM_KERNEL=$kernel bash scripts/vm/run.sh -- "${device_tests[@]}"
+    ava_counted env UBLK_VM_KERNEL=$kernel bash scripts/vm/run.sh -- "${device_tests[@]}"
   done
 fi
-# Nothing is printed after the last test run: its summary ends the output.
+
+# The last line: every test of every run (Rust unit tests once, host tests,
+# device tests per kernel), in the plain form CI systems read.
+printf '\nnpm test took %d s\n' $((SECONDS - started))
+echo "total: $passed passed, $failed failed, $skipped skipped"
