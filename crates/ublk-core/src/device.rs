@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::options::{kernel_max_queues, DeviceOptions};
 use crate::recovery::{self, RecoveryClaim};
 use crate::runtime::{basic_params, IoBuffers, QueueArgs, QueueControl, Serve, Served, Target};
+use crate::stats::{DeviceStats, StatsRegion};
 
 /// A device this process serves. Clones are handles to the same device;
 /// it is stopped by [`Device::stop`], or when the last handle goes.
@@ -38,6 +39,8 @@ struct Inner {
     stopping: AtomicBool,
     /// `None` once stopped.
     running: Mutex<Option<Running>>,
+    /// The queues' counters; still readable once the device stopped.
+    stats: Arc<StatsRegion>,
 }
 
 /// What a running device holds; all of it is let go when it stops (not
@@ -50,6 +53,7 @@ struct Running {
     controls: Vec<Arc<QueueControl>>,
     /// First error any queue thread ended with.
     queue_error: Arc<Mutex<Option<Error>>>,
+    stats: Arc<StatsRegion>,
 }
 
 /// Every device this process serves, by id.
@@ -114,6 +118,7 @@ impl Device {
             block_path: running.ctrl.get_bdev_path(),
             char_path: running.ctrl.get_cdev_path(),
             stopping: AtomicBool::new(false),
+            stats: running.stats.clone(),
             running: Mutex::new(Some(running)),
         });
         SERVED.lock().unwrap().insert(id, Arc::downgrade(&inner));
@@ -198,6 +203,12 @@ impl Device {
         }
     }
 
+    /// The device's IO figures, per queue, as its queue threads count
+    /// them (the last ones once it stopped).
+    pub fn stats(&self) -> DeviceStats {
+        self.inner.stats.snapshot()
+    }
+
     pub fn is_stopped(&self) -> bool {
         self.inner.running.lock().unwrap().is_none()
     }
@@ -268,6 +279,7 @@ impl Inner {
         for handle in run.queues {
             let _ = handle.join();
         }
+        run.stats.unpublish();
         let deleted = run.ctrl.del_dev();
         run.runtime.stopped();
         for (what, res) in [("stop", stopped), ("delete", deleted)] {
@@ -404,6 +416,7 @@ fn start(
         (Ok(dev), None) => dev,
     });
 
+    let stats = Arc::new(StatsRegion::create(id, opts.queues));
     let zero_copy = ctrl.dev_info().flags & libublk::sys::UBLK_F_AUTO_BUF_REG as u64 != 0;
     let queue_error = Arc::new(Mutex::new(None));
     let mut controls = Vec::with_capacity(opts.queues as usize);
@@ -424,11 +437,12 @@ fn start(
         } else {
             IoBuffers::new(opts.depth, opts.max_io_bytes)
         };
-        let (q_dev, q_runtime, q_tx, q_error) = (
+        let (q_dev, q_runtime, q_tx, q_error, q_stats) = (
             dev.clone(),
             runtime.clone(),
             tx.clone(),
             queue_error.clone(),
+            stats.clone(),
         );
         let io_delay = opts.io_delay;
         let spawned = std::thread::Builder::new()
@@ -441,6 +455,7 @@ fn start(
                     buffers: &buffers,
                     control: &control,
                     io_delay,
+                    stats: &q_stats,
                 };
                 let outcome = catch_unwind(AssertUnwindSafe(|| q_runtime.serve_queue(args)));
                 let err = match outcome {
@@ -518,6 +533,7 @@ fn start(
         queues,
         controls,
         queue_error,
+        stats,
     })
 }
 

@@ -21,6 +21,7 @@ mod options;
 mod recovery;
 pub mod runtime;
 pub mod staging;
+pub mod stats;
 pub mod targets;
 
 pub use control::{DeviceInfo, DeviceState, KernelFeatures};
@@ -36,6 +37,7 @@ pub use runtime::{
     Capabilities, DeviceParams, Io, IoDesc, IoOp, QueueContext, Spawner, Target, WriteBatch,
     WriteExtent,
 };
+pub use stats::DeviceStats;
 
 /// Re-exported so Rust targets can name libublk types without a direct
 /// dependency of their own.

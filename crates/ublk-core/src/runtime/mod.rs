@@ -27,6 +27,7 @@ use libublk::sys;
 
 use crate::error::Result;
 use crate::options::DeviceOptions;
+use crate::stats::StatsRegion;
 
 pub use batch::{WriteBatch, WriteExtent};
 pub(crate) use eventfd::EventFd;
@@ -183,6 +184,8 @@ pub(crate) struct QueueArgs<'a> {
     pub buffers: &'a Arc<IoBuffers>,
     pub control: &'a Arc<QueueControl>,
     pub io_delay: Option<Duration>,
+    /// The device's counters; this queue writes only its own block.
+    pub stats: &'a Arc<StatsRegion>,
 }
 
 pub(crate) struct Served<T>(pub Arc<T>);

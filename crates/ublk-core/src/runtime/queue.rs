@@ -18,6 +18,7 @@ use super::eventfd::EventFd;
 use super::io::{Io, IoBuffers, IoDesc, Lends};
 use super::{ops, QueueArgs, QueueContext, Spawner, Target};
 use crate::error::{Error, Result};
+use crate::stats::QueueCounters;
 
 /// Largest errno the kernel uses; a result below its negative is no errno.
 const MAX_ERRNO: i32 = 4095;
@@ -79,6 +80,9 @@ struct QueueRun<'a, T: Target> {
     lends: Vec<Rc<Lends>>,
     batches: Batches,
     io_delay: Option<Duration>,
+    stats: &'a QueueCounters,
+    /// When each tag's IO arrived: the reap that brought it.
+    arrivals: Vec<Cell<Instant>>,
 }
 
 pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
@@ -88,6 +92,7 @@ pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
         buffers,
         control,
         io_delay,
+        stats,
     } = args;
     // Device start waits until every queue has fetched; a queue that fails
     // before that must still report in, or start would wait forever.
@@ -116,7 +121,13 @@ pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
         lends: (0..buffers.depth()).map(|_| Rc::default()).collect(),
         batches: Batches::new(qid, buffers.depth()),
         io_delay,
+        stats: stats.queue(qid),
+        arrivals: (0..buffers.depth())
+            .map(|_| Cell::new(Instant::now()))
+            .collect(),
     };
+    // One clock read per reap: the arrival time of every IO it brings.
+    let reaped_at = Cell::new(Instant::now());
     let exe = LocalExecutor::new();
     let tasks: Vec<_> = queue
         .tags()
@@ -152,6 +163,9 @@ pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
         if cqe.result() == sys::UBLK_IO_RES_OK as i32 {
             let tag = (user_data & 0xffff) as u16;
             run.batches.note(tag, IoDesc::decode(queue.get_iod(tag)));
+            if let Some(arrival) = run.arrivals.get(tag as usize) {
+                arrival.set(reaped_at.get());
+            }
         }
         ublk_wake_task(user_data, cqe);
     };
@@ -171,7 +185,10 @@ pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
         let idle = types::Timespec::from(IDLE);
         libublk::uring_poll_io_fn::<squeue::Entry>(&queue, Some(idle), 1)
     };
-    let reap = |timed_out| ublk_reap_io_events_with_update_queue(&queue, timed_out, None, on_cqe);
+    let reap = |timed_out| {
+        reaped_at.set(Instant::now());
+        ublk_reap_io_events_with_update_queue(&queue, timed_out, None, on_cqe)
+    };
     let done = || aborted.get() || tasks.iter().all(|t| t.is_finished());
     let outcome = smol::block_on(exe.run(libublk::run_uring_tasks(poll, reap, tick, done)));
 
@@ -244,6 +261,9 @@ async fn io_task<T: Target>(run: &QueueRun<'_, T>, tag: u16) {
         // Operations a handler dropped may still use the buffer.
         run.lends[tag as usize].returned().await;
         let result = checked_result(result, desc);
+        let arrival = run.arrivals[tag as usize].get();
+        run.stats
+            .record(desc.op, desc.len, result, arrival.elapsed());
         if let Err(e) = q.submit_io_commit_cmd(tag, buf(), result).await {
             return log_task_end(q.get_qid(), tag, e);
         }
