@@ -67,6 +67,11 @@ export declare class NativeDevice {
    * kernel device went away (it still needs `stop()` then).
    */
   get serving(): boolean
+  /**
+   * The device's IO figures per queue and in total, as its queue
+   * threads count them (the last ones once it stopped).
+   */
+  stats(): NativeDeviceStats
   /** The device as the kernel describes it now. */
   info(): Promise<DeviceInfo>
   /**
@@ -175,6 +180,12 @@ export interface KernelFeatures {
   maxDepth: number
 }
 
+/**
+ * The exclusive upper bounds, in seconds, of the latency buckets but the
+ * last (which has none).
+ */
+export declare function latencyBucketBounds(): Array<number>
+
 /** Every ublk device on this machine, whoever serves it. */
 export declare function listDevices(): Promise<Array<DeviceInfo>>
 
@@ -235,6 +246,53 @@ export interface NativeDeviceOptions {
    */
   recovery?: string
 }
+
+export interface NativeDeviceStats {
+  id: number
+  /** The process serving the device. */
+  pid: number
+  queues: Array<NativeQueueStats>
+  /** The queues added up. */
+  total: NativeQueueStats
+}
+
+export interface NativeOpStats {
+  /** IOs completed, failed ones included. */
+  ios: number
+  /** Bytes of the IOs that succeeded (a discard's or write-zeroes' range). */
+  bytes: number
+  /** IOs that failed. */
+  errors: number
+  /** Sum of the latencies (arrival to completion), in nanoseconds. */
+  latencyNs: number
+  /**
+   * Latency histogram: `buckets[i]` counts the IOs faster than
+   * `latencyBucketBounds()[i]` seconds and not faster than the bound
+   * before; the last one, the slower ones.
+   */
+  buckets: Array<number>
+}
+
+export interface NativeQueueStats {
+  ios: number
+  bytes: number
+  errors: number
+  /** Failed IOs by errno name ("EIO"; "other" for errnos not counted apart). */
+  errnos: Record<string, number>
+  read: NativeOpStats
+  write: NativeOpStats
+  flush: NativeOpStats
+  discard: NativeOpStats
+  writeZeroes: NativeOpStats
+  /** Operations of any other kind. */
+  other: NativeOpStats
+}
+
+/**
+ * The figures of device `id` as the ublk-ts process serving it (this one
+ * or another) publishes them; ENODEV if no live ublk-ts process serves it.
+ */
+export declare function readDeviceStats(id: number): NativeDeviceStats
 
 /**
  * Takes over the device the bridge's options name (`id`), whose server

@@ -66,7 +66,7 @@ export const rustNull: System = {
 
 /** Mean IOs per hand-over of a TypeScript-served device, for the log. */
 function batchNote(dev: Device, name: string): void {
-  const s = dev.stats()
+  const s = dev.stats().dispatch
   if (s && s.batches) process.stderr.write(`    ${name}: ${(s.ios / s.batches).toFixed(1)} IOs per batch\n`)
 }
 

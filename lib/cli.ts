@@ -15,6 +15,7 @@ import {
 } from './device.js'
 import { UblkError } from './errors.js'
 import { askForHandOver, handOverAndExit, untilStopOrHandOver } from './handover.js'
+import { addStatsCommand, metricsPortOption, serveMetrics } from './metrics/cli.js'
 import { addRaid1Commands } from './raid1/cli.js'
 import { parseSize as parseSizeOf } from './size.js'
 import { loopTarget, nullTarget } from './targets/index.js'
@@ -55,6 +56,7 @@ interface AddOptions {
   ts?: boolean
   zeroCopy: boolean
   recovery: Recovery
+  metrics?: number
 }
 
 /** The target a kind name and --ts/--path stand for. */
@@ -73,8 +75,12 @@ async function add(kind: string, opts: AddOptions): Promise<void> {
   if (size === undefined && opts.path) size = (await import('node:fs')).statSync(opts.path).size
   if (size === undefined) throw new UblkError('EINVAL', 'give the device a --size')
   const geometry = { size, queues: opts.queues, depth: opts.depth, logicalBlockSize: opts.blockSize, zeroCopy: opts.zeroCopy }
+  const served: Device[] = []
+  const metrics = await serveMetrics(opts.metrics, served)
   const dev = await createDevice({ ...geometry, ...target, recovery: opts.recovery })
+  served.push(dev)
   await serveUntilSignal(dev, `${opts.ts ? 'TypeScript' : 'Rust'} ${kind}`)
+  await metrics?.close()
 }
 
 interface RecoverCliOptions {
@@ -118,6 +124,7 @@ export function program(): Command {
     .option('--ts', 'serve with the TypeScript target instead of the Rust one')
     .option('--no-zero-copy', 'copy IO data through user space even where the kernel has zero copy')
     .option('--recovery <mode>', "when this process dies: none (the device dies too) or reissue (it waits for 'ublk-ts recover')", parseRecovery, 'none')
+    .addOption(metricsPortOption())
     .action(add)
   cli
     .command('recover')
@@ -171,6 +178,7 @@ export function program(): Command {
       if (opts.dead && ids.length === 0) console.log('no device whose server is gone')
     })
   addRaid1Commands(cli, { size: parseSize, count: parseCount, recovery: parseRecovery })
+  addStatsCommand(cli, parseCount)
   cli
     .command('features')
     .description("what this kernel's ublk driver supports")

@@ -3,6 +3,7 @@ import type { Dispatcher } from './dispatch/index.js'
 import { native, UblkError } from './errors.js'
 import { serve } from './served.js'
 import type { Target } from './target.js'
+import type { DeviceStats } from './metrics/stats.js'
 
 import type { DeviceInfo, KernelFeatures, NativeDevice, NativeRecoveryClaim } from '../index.js'
 
@@ -148,10 +149,17 @@ export class Device {
     return this.#native.stopped
   }
 
-  /** For TypeScript targets: IO batches handed over so far, and their IOs. */
-  stats(): { batches: number; ios: number; routedReads: number } | undefined {
+  /**
+   * The device's IO figures, per queue and in total (IOs, bytes, errors by
+   * errno, latency histograms per operation), as the queue threads count
+   * them; the last ones once it stopped. TypeScript targets also get
+   * `dispatch`: the batches handed over to JavaScript.
+   */
+  stats(): DeviceStats {
+    const s: DeviceStats = this.#native.stats()
     const d = this.#served?.dispatcher
-    return d ? { batches: d.batches, ios: d.ios, routedReads: d.routedReads() } : undefined
+    if (d) s.dispatch = { batches: d.batches, ios: d.ios, routedReads: d.routedReads() }
+    return s
   }
 
   /**

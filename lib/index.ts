@@ -27,3 +27,5 @@ export type {
   SlotState,
 } from './raid1/index.js'
 export { formatSize, parseSize } from './size.js'
+export { deviceStats, latencyBucketBounds, startMetricsServer } from './metrics/index.js'
+export type { DeviceStats, DispatchStats, MetricsServer, MetricsServerOptions, OpStats, QueueStats } from './metrics/index.js'

@@ -197,7 +197,7 @@ test.serial('read errors on a member are served from the other and repaired; the
     try {
       const dd = await sh('dd', [`if=${pattern}`, `of=${md.path}`, 'bs=1M', 'oflag=direct', 'conv=nocreat,fsync'])
       t.is(dd.code, 0, dd.stderr)
-      const routedBefore = md.device.stats()!.routedReads
+      const routedBefore = md.device.stats().dispatch!.routedReads
       await flaky.failReads()
       const read = await sh('sh', ['-c', `dd if=${md.path} bs=64k count=256 iflag=direct status=none | md5sum`])
       const expected = await sh('md5sum', [pattern])
@@ -206,7 +206,7 @@ test.serial('read errors on a member are served from the other and repaired; the
       t.is(st.state, 'optimal', 'a read error alone does not fail a member')
       t.true(st.members[1]!.readErrors > 0, 'reads routed to the failing member failed there')
       t.is(st.members[1]!.repairedReads, st.members[1]!.readErrors, 'each failed read was rewritten on the member')
-      t.true(md.device.stats()!.routedReads - routedBefore >= 128, 'reads were served without JavaScript')
+      t.true(md.device.stats().dispatch!.routedReads - routedBefore >= 128, 'reads were served without JavaScript')
       await flaky.heal()
     } finally {
       await md.stop()

@@ -8,6 +8,8 @@ import { formatSize } from '../size.js'
 import type { Raid1Array, Raid1Status } from './array.js'
 import { askForHandOver, handOverAndExit, untilStopOrHandOver } from '../handover.js'
 import { request, serveControl } from './control.js'
+import { metricsPortOption, serveMetrics } from '../metrics/cli.js'
+import type { StatsSource } from '../metrics/prometheus.js'
 
 interface ServeOptions {
   chunk?: number
@@ -22,6 +24,7 @@ interface ServeOptions {
   recover?: number
   standby?: boolean
   takeOver?: boolean
+  metrics?: number
 }
 
 function summary(s: Raid1Status): string {
@@ -67,7 +70,8 @@ async function followResync(poll: () => Promise<Raid1Status> | Raid1Status, done
   if (shown) bar.stop()
 }
 
-async function serve(md: Raid1Array): Promise<void> {
+async function serve(md: Raid1Array, exposed?: StatsSource[]): Promise<void> {
+  exposed?.push(md.device)
   md.onChange = (what) => console.error(`raid1: ${what}`)
   let stop!: () => void
   const stopped = new Promise<void>((resolve) => (stop = resolve))
@@ -108,6 +112,7 @@ export function addRaid1Commands(cli: Command, parse: Parsers): void {
       .option('-d, --depth <n>', 'IOs in flight per queue', parseCount, 128)
       .option('--no-zero-copy', 'copy IO data through user space even where the kernel has zero copy')
       .option('--recovery <mode>', "when this process dies: none (the device dies too) or reissue (it waits for 'raid1 assemble --recover')", parse.recovery, 'none')
+      .addOption(metricsPortOption())
   geometry(
     raid1
       .command('create')
@@ -120,6 +125,8 @@ export function addRaid1Commands(cli: Command, parse: Parsers): void {
       .option('--force', 'overwrite members that belong to another array'),
   ).action(async (members: string[], o: ServeOptions) => {
     const { createRaid1 } = await import('./array.js')
+    const exposed: StatsSource[] = []
+    const metrics = await serveMetrics(o.metrics, exposed)
     await serve(
       await createRaid1({
         members,
@@ -133,7 +140,9 @@ export function addRaid1Commands(cli: Command, parse: Parsers): void {
         ...(o.force ? { force: true } : {}),
         ...(o.assumeClean ? { assumeClean: true } : {}),
       }),
+      exposed,
     )
+    await metrics?.close()
   })
   geometry(
     raid1
@@ -146,12 +155,15 @@ export function addRaid1Commands(cli: Command, parse: Parsers): void {
   ).action(async (members: string[], o: ServeOptions) => {
     if ((o.standby || o.takeOver) && o.recover === undefined) throw new UblkError('EINVAL', '--standby and --take-over go with --recover <id>')
     const { assembleRaid1 } = await import('./array.js')
+    const exposed: StatsSource[] = []
+    const metrics = await serveMetrics(o.metrics, exposed)
     const handOver = o.takeOver ? await askForHandOver(o.recover!) : undefined
     if (o.standby) console.log(`standing by for /dev/ublkb${o.recover}: taking it over when its server dies`)
     const recover = o.recover !== undefined ? { recover: o.recover, standby: o.standby === true || handOver !== undefined } : {}
     const md = await assembleRaid1({ members, queues: o.queues, depth: o.depth, zeroCopy: o.zeroCopy, recovery: o.recovery, ...recover })
     if (handOver) console.log(`took /dev/ublkb${md.id} over from pid ${handOver.pid}: its IO waited at most ${Date.now() - handOver.at} ms`)
-    await serve(md)
+    await serve(md, exposed)
+    await metrics?.close()
   })
   raid1
     .command('status')

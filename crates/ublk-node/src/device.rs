@@ -14,6 +14,7 @@ use ublk_core::Device;
 use crate::errors::{guard, to_napi};
 use crate::info::DeviceInfo;
 use crate::recovery::NativeRecoveryClaim;
+use crate::stats::{device_stats, NativeDeviceStats};
 
 thread_local! {
     /// Devices created from this thread's JavaScript environment, stopped by
@@ -232,6 +233,13 @@ impl NativeDevice {
     #[napi(getter)]
     pub fn serving(&self) -> bool {
         self.device.is_serving()
+    }
+
+    /// The device's IO figures per queue and in total, as its queue
+    /// threads count them (the last ones once it stopped).
+    #[napi]
+    pub fn stats(&self) -> NativeDeviceStats {
+        device_stats(&self.device.stats())
     }
 
     /// The device as the kernel describes it now.

@@ -16,3 +16,4 @@ mod handover;
 mod info;
 mod log_forward;
 mod recovery;
+mod stats;
