@@ -64,6 +64,10 @@ class ReadHistogram extends Histogram<string> {
   override async get() {
     return snapshotOf(this.#family, 'histogram')
   }
+  /** What the registry asks a histogram for its text lines. */
+  async getForPromString() {
+    return this.get()
+  }
 }
 
 /** `le` as Prometheus writes it. */
