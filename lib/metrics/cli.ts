@@ -3,7 +3,8 @@
 import { Option, type Command } from 'commander'
 
 import { formatStats } from './format.js'
-import { parseMetricsPort, startMetricsServer, type MetricsServer } from './server.js'
+import { parseMetricsPort } from './port.js'
+import type { MetricsServer } from './server.js'
 import { deviceStats } from './stats.js'
 import type { StatsSources } from './prometheus.js'
 
@@ -33,6 +34,8 @@ export function metricsPortOption(): Option {
  */
 export async function serveMetrics(port: number | undefined, devices: StatsSources): Promise<MetricsServer | undefined> {
   if (port === undefined) return undefined
+  // Loaded only here: every start of the CLI would pay for prom-client.
+  const { startMetricsServer } = await import('./server.js')
   const server = await startMetricsServer({ port, devices })
   console.log(`metrics on ${server.url}`)
   return server

@@ -3,6 +3,7 @@ import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 
 import { UblkError } from '../errors.js'
+import { checkPort } from './port.js'
 import { metricsRegistry, type StatsSources } from './prometheus.js'
 
 export interface MetricsServerOptions {
@@ -19,21 +20,6 @@ export interface MetricsServer {
   /** `http://host:port/metrics` */
   readonly url: string
   close(): Promise<void>
-}
-
-/** A port given on the command line: a whole number 0..65535, else EINVAL. */
-export function parseMetricsPort(text: string): number {
-  if (!/^\d{1,5}$/.test(text.trim()) || Number(text) > 65535) {
-    throw new UblkError('EINVAL', `--metrics needs a TCP port 0..65535, got ${JSON.stringify(text)}`)
-  }
-  return Number(text)
-}
-
-function checkPort(port: unknown): number {
-  if (typeof port !== 'number' || !Number.isInteger(port) || port < 0 || port > 65535) {
-    throw new UblkError('EINVAL', `the metrics port must be a whole number 0..65535, got ${String(port)}`)
-  }
-  return port
 }
 
 /**

@@ -35,7 +35,7 @@ read -r -a extra_modules <<<"${UBLK_VM_EXTRA_MODULES:-}"
 declare -A module_params=([null_blk]="nr_devices=0")
 
 host_packages=(qemu-system-x86 busybox-static cpio fio xz-utils e2fsprogs libclang-dev
-  util-linux dmsetup mdadm debian-archive-keyring nbdkit nbd-client iproute2)
+  util-linux dmsetup mdadm debian-archive-keyring nbdkit nbd-client iproute2 curl)
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 
 flavour=${UBLK_VM_KERNEL:-backports}
