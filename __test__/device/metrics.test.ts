@@ -119,8 +119,6 @@ async function curl(url: string): Promise<string> {
 }
 
 test.serial('ublk-ts stats from another process, and curl of --metrics under fio', async (t) => {
-  const t0 = Date.now()
-  const mark = (what: string) => t.log(`${what}: ${Date.now() - t0} ms`)
   const server = serve('add', 'null', '--size', '256M', '--queues', '2', '--metrics', '0')
   const path = await server.path
   const id = Number(path.replace('/dev/ublkb', ''))
@@ -128,7 +126,6 @@ test.serial('ublk-ts stats from another process, and curl of --metrics under fio
     const url = /metrics on (http:\/\/127\.0\.0\.1:\d+\/metrics)/.exec(server.output())?.[1]
     t.truthy(url, server.output())
     // A new device gets no write but these (the kernel only reads it).
-    mark('served')
     t.is((await ddWrite(path, 16)).code, 0)
     const r = await ublkTs('stats', String(id), '--json')
     t.is(r.code, 0, r.stderr)
@@ -139,16 +136,13 @@ test.serial('ublk-ts stats from another process, and curl of --metrics under fio
     t.is(s.total.write.bytes, 16 * 4096)
     consistent(t, s)
 
-    mark('dd+stats')
     const scrape1 = await curl(url!)
     t.regex(scrape1, /# TYPE ublk_io_latency_seconds histogram/)
     t.is(scraped(scrape1, 'ublk_ios_total', 'write'), 16, 'the endpoint agrees with ublk-ts stats')
     t.true(scraped(scrape1, 'ublk_ios_total', 'read') >= s.total.read.ios)
-    mark('curl')
     const job = await fio(path, { rw: 'randwrite', bs: '4k', iodepth: 16, size: '4M' })
     t.is(job.errors, 0)
     t.true(job.writeIos > 0)
-    mark('fio')
     const scrape2 = await curl(url!)
     t.is(scraped(scrape2, 'ublk_ios_total', 'write'), 16 + job.writeIos, 'every fio write counted')
     t.is(scraped(scrape2, 'ublk_bytes_total', 'write'), (16 + job.writeIos) * 4096)
@@ -158,7 +152,6 @@ test.serial('ublk-ts stats from another process, and curl of --metrics under fio
     server.child.kill('SIGTERM')
     t.is(await server.exited, 0, server.output())
   }
-    mark('exit')
   // This test is another process too: once the server is gone, so are its figures.
   const gone = t.throws(() => deviceStats(id))
   t.is((gone as { code?: string }).code, 'ENODEV')
