@@ -13,10 +13,12 @@ import {
   type DeviceInfo,
   type Recovery,
 } from './device.js'
-import { UblkError } from './errors.js'
-import { askForHandOver, handOverAndExit, untilStopOrHandOver } from './handover.js'
+import { toUblkError, UblkError } from './errors.js'
+import { withFilters, type Filter } from './filters/index.js'
+import { askForHandOver } from './handover.js'
 import { addStatsCommand, metricsPortOption, serveMetrics } from './metrics/cli.js'
 import { addRaid1Commands } from './raid1/cli.js'
+import { addServeCommand, collectFilter, refuseFiltersWithout, serveUntilSignal } from './serve-cli.js'
 import { parseSize as parseSizeOf } from './size.js'
 import { loopTarget, nullTarget } from './targets/index.js'
 
@@ -56,6 +58,7 @@ interface AddOptions {
   ts?: boolean
   zeroCopy: boolean
   recovery: Recovery
+  filter: Filter[]
   metrics?: number
 }
 
@@ -70,7 +73,9 @@ function targetOf(kind: string, opts: { path?: string; ts?: boolean }) {
 }
 
 async function add(kind: string, opts: AddOptions): Promise<void> {
-  const target = targetOf(kind, opts)
+  refuseFiltersWithout(opts.filter, opts.ts)
+  const chosen = targetOf(kind, opts)
+  const target = typeof chosen.target === 'string' ? chosen : { ...chosen, target: withFilters(chosen.target, opts.filter) }
   let size = opts.size
   if (size === undefined && opts.path) size = (await import('node:fs')).statSync(opts.path).size
   if (size === undefined) throw new UblkError('EINVAL', 'give the device a --size')
@@ -99,17 +104,6 @@ async function recover(id: number, kind: string, opts: RecoverCliOptions): Promi
   await serveUntilSignal(dev, `recovered, ${opts.ts ? 'TypeScript' : 'Rust'} ${kind}`)
 }
 
-async function serveUntilSignal(dev: Device, what: string): Promise<void> {
-  const info = await dev.info()
-  const path = info.zeroCopy ? 'zero copy' : 'copy path'
-  const recovery = info.recovery === 'none' ? '' : `, recovery ${info.recovery}`
-  console.log(`serving ${dev.path} (${what}, ${path}${recovery}); Ctrl-C or SIGTERM to stop`)
-  const how = await untilStopOrHandOver(dev)
-  if (how === 'hand-over') handOverAndExit(dev, console.log)
-  await dev.stop()
-  console.log(how === 'gone' ? `${dev.path} was deleted by another process; nothing left to serve` : `${dev.path} removed`)
-}
-
 export function program(): Command {
   const cli = new Command('ublk-ts').description('Linux ublk block devices served from Node.js').showHelpAfterError()
   cli
@@ -122,10 +116,12 @@ export function program(): Command {
     .option('-d, --depth <n>', 'IOs in flight per queue', parseCount, 128)
     .option('-b, --block-size <bytes>', 'logical block size', parseCount, 512)
     .option('--ts', 'serve with the TypeScript target instead of the Rust one')
+    .option('-f, --filter <name[:key=value,...]>', 'with --ts: stack a filter over the target (repeatable; the first is outermost)', collectFilter, [])
     .option('--no-zero-copy', 'copy IO data through user space even where the kernel has zero copy')
     .option('--recovery <mode>', "when this process dies: none (the device dies too) or reissue (it waits for 'ublk-ts recover')", parseRecovery, 'none')
     .addOption(metricsPortOption())
     .action(add)
+  addServeCommand(cli, { size: parseSize, count: parseCount, recovery: parseRecovery })
   cli
     .command('recover')
     .description('take over a device whose server died (added with --recovery reissue) and serve it until Ctrl-C')
@@ -193,7 +189,7 @@ if (require.main === module) {
   program()
     .parseAsync()
     .catch((err: unknown) => {
-      const e = err instanceof UblkError ? err : new UblkError('EIO', String(err))
+      const e = toUblkError(err)
       console.error(`ublk-ts: ${e.message} (${e.code})`)
       process.exitCode = 1
     })

@@ -94,6 +94,9 @@ step "tsc: type-check everything, compile the tests and examples"
 # in the VM's emulated CPU, and the device tests start dozens of processes.
 npx tsc -p tsconfig.test.json
 
+step "eslint (typescript-eslint)"
+npx eslint .
+
 step "host tests (ava)"
 ava_counted npx ava "${color[@]}" __test__/*.test.js
 

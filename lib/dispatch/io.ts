@@ -18,6 +18,8 @@ export interface Outstanding {
   native: boolean
   /** The id a failed passthrough read is reported under. */
   fallbackId?: number
+  /** Made when the target first asks for `io.signal`. */
+  abort?: AbortController
 }
 
 /** What an IO needs of its dispatcher. */
@@ -56,6 +58,11 @@ export class IoRequest implements Io {
       )
     }
     return this.#view
+  }
+
+  get signal(): AbortSignal {
+    this.entry.abort ??= new AbortController()
+    return this.entry.abort.signal
   }
 
   passthrough(file: BackingFile, fileOffset: number, onReadError?: ReadErrorHandler): void {

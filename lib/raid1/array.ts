@@ -1,8 +1,10 @@
 // RAID1 arrays as users see them: create, assemble, status, fail, add, stop.
+import { EventEmitter } from 'node:events'
+
 import { claimRecovery, createDevice, recoverDevice, type Device, type DeviceOptions, type RecoveryClaim } from '../device.js'
 import { toUblkError, UblkError } from '../errors.js'
 import { parseSize } from '../size.js'
-import type { Member, MemberStatus } from './mirror.js'
+import type { Member, MemberStatus, MirrorEvent } from './mirror.js'
 import { Mirror } from './mirror.js'
 import {
   hasSuperblock,
@@ -83,15 +85,54 @@ const MIN_CHUNK = 4096
 const MAX_CHUNK = 64 << 20
 
 /** A RAID1 array served as `/dev/ublkbN` by this process. */
-export class Raid1Array {
+/** What a `Raid1Array` emits. */
+export interface Raid1Events {
+  /** The array's state changed (e.g. optimal to degraded, recovering to optimal). */
+  state: [state: Raid1State]
+  /** A member changed state: found faulty, added, back in sync. */
+  member: [event: Extract<MirrorEvent, { type: 'member' }>]
+  /** A resync started, stopped short, or is done. */
+  resync: [event: Extract<MirrorEvent, { type: 'resync' }>]
+  /** An error the native core reports for the array's device (see `DeviceEvents`). */
+  error: [err: UblkError & { queue: number }]
+}
+
+export class Raid1Array extends EventEmitter<Raid1Events> {
   readonly #device: Device
   readonly #mirror: Mirror
   #stopping: Promise<void> | undefined
+  #describe: ((what: string) => void) | undefined
+  #lastState: Raid1State | undefined
 
   /** @internal use `createRaid1()` or `assembleRaid1()` */
   constructor(device: Device, mirror: Mirror) {
+    super()
     this.#device = device
     this.#mirror = mirror
+    mirror.onChange = (what, event) => {
+      this.#describe?.(what)
+      if (event.type === 'member') this.emit('member', event)
+      else this.emit('resync', event)
+      const state = this.status().state
+      if (state !== this.#lastState) {
+        this.#lastState = state
+        this.emit('state', state)
+      }
+    }
+    this.#lastState = this.status().state
+    // Forwarded only while someone listens here, so that without a
+    // listener the device's errors stay process warnings.
+    const untyped = this as EventEmitter
+    untyped.on('newListener', (name: string | symbol) => {
+      if (name === 'error' && this.listenerCount('error') === 0) device.on('error', this.#forwardError)
+    })
+    untyped.on('removeListener', (name: string | symbol) => {
+      if (name === 'error' && this.listenerCount('error') === 0) device.off('error', this.#forwardError)
+    })
+  }
+
+  readonly #forwardError = (err: UblkError & { queue: number }): void => {
+    this.emit('error', err)
   }
 
   get device(): Device {
@@ -108,7 +149,7 @@ export class Raid1Array {
 
   /** Called with a line of text whenever a member changes state or a resync starts or ends. */
   set onChange(listener: ((what: string) => void) | undefined) {
-    this.#mirror.onChange = listener
+    this.#describe = listener
   }
 
   status(): Raid1Status {
