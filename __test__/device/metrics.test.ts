@@ -5,7 +5,7 @@ import { unlinkSync } from 'node:fs'
 
 import test from 'ava'
 
-import { createDevice, deviceStats, loopTarget, type DeviceStats, type Io } from '../../lib/index.ts'
+import { createDevice, createRaid1, deviceStats, loopTarget, type DeviceStats, type Io } from '../../lib/index.ts'
 
 import { serve, ublkTs } from '../helpers/cli.ts'
 import { scratchFile } from '../helpers/files.ts'
@@ -63,7 +63,7 @@ test.serial('a Rust target counts exactly the writes it completed', async (t) =>
   t.true(last.total.write.ios >= 24, 'the last figures stay readable once stopped')
 })
 
-test.serial('TypeScript targets: passthrough writes and an injected errno are counted', async (t) => {
+test.serial('TypeScript targets: passthrough writes, RAID1 writes and an injected errno are counted', async (t) => {
   const file = scratchFile('metrics-loop', 16 * MiB)
   t.teardown(() => unlinkSync(file))
   const loop = await createDevice({ target: loopTarget(file), size: 16 * MiB })
@@ -76,6 +76,18 @@ test.serial('TypeScript targets: passthrough writes and an injected errno are co
     t.truthy(after.dispatch)
   } finally {
     await loop.stop()
+  }
+
+  const members = [0, 1].map((i) => scratchFile(`metrics-raid1-${i}`, 18 * MiB))
+  t.teardown(() => members.forEach((m) => unlinkSync(m)))
+  const md = await createRaid1({ members, chunkSize: '64k' })
+  try {
+    t.is((await ddWrite(md.path, 8)).code, 0)
+    const s = md.device.stats()
+    t.is(s.total.write.ios, 8, 'a RAID1 array counts its device IOs')
+    t.is(s.total.write.bytes, 8 * 4096)
+  } finally {
+    await md.stop()
   }
 
   const full = Object.assign(new Error('full'), { code: 'ENOSPC' })
