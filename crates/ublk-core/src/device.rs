@@ -416,7 +416,7 @@ fn start(
         (Ok(dev), None) => dev,
     });
 
-    let stats = Arc::new(StatsRegion::create(id, opts.queues));
+    let stats = Arc::new(StatsRegion::create(id, opts.queues)?);
     let zero_copy = ctrl.dev_info().flags & libublk::sys::UBLK_F_AUTO_BUF_REG as u64 != 0;
     let queue_error = Arc::new(Mutex::new(None));
     let mut controls = Vec::with_capacity(opts.queues as usize);

@@ -9,6 +9,7 @@
 //! ([`read_published`]).
 
 mod counters;
+mod mapping;
 mod region;
 
 pub(crate) use counters::QueueCounters;

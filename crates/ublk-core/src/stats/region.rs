@@ -8,13 +8,13 @@
 //! left behind by a process that died, and reports the device as not
 //! served.
 
-use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::counters::{QueueCounters, BUCKETS, ERRNOS, OPS};
+use super::mapping::{fstat, open, os_error, Mapping};
 use super::DeviceStats;
 use crate::error::{Error, Result};
 
@@ -46,63 +46,23 @@ pub fn stats_path(dir: &Path, id: u32) -> PathBuf {
     dir.join(format!("ublk{id}.stats"))
 }
 
-/// A memory mapping, unmapped on drop.
-struct Mapping {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain memory, only ever accessed through atomics.
-unsafe impl Send for Mapping {}
-// SAFETY: as above: shared access goes through atomics only.
-unsafe impl Sync for Mapping {}
-
 impl Mapping {
-    fn new(fd: Option<&OwnedFd>, len: usize, writable: bool) -> Result<Mapping> {
-        let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
-        let (flags, raw) = match fd {
-            Some(fd) => (libc::MAP_SHARED, fd.as_raw_fd()),
-            None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1),
-        };
-        // SAFETY: a new mapping at an address the kernel picks; `raw` is
-        // an open fd of at least `len` bytes, or -1 for anonymous memory.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, raw, 0) };
-        if ptr == libc::MAP_FAILED {
-            return Err(os_error("map device stats"));
-        }
-        Ok(Mapping {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-
     fn header(&self) -> &Header {
         // SAFETY: the mapping is page aligned and at least HEADER_BYTES
         // long, and a Header is atomics only, valid as all zeros.
-        unsafe { &*(self.ptr as *const Header) }
+        unsafe { &*(self.ptr() as *const Header) }
     }
 
     /// Queue `qid`'s block; the caller checked the mapping holds it.
     fn queue(&self, qid: usize) -> &QueueCounters {
         let offset = HEADER_BYTES + qid * std::mem::size_of::<QueueCounters>();
-        assert!(offset + std::mem::size_of::<QueueCounters>() <= self.len);
+        assert!(offset + std::mem::size_of::<QueueCounters>() <= self.len());
         // SAFETY: in bounds (checked above), aligned (a page plus a
         // multiple of the block's size, itself a multiple of its
         // alignment), and atomics only, valid as all zeros. Blocks mapped
         // read-only are only loaded from, with relaxed loads no wider
         // than a pointer, which read-only memory allows.
-        unsafe { &*(self.ptr.add(offset) as *const QueueCounters) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping; nothing borrows it past its owner.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        unsafe { &*(self.ptr().add(offset) as *const QueueCounters) }
     }
 }
 
@@ -121,10 +81,10 @@ pub(crate) struct StatsRegion {
 impl StatsRegion {
     /// Counters for device `id`, published under [`STATS_DIR`] if it can
     /// be written (anonymous otherwise, with a warning).
-    pub fn create(id: u32, queues: u16) -> StatsRegion {
-        StatsRegion::create_in(Path::new(STATS_DIR), id, queues).unwrap_or_else(|e| {
+    pub fn create(id: u32, queues: u16) -> Result<StatsRegion> {
+        StatsRegion::create_in(Path::new(STATS_DIR), id, queues).or_else(|e| {
             log::warn!("device stats not published for other processes: {e}");
-            StatsRegion::anonymous(id, queues).expect("anonymous memory for device stats")
+            StatsRegion::anonymous(id, queues)
         })
     }
 
@@ -135,7 +95,7 @@ impl StatsRegion {
             queues,
             file: Mutex::new(None),
         };
-        region.write_header(id);
+        write_header(&region.map, id, queues);
         Ok(region)
     }
 
@@ -158,6 +118,7 @@ impl StatsRegion {
                 return Err(os_error("size device stats"));
             }
             let map = Mapping::new(Some(&fd), len, true)?;
+            write_header(&map, id, queues);
             std::fs::rename(&tmp, &path)
                 .map_err(|e| Error::from(e).context(format!("publish {}", path.display())))?;
             Ok(map)
@@ -174,24 +135,7 @@ impl StatsRegion {
             queues,
             file: Mutex::new(Some((fd, path))),
         };
-        region.write_header(id);
         Ok(region)
-    }
-
-    fn write_header(&self, id: u32) {
-        let h = self.map.header();
-        h.version.store(VERSION, Ordering::Relaxed);
-        h.dev_id.store(id, Ordering::Relaxed);
-        h.pid.store(std::process::id(), Ordering::Relaxed);
-        h.queues.store(self.queues as u32, Ordering::Relaxed);
-        h.queue_bytes.store(
-            std::mem::size_of::<QueueCounters>() as u32,
-            Ordering::Relaxed,
-        );
-        h.ops.store(OPS as u32, Ordering::Relaxed);
-        h.buckets.store(BUCKETS as u32, Ordering::Relaxed);
-        h.errnos.store(ERRNOS as u32, Ordering::Relaxed);
-        h.magic.store(MAGIC, Ordering::Release);
     }
 
     /// Queue `qid`'s counters.
@@ -236,6 +180,23 @@ impl Drop for StatsRegion {
     }
 }
 
+/// Fills in the header; the magic last, so a reader never trusts a half-written one.
+fn write_header(map: &Mapping, id: u32, queues: u16) {
+    let h = map.header();
+    h.version.store(VERSION, Ordering::Relaxed);
+    h.dev_id.store(id, Ordering::Relaxed);
+    h.pid.store(std::process::id(), Ordering::Relaxed);
+    h.queues.store(queues as u32, Ordering::Relaxed);
+    h.queue_bytes.store(
+        std::mem::size_of::<QueueCounters>() as u32,
+        Ordering::Relaxed,
+    );
+    h.ops.store(OPS as u32, Ordering::Relaxed);
+    h.buckets.store(BUCKETS as u32, Ordering::Relaxed);
+    h.errnos.store(ERRNOS as u32, Ordering::Relaxed);
+    h.magic.store(MAGIC, Ordering::Release);
+}
+
 fn snapshot(map: &Mapping) -> DeviceStats {
     let h = map.header();
     let queues = h.queues.load(Ordering::Relaxed);
@@ -246,33 +207,6 @@ fn snapshot(map: &Mapping) -> DeviceStats {
             .map(|q| map.queue(q).snapshot())
             .collect(),
     }
-}
-
-fn os_error(what: impl std::fmt::Display) -> Error {
-    Error::from(std::io::Error::last_os_error()).context(what)
-}
-
-fn open(path: &Path, flags: i32, mode: libc::mode_t) -> Result<OwnedFd> {
-    use std::os::fd::FromRawFd;
-    let c = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| Error::invalid("a path with a NUL byte"))?;
-    // SAFETY: a valid C string; the fd returned is ours alone.
-    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
-    if fd < 0 {
-        return Err(os_error(format!("open {}", path.display())));
-    }
-    // SAFETY: a fresh fd nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn fstat(fd: &OwnedFd) -> Result<libc::stat> {
-    // SAFETY: all zeros is a valid `stat`, filled in by the kernel.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: an fd we own and a `stat` to write.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-        return Err(os_error("stat device stats"));
-    }
-    Ok(st)
 }
 
 /// Device `id`'s counters, as the process serving it publishes them.
