@@ -152,7 +152,7 @@ test.serial('ublk-ts stats from another process, and curl of --metrics under fio
     t.regex(scrape1, /# TYPE ublk_io_latency_seconds histogram/)
     t.is(scraped(scrape1, 'ublk_ios_total', 'write'), 16, 'the endpoint agrees with ublk-ts stats')
     t.true(scraped(scrape1, 'ublk_ios_total', 'read') >= s.total.read.ios)
-    const job = await fio(path, { rw: 'randwrite', bs: '4k', iodepth: 16, size: '4M' })
+    const job = await fio(path, { rw: 'randwrite', bs: '4k', iodepth: 16, size: '2M' })
     t.is(job.errors, 0)
     t.true(job.writeIos > 0)
     const scrape2 = await curl(url!)
