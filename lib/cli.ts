@@ -18,7 +18,7 @@ import { withFilters, type Filter } from './filters/index.js'
 import { askForHandOver } from './handover.js'
 import { addRaid1Commands } from './raid1/cli.js'
 import { loadTarget, parseTargetArgs } from './target-module.js'
-import { addServeCommand, collectFilter, refuseFiltersWithout, serveUntilSignal } from './serve-cli.js'
+import { addServeCommand, collectFilter, refuseFiltersWithout, refuseProcessBoundFilters, serveUntilSignal } from './serve-cli.js'
 import { parseSize as parseSizeOf } from './size.js'
 import { loopTarget, nullTarget } from './targets/index.js'
 
@@ -73,6 +73,7 @@ function targetOf(kind: string, opts: { path?: string; ts?: boolean }) {
 
 async function add(kind: string, opts: AddOptions): Promise<void> {
   refuseFiltersWithout(opts.filter, opts.ts)
+  if (opts.recovery !== 'none') refuseProcessBoundFilters(opts.filter, 'with --recovery')
   const chosen = targetOf(kind, opts)
   const target = typeof chosen.target === 'string' ? chosen : { ...chosen, target: withFilters(chosen.target, opts.filter) }
   let size = opts.size
@@ -97,6 +98,7 @@ function isModulePath(kind: string): boolean {
 }
 
 async function recover(id: number, kind: string, words: string[], opts: RecoverCliOptions): Promise<void> {
+  refuseProcessBoundFilters(opts.filter, 'on a device taken over')
   let target: { target: DeviceOptions['target']; path?: string }
   let what: string
   if (isModulePath(kind)) {
@@ -111,6 +113,15 @@ async function recover(id: number, kind: string, words: string[], opts: RecoverC
     const chosen = targetOf(kind, opts)
     target = typeof chosen.target === 'string' ? chosen : { ...chosen, target: withFilters(chosen.target, opts.filter) }
     what = `${opts.ts ? 'TypeScript' : 'Rust'} ${kind}`
+  }
+  if (typeof target.target !== 'string' && opts.takeOver) {
+    // Checked before the running server is asked to go: once it went, a
+    // refusal would leave the device without one.
+    const info = await deviceInfo(id)
+    const readOnly = typeof target.target.write !== 'function'
+    if (readOnly !== info.readOnly) {
+      throw new UblkError('EINVAL', `/dev/ublkb${id} is ${info.readOnly ? 'read-only' : 'writable'}, the new target is not: it would not be taken over`)
+    }
   }
   const handOver = opts.takeOver ? await askForHandOver(id) : undefined
   if (opts.standby) console.log(`standing by for /dev/ublkb${id}: taking it over when its server dies`)
