@@ -139,3 +139,104 @@ test('a factory that fails with an errno keeps it', async (t) => {
     rmSync(dir, { recursive: true })
   }
 })
+
+/**
+ * An IO as the dispatcher would hand it over, whose backend transfers are
+ * scripted: what the filter adapters do with their results is the test.
+ */
+function scriptedIo(op: 'read' | 'write', transfer: () => Promise<number>): Io {
+  const buffer = new Uint8Array(4096)
+  return {
+    op,
+    offset: 8192,
+    length: 4096,
+    fua: false,
+    queue: 0,
+    buffer,
+    signal: new AbortController().signal,
+    passthrough() {
+      throw new Error('a filter must not hand its IO to the queue thread')
+    },
+    readFrom: () => transfer(),
+    writeTo: () => transfer(),
+    fsync: async () => undefined,
+    fdatasync: async () => undefined,
+    fallocate: async () => undefined,
+    sleep: async () => undefined,
+  }
+}
+
+const file = { path: '/scripted', size: 1 << 20, direct: false, readOnly: false, blockDevice: false }
+
+test('below a filter, a short passthrough write fails its IO with EIO', async (t) => {
+  const target = withFilters({ read() {}, write: (io) => io.passthrough(file, io.offset) }, [stats()])
+  const err = await t.throwsAsync(Promise.resolve(target.write!(scriptedIo('write', async () => 1024))))
+  t.is((err as { code?: string }).code, 'EIO')
+  t.regex(err!.message, /1024 of 4096 bytes/)
+  await t.notThrowsAsync(Promise.resolve(target.write!(scriptedIo('write', async () => 4096))))
+})
+
+test('below a filter, a failed passthrough is the outcome, whatever the method does after; nothing goes unhandled', async (t) => {
+  const unhandled: unknown[] = []
+  const onUnhandled = (reason: unknown): void => void unhandled.push(reason)
+  process.on('unhandledRejection', onUnhandled)
+  try {
+    const target = withFilters(
+      {
+        async read(io) {
+          io.passthrough(file, io.offset)
+          // The method goes on after handing the IO over, then fails: too late to matter.
+          await new Promise((resolve) => setTimeout(resolve, 20))
+          throw new Error('after the hand-over')
+        },
+      },
+      [delay({ ms: 0 })],
+    )
+    const err = await t.throwsAsync(
+      Promise.resolve(target.read(scriptedIo('read', () => Promise.reject(Object.assign(new Error('EIO from the disk'), { code: 'EIO' }))))),
+    )
+    t.regex(err!.message, /EIO from the disk/)
+    await new Promise((resolve) => setImmediate(resolve))
+    t.deepEqual(unhandled, [])
+  } finally {
+    process.off('unhandledRejection', onUnhandled)
+  }
+})
+
+test("below filters, a batch's two hooks get the same array, of the same IOs the methods get", async (t) => {
+  const seen: { before?: readonly Io[]; after?: readonly Io[]; written: Io[] } = { written: [] }
+  const target = withFilters(
+    {
+      read() {},
+      write: (io) => void seen.written.push(io),
+      beforeWrites: (ios) => void (seen.before = ios),
+      afterWrites: (ios) => void (seen.after = ios),
+    },
+    [stats(), offset({ offset: 1 << 20 })],
+  )
+  const ios = [scriptedIo('write', async () => 4096), scriptedIo('write', async () => 4096)]
+  await target.beforeWrites!(ios)
+  for (const io of ios) await target.write!(io)
+  await target.afterWrites!(ios)
+  t.is(seen.before, seen.after)
+  t.deepEqual(seen.written, [...seen.before!])
+  t.deepEqual(
+    seen.written.map((io) => io.offset),
+    [8192 + (1 << 20), 8192 + (1 << 20)],
+  )
+})
+
+test('error: a range fails no flush unless flushes are named', async (t) => {
+  const flush = { ...scriptedIo('write', async () => 0), op: 'flush' as const, length: 0, offset: 0 }
+  const below: Target = { read() {}, flush() {} }
+  await t.notThrowsAsync(Promise.resolve(withFilters(below, [error({ offset: 1 << 20, length: 4096 })]).flush!(flush)))
+  const named = withFilters(below, [error({ ops: ['flush'], offset: 1 << 20, length: 4096 })])
+  await t.throwsAsync(Promise.resolve(named.flush!(flush)))
+})
+
+test('log: a file that cannot be opened is EINVAL when the device starts, not a failed IO', async (t) => {
+  const target = withFilters({ read() {} }, [parseFilter('log:file=/nonexistent-dir/x.log')])
+  const err = t.throws(() => target.open!({} as never), { instanceOf: UblkError })
+  t.is(err?.code, 'EINVAL')
+  t.regex(err?.message ?? '', /log: cannot open \/nonexistent-dir\/x.log/)
+})

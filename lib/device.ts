@@ -225,7 +225,16 @@ export class Device extends EventEmitter<DeviceEvents> {
    */
   abandon(): void {
     this.#native.abandon()
-    this.emit('state', 'abandoned')
+    this.#emitState('abandoned')
+  }
+
+  /** A listener that throws must not fail the stop: it becomes a process warning. */
+  #emitState(state: 'stopped' | 'abandoned'): void {
+    try {
+      this.emit('state', state)
+    } catch (err) {
+      process.emitWarning(`a Device 'state' listener threw: ${String(err)}`, 'UblkWarning')
+    }
   }
 
   /**
@@ -241,7 +250,7 @@ export class Device extends EventEmitter<DeviceEvents> {
     })().finally(() => {
       if (served.get(this.id)?.deref() === this) served.delete(this.id)
       this.#markStopped()
-      this.emit('state', 'stopped')
+      this.#emitState('stopped')
     })
     return this.#closed
   }

@@ -45,6 +45,7 @@ interface Parsers {
 }
 
 async function serveModule(file: string, words: string[], opts: ServeOptions): Promise<void> {
+  if (opts.recovery !== 'none') refuseProcessBoundFilters(opts.filter, 'with --recovery')
   const geometry = { size: opts.size, queues: opts.queues, depth: opts.depth, logicalBlockSize: opts.blockSize }
   const target = withFilters(await loadTarget(file, parseTargetArgs(words), geometry), opts.filter)
   const dev = await createDevice({
@@ -56,6 +57,9 @@ async function serveModule(file: string, words: string[], opts: ServeOptions): P
     ...(opts.ioTimeout !== undefined ? { ioTimeoutMs: opts.ioTimeout } : {}),
   })
   await serveUntilSignal(dev, `${target.name ?? file}`)
+  // The module may hold timers or sockets of its own: the device is gone,
+  // so is the process (once what it printed is out).
+  process.stdout.write('', () => process.exit())
 }
 
 export function addServeCommand(cli: Command, parse: Parsers): void {
@@ -79,4 +83,14 @@ export function addServeCommand(cli: Command, parse: Parsers): void {
 /** For commands whose --filter makes sense only over a TypeScript target. */
 export function refuseFiltersWithout(filters: readonly Filter[], ts: boolean | undefined): void {
   if (filters.length > 0 && !ts) throw new UblkError('EINVAL', 'filters stack over TypeScript targets: add --ts')
+}
+
+/**
+ * Filters whose state lives in this process only (cow's record of written
+ * sectors) cannot be on a device another process takes over: the data
+ * written through them would be lost.
+ */
+export function refuseProcessBoundFilters(filters: readonly Filter[], why: string): void {
+  const bound = filters.find((f) => f.name === 'cow')
+  if (bound) throw new UblkError('EINVAL', `the ${bound.name} filter cannot be used ${why}: what it knows lives in this process only`)
 }

@@ -80,8 +80,10 @@ export async function loadTarget(file: string, args: TargetArgs, device: DeviceG
       target = exported
     }
   } catch (err) {
-    if (err instanceof UblkError || typeof (err as { code?: unknown })?.code === 'string') throw err
-    throw new UblkError('EINVAL', `${file}: its target factory failed: ${describeLoadError(err)}`, { cause: err })
+    // An errno the factory names (ENOENT for a missing file) is kept.
+    const code = (err as { code?: unknown } | null)?.code
+    const errno = typeof code === 'string' && /^E[A-Z0-9]+$/.test(code) ? code : 'EINVAL'
+    throw new UblkError(errno, `${file}: its target factory failed: ${describeLoadError(err)}`, { cause: err })
   }
   if (!target || typeof (target as Target).read !== 'function') {
     throw new UblkError(

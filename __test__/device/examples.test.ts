@@ -17,10 +17,10 @@ test.before(() => requireUblk())
 /** Where `scratchFile('example', ...)` puts the examples' backing file. */
 const backing = `/tmp/ublk-example-${process.pid}.img`
 
-/** Ctrl-C, as a user would; SIGKILL if that does not end it in 20 s. */
+/** Ctrl-C, as a user would; SIGKILL if that does not end it in 20 s. Resolves once its output is all in. */
 async function stopChild(child: ChildProcess): Promise<number | null> {
   if (child.exitCode !== null) return child.exitCode
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)))
   child.kill('SIGINT')
   const timer = setTimeout(() => child.kill('SIGKILL'), 20_000)
   const code = await exited

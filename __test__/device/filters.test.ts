@@ -123,7 +123,10 @@ test.serial('log: a line per IO with its range and outcome, in the log file', as
 test.serial('stats: exact counts of writes and their bytes, reads, errors by errno, printed at stop', async (t) => {
   const lines: string[] = []
   const counter = stats({ write: (line) => lines.push(line) })
-  await withDevice(ramdiskTarget(), [counter, error({ errno: 'ENOSPC', ops: ['write'], offset: 15 * MiB })], async (path) => {
+  // Over the loop target, whose passthroughs the filter waits for.
+  const file = scratchFile('filter-stats', SIZE)
+  t.teardown(() => unlinkSync(file))
+  await withDevice(loopTarget(file), [counter, error({ errno: 'ENOSPC', ops: ['write'], offset: 15 * MiB })], async (path) => {
     const before = counter.snapshot()
     t.is((await dd(['if=/dev/urandom', `of=${path}`, 'bs=4k', 'count=8', 'oflag=direct'])).code, 0)
     t.is((await dd([`if=${path}`, 'of=/dev/null', 'bs=8k', 'count=3', 'iflag=direct'])).code, 0)

@@ -179,6 +179,8 @@ test.serial('a member failing under IO: no error reaches fio, degraded, re-add r
       t.is(last?.total, dirty, 'only the chunks marked while degraded were copied')
       t.true(dirty <= (16 * MiB) / CHUNK)
       t.is(md.status().state, 'optimal')
+      // Events come on the next turn of the event loop.
+      await until(() => events.length >= 8, 'the array emitted the resync end')
       t.deepEqual(events, [
         'member 1 faulty',
         'state degraded',

@@ -26,7 +26,7 @@ import {
   RWF_DSYNC,
 } from '../wire.js'
 import { WriteBatches } from './batches.js'
-import { IoRequest, type IoHost, type Outstanding } from './io.js'
+import { abandonIo, IoRequest, type IoHost, type Outstanding } from './io.js'
 import { Outbox } from './outbox.js'
 
 import type { NativeBridge } from '../../index.js'
@@ -248,7 +248,7 @@ export class Dispatcher implements IoHost {
       for (let tag = 0; tag < slots.length; tag++) {
         const entry = slots[tag]
         if (entry && !entry.native && entry.deadline <= now) {
-          entry.abort?.abort(new UblkError('ETIMEDOUT', `the IO was not answered within ${this.#timeoutMs} ms`))
+          abandonIo(entry, new UblkError('ETIMEDOUT', `the IO was not answered within ${this.#timeoutMs} ms`))
           this.#finish(q, tag, entry, -ETIMEDOUT)
         }
       }
@@ -268,7 +268,7 @@ export class Dispatcher implements IoHost {
       for (let tag = 0; tag < slots.length; tag++) {
         const entry = slots[tag]
         if (!entry) continue
-        entry.abort?.abort(new UblkError('ECANCELED', 'the device is stopping'))
+        abandonIo(entry, new UblkError('ECANCELED', 'the device is stopping'))
         this.#finish(q, tag, entry, -ECANCELED)
       }
     }

@@ -2,7 +2,7 @@ import { closeSync, ftruncateSync, openSync } from 'node:fs'
 
 import { UblkError } from '../errors.js'
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, type BackingFile, type Io, type Target } from '../target.js'
-import { methodOf, runAwaited, unroutedContext, type Filter } from './filter.js'
+import { methodOf, runAwaited, shortTransfer, unroutedContext, type Filter } from './filter.js'
 import { SectorSet } from './sectors.js'
 
 export interface CowOptions {
@@ -19,7 +19,9 @@ export interface CowOptions {
  * served from the overlay where it was written, from the target below
  * elsewhere, and from both, sector by sector, where it spans the two. The
  * device is writable even over a read-only target; what was written lives
- * as long as the device.
+ * as long as this process serves it. Which sectors were written is known
+ * to this process only, so a device with it cannot be handed to another
+ * one (`recovery`, live upgrades): the command line refuses that.
  */
 export function cow(options: CowOptions): Filter {
   if (typeof options.overlay !== 'string' || options.overlay === '') {
@@ -73,7 +75,8 @@ export function cow(options: CowOptions): Filter {
         close: () => next.close?.(),
         read,
         async write(io) {
-          await io.writeTo(overlay(), io.offset, 0, io.length, { dsync: io.fua })
+          const n = await io.writeTo(overlay(), io.offset, 0, io.length, { dsync: io.fua })
+          if (n !== io.length) throw shortTransfer('write', n, io.length, overlay())
           written.add(io.offset, io.length)
         },
         async flush(io) {

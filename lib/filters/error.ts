@@ -8,7 +8,7 @@ export interface ErrorOptions {
   errno?: string
   /** The share of the IOs it applies to that fail, 0..1 (default 1: every one). */
   rate?: number
-  /** The operations it applies to (default all). */
+  /** The operations it applies to (default all; with a range, flushes only if named here). */
   ops?: readonly IoOp[]
   /** Only IOs that touch bytes from here (default 0)... */
   offset?: number
@@ -40,11 +40,11 @@ export function error(options: ErrorOptions = {}): Filter {
   const to = length === undefined ? Infinity : from + length
   const random = options.random ?? Math.random
 
+  const ranged = options.offset !== undefined || options.length !== undefined
+  // A flush has no range: with one given, flushes fail only if `ops` names them.
+  const flushes = ops.has('flush') && (!ranged || options.ops?.includes('flush') === true)
   const hits = (op: IoOp, offset: number, bytes: number): boolean =>
-    ops.has(op) &&
-    // A flush has no range: it fails wherever the range is.
-    (op === 'flush' || (offset < to && offset + bytes > from)) &&
-    (rate === 1 || random() < rate)
+    (op === 'flush' ? flushes : ops.has(op) && offset < to && offset + bytes > from) && (rate === 1 || random() < rate)
 
   return {
     name: 'error',

@@ -77,9 +77,27 @@ export function aroundEachIo(
     if (method) target[op] = (io: Io) => around(op, io, () => runAwaited(method, io))
     else delete target[op]
   }
-  if (next.beforeWrites) target.beforeWrites = (ios) => next.beforeWrites!(ios.map(awaitableIo))
-  if (next.afterWrites) target.afterWrites = (ios) => next.afterWrites!(ios.map(awaitableIo))
+  forwardBatchHooks(target, next, awaitableIo)
   return target
+}
+
+/**
+ * Hands the batch hooks down with each IO as `mapIo` makes it for the
+ * target below, and the same array to both hooks of a batch (a target may
+ * key its state on it, as the RAID1 target does).
+ */
+export function forwardBatchHooks(target: Target, next: Target, mapIo: (io: Io) => Io): void {
+  const batches = new WeakMap<readonly Io[], Io[]>()
+  const mapped = (ios: readonly Io[]): Io[] => {
+    let below = batches.get(ios)
+    if (!below) {
+      below = ios.map(mapIo)
+      batches.set(ios, below)
+    }
+    return below
+  }
+  if (next.beforeWrites) target.beforeWrites = (ios) => next.beforeWrites!(mapped(ios))
+  if (next.afterWrites) target.afterWrites = (ios) => next.afterWrites!(mapped(ios))
 }
 
 /**
@@ -88,9 +106,21 @@ export function aroundEachIo(
  * moved and fails with the transfer's error.
  */
 export async function runAwaited(method: IoMethod, io: Io): Promise<void> {
-  const awaitable = awaitableIo(io)
-  await method(awaitable)
-  await pendingOf(awaitable)
+  await settleAwaited(method, awaitableIo(io))
+}
+
+/**
+ * Runs `method` on `io` and waits for its passthrough, if it made one.
+ * Once it did, the IO's outcome is the transfer's, whatever the method
+ * returns or throws after, as without a filter.
+ */
+export async function settleAwaited(method: IoMethod, io: Io): Promise<void> {
+  try {
+    await method(io)
+  } catch (err) {
+    if (!(io instanceof AwaitableIo && io.handedOver)) throw err
+  }
+  await pendingOf(io)
 }
 
 const awaitables = new WeakMap<Io, AwaitableIo>()
@@ -121,6 +151,8 @@ function pendingOf(io: Io): Promise<void> {
  */
 export class AwaitableIo implements Io {
   pending: Promise<void> = Promise.resolve()
+  /** The target below made a passthrough: the IO's outcome is the transfer's. */
+  handedOver = false
 
   constructor(
     readonly inner: Io,
@@ -153,14 +185,28 @@ export class AwaitableIo implements Io {
     if (this.op !== 'read' && this.op !== 'write') {
       throw new UblkError('EINVAL', `passthrough of a ${this.op}: only reads and writes can be handed over`)
     }
+    if (this.handedOver) throw new UblkError('EINVAL', 'passthrough needs a read or write that is still outstanding')
+    this.handedOver = true
     this.pending = this.op === 'read' ? this.#read(file, fileOffset, onReadError) : this.#write(file, fileOffset)
+    // Awaited by the filter once the method returns; until then a failure
+    // must not count as unhandled.
+    this.pending.catch(() => undefined)
   }
 
   async #read(file: BackingFile, fileOffset: number, onReadError?: ReadErrorHandler): Promise<void> {
     try {
       const n = await this.inner.readFrom(file, fileOffset)
-      // A passthrough read past the end of the file reads zeroes.
-      if (n < this.length) this.inner.buffer.fill(0, n)
+      if (n < this.length) {
+        // Past the end of the file a passthrough reads zeroes; without a
+        // buffer to fill (zero copy) the read fails, as a short transfer.
+        let view: Uint8Array
+        try {
+          view = this.inner.buffer
+        } catch {
+          throw shortTransfer('read', n, this.length, file)
+        }
+        view.fill(0, n)
+      }
     } catch (err) {
       if (!onReadError) throw err
       await onReadError(err as Error)
@@ -168,7 +214,8 @@ export class AwaitableIo implements Io {
   }
 
   async #write(file: BackingFile, fileOffset: number): Promise<void> {
-    await this.inner.writeTo(file, fileOffset, 0, this.length, { dsync: this.fua })
+    const n = await this.inner.writeTo(file, fileOffset, 0, this.length, { dsync: this.fua })
+    if (n !== this.length) throw shortTransfer('write', n, this.length, file)
   }
 
   readFrom(file: BackingFile, fileOffset: number, bufOffset?: number, length?: number): Promise<number> {
@@ -189,4 +236,9 @@ export class AwaitableIo implements Io {
   sleep(ms: number): Promise<void> {
     return this.inner.sleep(ms)
   }
+}
+
+/** A read or write that moved fewer bytes than asked: EIO, as the queue thread answers it. */
+export function shortTransfer(what: string, moved: number, wanted: number, file: BackingFile): UblkError {
+  return new UblkError('EIO', `${what} of ${file.path}: ${moved} of ${wanted} bytes`)
 }

@@ -1,5 +1,6 @@
 import { closeSync, openSync, writeSync } from 'node:fs'
 
+import { UblkError } from '../errors.js'
 import type { Target } from '../target.js'
 import { OpCounts, formatTallies, toStderr, type LineSink } from './counts.js'
 import { aroundEachIo, type Filter } from './filter.js'
@@ -19,19 +20,34 @@ export interface LogOptions {
  * Logs what passes (nbdkit's log filter): one line per IO when it is
  * answered, with its operation, range, outcome and time, e.g.
  * `2026-11-26T16:02:11.123Z write offset=4096 length=4096 fua=0 ok 0.31ms`;
- * or, with `summaryEvery`, the counts of each interval.
+ * or, with `summaryEvery`, the counts of each interval. A log that cannot
+ * be written never fails an IO: the first such error is a process warning.
  */
 export function log(options: LogOptions = {}): Filter {
   const every = positive('log', 'summaryEvery', options.summaryEvery)
   const file = options.file
-  // Appended synchronously: a line is written before its IO is answered,
-  // and none is lost when the process ends.
   let fd: number | undefined
+  let warned = false
+  // Appended synchronously: a line is written before its IO is answered,
+  // and none is lost when the process ends. Lines after close are dropped.
   const toFile: LineSink = (line) => {
-    fd ??= openSync(file!, 'a')
-    writeSync(fd, `${line}\n`)
+    if (fd === undefined) return
+    try {
+      writeSync(fd, `${line}\n`)
+    } catch (err) {
+      if (!warned) process.emitWarning(`log filter: cannot write ${file}: ${(err as Error).message}`, 'UblkWarning')
+      warned = true
+    }
   }
   const write: LineSink = options.write ?? (file ? toFile : toStderr)
+  const openFile = (): void => {
+    if (!file || options.write) return
+    try {
+      fd = openSync(file, 'a')
+    } catch (err) {
+      throw new UblkError('EINVAL', `log: cannot open ${file}: ${(err as Error).message}`, { cause: err })
+    }
+  }
   const closeFile = (): void => {
     if (fd !== undefined) closeSync(fd)
     fd = undefined
@@ -70,25 +86,19 @@ export function log(options: LogOptions = {}): Filter {
           }
         }
       })
-      if (every === undefined) {
-        return {
-          ...target,
-          async close() {
-            closeFile()
-            await target.close?.()
-          },
-        }
-      }
       return {
         ...target,
         open(ctx) {
-          intervalStart = Date.now()
-          timer = setInterval(summarize, every * 1000).unref()
+          openFile()
+          if (every !== undefined) {
+            intervalStart = Date.now()
+            timer = setInterval(summarize, every * 1000).unref()
+          }
           return target.open?.(ctx)
         },
         async close() {
           clearInterval(timer)
-          summarize()
+          if (every !== undefined) summarize()
           closeFile()
           await target.close?.()
         },

@@ -1,6 +1,6 @@
 import { UblkError } from '../errors.js'
 import type { Io, Target } from '../target.js'
-import { AwaitableIo, IO_OPS, methodOf, unroutedContext, type Filter } from './filter.js'
+import { AwaitableIo, forwardBatchHooks, IO_OPS, methodOf, settleAwaited, unroutedContext, type Filter } from './filter.js'
 import { byteOffset } from './options.js'
 
 export interface OffsetOptions {
@@ -52,14 +52,9 @@ export function offset(options: OffsetOptions): Filter {
           delete target[op]
           continue
         }
-        target[op] = async (io: Io) => {
-          const shifted = move(io)
-          await method(shifted)
-          await shifted.pending
-        }
+        target[op] = (io: Io) => settleAwaited(method, move(io))
       }
-      if (next.beforeWrites) target.beforeWrites = (ios) => next.beforeWrites!(ios.map(move))
-      if (next.afterWrites) target.afterWrites = (ios) => next.afterWrites!(ios.map(move))
+      forwardBatchHooks(target, next, move)
       return target
     },
   }

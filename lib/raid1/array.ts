@@ -109,15 +109,19 @@ export class Raid1Array extends EventEmitter<Raid1Events> {
     super()
     this.#device = device
     this.#mirror = mirror
+    // Events are emitted on the next turn of the event loop, in order: a
+    // listener attached right after `await createRaid1()` hears the first
+    // resync start, and a listener that throws cannot cut the mirror's own
+    // work short (it becomes a process warning).
     mirror.onChange = (what, event) => {
-      this.#describe?.(what)
-      if (event.type === 'member') this.emit('member', event)
-      else this.emit('resync', event)
       const state = this.status().state
-      if (state !== this.#lastState) {
-        this.#lastState = state
-        this.emit('state', state)
-      }
+      const changed = state !== this.#lastState
+      this.#lastState = state
+      setImmediate(() => {
+        this.#safely(() => this.#describe?.(what))
+        this.#safely(() => (event.type === 'member' ? this.emit('member', event) : this.emit('resync', event)))
+        if (changed) this.#safely(() => this.emit('state', state))
+      })
     }
     this.#lastState = this.status().state
     // Forwarded only while someone listens here, so that without a
@@ -133,6 +137,14 @@ export class Raid1Array extends EventEmitter<Raid1Events> {
 
   readonly #forwardError = (err: UblkError & { queue: number }): void => {
     this.emit('error', err)
+  }
+
+  #safely(call: () => unknown): void {
+    try {
+      call()
+    } catch (err) {
+      process.emitWarning(`a Raid1Array listener threw: ${String(err)}`, 'UblkWarning')
+    }
   }
 
   get device(): Device {
@@ -415,8 +427,9 @@ async function start(
   } catch (err) {
     throw toUblkError(err)
   }
+  const array = new Raid1Array(device, mirror)
   void mirror.startResync()
-  return new Raid1Array(device, mirror)
+  return array
 }
 
 /** The array's device, taken over from its dead server under `claim` (its size checked before). */
