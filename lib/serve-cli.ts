@@ -7,6 +7,7 @@ import { createDevice, type Device, type Recovery } from './device.js'
 import { UblkError } from './errors.js'
 import { parseFilter, withFilters, type Filter } from './filters/index.js'
 import { handOverAndExit, untilStopOrHandOver } from './handover.js'
+import { metricsPortOption, serveMetrics } from './metrics/cli.js'
 import { loadTarget, parseTargetArgs } from './target-module.js'
 
 /** Serves `dev` until Ctrl-C, SIGTERM, a hand-over or its deletion elsewhere, then stops it. */
@@ -36,6 +37,7 @@ interface ServeOptions {
   zeroCopy: boolean
   recovery: Recovery
   ioTimeout?: number
+  metrics?: number
 }
 
 interface Parsers {
@@ -48,6 +50,8 @@ async function serveModule(file: string, words: string[], opts: ServeOptions): P
   if (opts.recovery !== 'none') refuseProcessBoundFilters(opts.filter, 'with --recovery')
   const geometry = { size: opts.size, queues: opts.queues, depth: opts.depth, logicalBlockSize: opts.blockSize }
   const target = withFilters(await loadTarget(file, parseTargetArgs(words), geometry), opts.filter)
+  const devices: Device[] = []
+  const metrics = await serveMetrics(opts.metrics, devices)
   const dev = await createDevice({
     ...geometry,
     target,
@@ -56,7 +60,9 @@ async function serveModule(file: string, words: string[], opts: ServeOptions): P
     ...(opts.id !== undefined ? { id: opts.id } : {}),
     ...(opts.ioTimeout !== undefined ? { ioTimeoutMs: opts.ioTimeout } : {}),
   })
+  devices.push(dev)
   await serveUntilSignal(dev, `${target.name ?? file}`)
+  await metrics?.close()
   // The module may hold timers or sockets of its own: the device is gone,
   // so is the process (once what it printed is out).
   process.stdout.write('', () => process.exit())
@@ -77,6 +83,7 @@ export function addServeCommand(cli: Command, parse: Parsers): void {
     .option('--io-timeout <ms>', 'fail an IO the target has not answered after this long (0: never)', parse.count)
     .option('--no-zero-copy', 'copy IO data through user space even where the kernel has zero copy')
     .option('--recovery <mode>', 'when this process dies: none or reissue', parse.recovery, 'none')
+    .addOption(metricsPortOption())
     .action(serveModule)
 }
 
