@@ -89,6 +89,9 @@ if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
   fi
 fi
 
+step "the addon needs no glibc newer than the floor (objdump -T)"
+bash scripts/check-glibc.sh
+
 step "tsc: type-check everything, compile the tests and examples"
 # The tests run as JavaScript under plain Node: tsx costs ~6 s per process
 # in the VM's emulated CPU, and the device tests start dozens of processes.
