@@ -97,6 +97,10 @@ step "tsc: type-check everything, compile the tests and examples"
 # in the VM's emulated CPU, and the device tests start dozens of processes.
 npx tsc -p tsconfig.test.json
 
+step "npm pack the root and x86_64 packages, install them with no toolchain (.packed-install/)"
+# The device test packed-install.test.js serves a device from there.
+node scripts/pack.js
+
 step "host tests (ava)"
 ava_counted npx ava "${color[@]}" __test__/*.test.js
 

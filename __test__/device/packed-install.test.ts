@@ -6,7 +6,7 @@
 // and the data written through the block device is what the target holds.
 import { spawn } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
-import { existsSync, readdirSync, unlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, readdirSync, realpathSync, unlinkSync, writeFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { delimiter, dirname, join } from 'node:path'
 
@@ -108,22 +108,25 @@ test.serial('a device served from the npm-packed package, installed with no tool
     }
   }
 
-  const pattern = randomBytes(4 << 20)
+  const pattern = randomBytes(1 << 20)
   const patternFile = `/tmp/ublk-packed-${process.pid}.bin`
   writeFileSync(patternFile, pattern)
   let started: Started | undefined
   try {
+    const t0 = Date.now()
+    const elapsed = (): string => `${((Date.now() - t0) / 1000).toFixed(1)} s`
     started = JSON.parse(await nextLine('its device')) as Started
-    t.log(`${started.path} served by ${started.addon}`)
+    t.log(`${started.path} served by ${started.addon} (${elapsed()})`)
     t.is(started.addon, join(binaryPackage, 'ublk.linux-x64-gnu.node'), 'the addon is the one of the installed binary package')
     t.is(started.ublkTs, join(installDir, 'node_modules', 'ublk-ts', 'lib', 'index.js'))
 
     const written = await sh('dd', [`if=${patternFile}`, `of=${started.path}`, 'bs=1M', 'oflag=direct', 'conv=fsync'])
     t.is(written.code, 0, written.stderr)
-    const readBack = await sh('sh', ['-c', `dd if=${started.path} bs=1M count=4 iflag=direct status=none | md5sum`])
+    const readBack = await sh('sh', ['-c', `dd if=${started.path} bs=1M count=1 iflag=direct status=none | md5sum`])
     t.is(readBack.code, 0, readBack.stderr)
     const expected = createHash('md5').update(pattern).digest('hex')
     t.is(readBack.stdout.split(' ')[0], expected, 'read back through the device')
+    t.log(`1 MiB written and read back (${elapsed()})`)
 
     child.stdin.end(`${pattern.length}\n`)
     const end = JSON.parse(await nextLine('its digest')) as { md5: string; stopped: boolean }
@@ -131,11 +134,11 @@ test.serial('a device served from the npm-packed package, installed with no tool
     t.true(end.stopped)
     t.is(await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 30_000, 'still running 30 s later'))]), 0, stderr)
     t.true(deviceGone(started.id), 'the device is gone')
+    t.log(`stopped, the program exited (${elapsed()})`)
 
-    // The installed command line, through the bin link npm made.
-    const features = await sh('env', ['-i', `PATH=${env.PATH}`, join(installDir, 'node_modules', '.bin', 'ublk-ts'), 'features'])
-    t.is(features.code, 0, features.stderr)
-    t.regex(features.stdout, /\S/)
+    // npm linked the command line (not run here: one more Node start-up
+    // under emulation, for what the CLI tests already cover).
+    t.is(realpathSync(join(installDir, 'node_modules', '.bin', 'ublk-ts')), join(installDir, 'node_modules', 'ublk-ts', 'lib', 'cli.js'))
   } finally {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
     unlinkSync(patternFile)
