@@ -5,13 +5,14 @@
 # (a function the floor's glibc lacks links that way, and fails only when
 # first called) except Node's own napi_* functions. Prints the offenders.
 #   scripts/check-glibc.sh [FILE.node]   (default: the x86_64 gnu addon)
+# OBJDUMP names another objdump (aarch64-linux-gnu-objdump for arm64).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/native-target.sh
 
 file=${1:-ublk.linux-x64-gnu.node}
 [[ -f $file ]] || { echo "check-glibc: $file not found (build it first)" >&2; exit 1; }
-symbols=$(objdump -T "$file")
+symbols=$(${OBJDUMP:-objdump} -T "$file")
 
 newer=$(awk -v floor="$GLIBC_FLOOR" '
   function newer_than_floor(v,    a, b, n, m, i, x, y) {
