@@ -1,6 +1,5 @@
 // The generated napi-rs loader at the package root picks the prebuilt
 // binary for this platform; everything native goes through this module.
-// eslint-disable-next-line @typescript-eslint/no-require-imports
 import binding = require('../index.js')
 
 export = binding

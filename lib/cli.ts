@@ -9,13 +9,16 @@ import {
   kernelFeatures,
   listDevices,
   recoverDevice,
-  type Device,
   type DeviceInfo,
+  type DeviceOptions,
   type Recovery,
 } from './device.js'
-import { UblkError } from './errors.js'
-import { askForHandOver, handOverAndExit, untilStopOrHandOver } from './handover.js'
+import { toUblkError, UblkError } from './errors.js'
+import { withFilters, type Filter } from './filters/index.js'
+import { askForHandOver } from './handover.js'
 import { addRaid1Commands } from './raid1/cli.js'
+import { loadTarget, parseTargetArgs } from './target-module.js'
+import { addServeCommand, collectFilter, refuseFiltersWithout, refuseProcessBoundFilters, serveUntilSignal } from './serve-cli.js'
 import { parseSize as parseSizeOf } from './size.js'
 import { loopTarget, nullTarget } from './targets/index.js'
 
@@ -55,6 +58,7 @@ interface AddOptions {
   ts?: boolean
   zeroCopy: boolean
   recovery: Recovery
+  filter: Filter[]
 }
 
 /** The target a kind name and --ts/--path stand for. */
@@ -68,7 +72,10 @@ function targetOf(kind: string, opts: { path?: string; ts?: boolean }) {
 }
 
 async function add(kind: string, opts: AddOptions): Promise<void> {
-  const target = targetOf(kind, opts)
+  refuseFiltersWithout(opts.filter, opts.ts)
+  if (opts.recovery !== 'none') refuseProcessBoundFilters(opts.filter, 'with --recovery')
+  const chosen = targetOf(kind, opts)
+  const target = typeof chosen.target === 'string' ? chosen : { ...chosen, target: withFilters(chosen.target, opts.filter) }
   let size = opts.size
   if (size === undefined && opts.path) size = (await import('node:fs')).statSync(opts.path).size
   if (size === undefined) throw new UblkError('EINVAL', 'give the device a --size')
@@ -82,26 +89,45 @@ interface RecoverCliOptions {
   ts?: boolean
   standby?: boolean
   takeOver?: boolean
+  filter: Filter[]
 }
 
-async function recover(id: number, kind: string, opts: RecoverCliOptions): Promise<void> {
-  const target = targetOf(kind, opts)
+/** A target argument that names a module file rather than a built-in kind. */
+function isModulePath(kind: string): boolean {
+  return /\.[cm]?[jt]sx?$/.test(kind) || kind.includes('/')
+}
+
+async function recover(id: number, kind: string, words: string[], opts: RecoverCliOptions): Promise<void> {
+  refuseProcessBoundFilters(opts.filter, 'on a device taken over')
+  let target: { target: DeviceOptions['target']; path?: string }
+  let what: string
+  if (isModulePath(kind)) {
+    // The module's new version, made for the device as it is.
+    const info = await deviceInfo(id)
+    const geometry = { size: info.size, queues: info.queues, depth: info.depth, logicalBlockSize: info.logicalBlockSize }
+    target = { target: withFilters(await loadTarget(kind, parseTargetArgs(words), geometry), opts.filter) }
+    what = kind
+  } else {
+    refuseFiltersWithout(opts.filter, opts.ts)
+    if (words.length > 0) throw new UblkError('EINVAL', `target options are for a target module, not ${kind}`)
+    const chosen = targetOf(kind, opts)
+    target = typeof chosen.target === 'string' ? chosen : { ...chosen, target: withFilters(chosen.target, opts.filter) }
+    what = `${opts.ts ? 'TypeScript' : 'Rust'} ${kind}`
+  }
+  if (typeof target.target !== 'string' && opts.takeOver) {
+    // Checked before the running server is asked to go: once it went, a
+    // refusal would leave the device without one.
+    const info = await deviceInfo(id)
+    const readOnly = typeof target.target.write !== 'function'
+    if (readOnly !== info.readOnly) {
+      throw new UblkError('EINVAL', `/dev/ublkb${id} is ${info.readOnly ? 'read-only' : 'writable'}, the new target is not: it would not be taken over`)
+    }
+  }
   const handOver = opts.takeOver ? await askForHandOver(id) : undefined
   if (opts.standby) console.log(`standing by for /dev/ublkb${id}: taking it over when its server dies`)
   const dev = await recoverDevice(id, { ...target, standby: opts.standby === true || handOver !== undefined })
   if (handOver) console.log(`took /dev/ublkb${id} over from pid ${handOver.pid}: its IO waited at most ${Date.now() - handOver.at} ms`)
-  await serveUntilSignal(dev, `recovered, ${opts.ts ? 'TypeScript' : 'Rust'} ${kind}`)
-}
-
-async function serveUntilSignal(dev: Device, what: string): Promise<void> {
-  const info = await dev.info()
-  const path = info.zeroCopy ? 'zero copy' : 'copy path'
-  const recovery = info.recovery === 'none' ? '' : `, recovery ${info.recovery}`
-  console.log(`serving ${dev.path} (${what}, ${path}${recovery}); Ctrl-C or SIGTERM to stop`)
-  const how = await untilStopOrHandOver(dev)
-  if (how === 'hand-over') handOverAndExit(dev, console.log)
-  await dev.stop()
-  console.log(how === 'gone' ? `${dev.path} was deleted by another process; nothing left to serve` : `${dev.path} removed`)
+  await serveUntilSignal(dev, `recovered, ${what}`)
 }
 
 export function program(): Command {
@@ -116,16 +142,20 @@ export function program(): Command {
     .option('-d, --depth <n>', 'IOs in flight per queue', parseCount, 128)
     .option('-b, --block-size <bytes>', 'logical block size', parseCount, 512)
     .option('--ts', 'serve with the TypeScript target instead of the Rust one')
+    .option('-f, --filter <name[:key=value,...]>', 'with --ts: stack a filter over the target (repeatable; the first is outermost)', collectFilter, [])
     .option('--no-zero-copy', 'copy IO data through user space even where the kernel has zero copy')
     .option('--recovery <mode>', "when this process dies: none (the device dies too) or reissue (it waits for 'ublk-ts recover')", parseRecovery, 'none')
     .action(add)
+  addServeCommand(cli, { size: parseSize, count: parseCount, recovery: parseRecovery })
   cli
     .command('recover')
     .description('take over a device whose server died (added with --recovery reissue) and serve it until Ctrl-C')
     .argument('<id>', 'device id', parseCount)
-    .argument('<target>', 'null or loop, like the server that died')
+    .argument('<target>', 'null or loop, like the server that died, or a target module file (see serve)')
+    .argument('[target-options...]', "after --: a target module's own options")
     .option('-p, --path <file>', 'backing file or block device (loop)')
     .option('--ts', 'serve with the TypeScript target instead of the Rust one')
+    .option('-f, --filter <name[:key=value,...]>', 'TypeScript targets: stack a filter over the target (repeatable)', collectFilter, [])
     .option('--standby', 'wait while the device is still served, and take it over the moment its server dies')
     .option('--take-over', 'ask the running server to hand the device over, and take it over (a live upgrade)')
     .action(recover)
@@ -133,10 +163,12 @@ export function program(): Command {
     .command('upgrade')
     .description('a live upgrade: take a device over from the process serving it (added with --recovery reissue), with no IO failing')
     .argument('<id>', 'device id', parseCount)
-    .argument('<target>', 'null or loop')
+    .argument('<target>', 'null or loop, or a target module file: its new version')
+    .argument('[target-options...]', "after --: a target module's own options")
     .option('-p, --path <file>', 'backing file or block device (loop)')
     .option('--ts', 'serve with the TypeScript target instead of the Rust one')
-    .action((id: number, kind: string, opts: RecoverCliOptions) => recover(id, kind, { ...opts, takeOver: true }))
+    .option('-f, --filter <name[:key=value,...]>', 'TypeScript targets: stack a filter over the target (repeatable)', collectFilter, [])
+    .action((id: number, kind: string, words: string[], opts: RecoverCliOptions) => recover(id, kind, words, { ...opts, takeOver: true }))
   cli
     .command('list')
     .description('list every ublk device')
@@ -185,7 +217,7 @@ if (require.main === module) {
   program()
     .parseAsync()
     .catch((err: unknown) => {
-      const e = err instanceof UblkError ? err : new UblkError('EIO', String(err))
+      const e = toUblkError(err)
       console.error(`ublk-ts: ${e.message} (${e.code})`)
       process.exitCode = 1
     })

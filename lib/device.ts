@@ -1,3 +1,5 @@
+import { EventEmitter } from 'node:events'
+
 import binding = require('./binding.js')
 import type { Dispatcher } from './dispatch/index.js'
 import { native, UblkError } from './errors.js'
@@ -89,8 +91,24 @@ interface Served {
   target: Target
 }
 
-/** A started ublk device served by this process. */
-export class Device {
+/** What a `Device` emits. */
+export interface DeviceEvents {
+  /** The device stopped (by `stop()`, or deleted by another process), or was handed over (`abandon()`). */
+  state: [state: 'stopped' | 'abandoned']
+  /**
+   * An error the native core reports for this device (EIO, with the
+   * `queue` it happened on, -1 for the device). Without a listener it is a
+   * process warning (`UblkWarning`), like the core's warnings always are:
+   * an `error` nobody listens to does not end the process.
+   */
+  error: [err: UblkError & { queue: number }]
+}
+
+/** Devices this process serves, by id, for what the native core reports of them. */
+const served = new Map<number, WeakRef<Device>>()
+
+/** A started ublk device served by this process; an `EventEmitter` of `DeviceEvents`. */
+export class Device extends EventEmitter<DeviceEvents> {
   readonly #native: NativeDevice
   readonly #served: Served | undefined
   #stopping: Promise<void> | undefined
@@ -108,8 +126,10 @@ export class Device {
 
   /** @internal use `createDevice()` */
   constructor(nativeDevice: NativeDevice, target?: Served) {
+    super()
     this.#native = nativeDevice
     this.#served = target
+    served.set(nativeDevice.id, new WeakRef(this))
   }
 
   /** Lets the process exit while the device runs (it is then stopped on exit). */
@@ -197,6 +217,16 @@ export class Device {
    */
   abandon(): void {
     this.#native.abandon()
+    this.#emitState('abandoned')
+  }
+
+  /** A listener that throws must not fail the stop: it becomes a process warning. */
+  #emitState(state: 'stopped' | 'abandoned'): void {
+    try {
+      this.emit('state', state)
+    } catch (err) {
+      process.emitWarning(`a Device 'state' listener threw: ${String(err)}`, 'UblkWarning')
+    }
   }
 
   /**
@@ -209,7 +239,11 @@ export class Device {
       clearInterval(this.#keepAlive)
       this.#served?.dispatcher.shutdown()
       await this.#served?.target.close?.()
-    })().finally(() => this.#markStopped())
+    })().finally(() => {
+      if (served.get(this.id)?.deref() === this) served.delete(this.id)
+      this.#markStopped()
+      this.#emitState('stopped')
+    })
     return this.#closed
   }
 
@@ -235,6 +269,11 @@ function installProcessHooks(): void {
 
 /** A warning or error of the native core, as a process warning naming its device and queue. */
 function warn(level: string, device: number, queue: number, message: string): void {
+  const dev = served.get(device)?.deref()
+  if (level === 'error' && dev && dev.listenerCount('error') > 0) {
+    dev.emit('error', Object.assign(new UblkError('EIO', message), { queue }))
+    return
+  }
   const where = device >= 0 ? `ublk device ${device}${queue >= 0 ? ` queue ${queue}` : ''}: ` : ''
   process.emitWarning(`${where}${message}`, { type: 'UblkWarning', code: `UBLK_${level.toUpperCase()}`, detail: JSON.stringify({ device, queue, level }) })
 }

@@ -9,7 +9,7 @@ export {
   waitRecoverable,
   claimRecovery,
 } from './device.js'
-export type { BuiltinTarget, DeviceInfo, DeviceOptions, KernelFeatures, RecoverOptions, RecoveryClaim, Recovery } from './device.js'
+export type { BuiltinTarget, DeviceEvents, DeviceInfo, DeviceOptions, KernelFeatures, RecoverOptions, RecoveryClaim, Recovery } from './device.js'
 export { UblkError } from './errors.js'
 export { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE } from './target.js'
 export type { BackingFile, FailedRead, Io, IoOp, ReadErrorHandler, ReadRoute, StagedIoOptions, StagingBuffer, Target, TargetContext } from './target.js'
@@ -17,6 +17,7 @@ export { loopTarget, nullTarget, ramdiskTarget, withIoDelay } from './targets/in
 export { assembleRaid1, createRaid1, Raid1Array } from './raid1/index.js'
 export type {
   AssembleRaid1Options,
+  Raid1Events,
   CreateRaid1Options,
   MemberStatus,
   Raid1State,
@@ -27,3 +28,18 @@ export type {
   SlotState,
 } from './raid1/index.js'
 export { formatSize, parseSize } from './size.js'
+export { cow, delay, error, FILTER_NAMES, log, offset, parseFilter, rate, readonly, stats, withFilters } from './filters/index.js'
+export type {
+  CowOptions,
+  DelayOptions,
+  ErrorOptions,
+  Filter,
+  LogOptions,
+  OffsetOptions,
+  OpTally,
+  RateOptions,
+  StatsFilter,
+  StatsOptions,
+  Tallies,
+} from './filters/index.js'
+export type { DeviceGeometry, TargetArgs, TargetFactory } from './target-module.js'

@@ -38,6 +38,13 @@ export interface Io {
   /** Which hardware queue it came on. */
   readonly queue: number
   /**
+   * Aborted when the IO is given up on: it timed out (`ioTimeoutMs`; the
+   * reason is a UblkError ETIMEDOUT) or the device is stopping (ECANCELED).
+   * Hand it to anything slow the target waits on (`fetch`, a timer,
+   * `stream.pipeline`) so that work on an IO already answered stops too.
+   */
+  readonly signal: AbortSignal
+  /**
    * The IO's data, no copy: fill it for a read, read it for a write. Empty
    * for other operations. Detached once the IO completes: keep a copy, not
    * the view. A target that declares `zeroCopy` has none: reading this

@@ -20,7 +20,8 @@ color=()
 ava_counted() {
   "$@" 2>&1 | tee "$run_log"
   local counts n kind
-  counts=$(tr -d '\r' <"$run_log" | sed -nE 's/^[[:space:]]*([0-9]+) (tests?|known failures?) (passed|failed|skipped|todo)$/\1 \3/p')
+  # Colours (ava's --color on a terminal) and the serial console's \r out first.
+  counts=$(sed -E 's/\x1b\[[0-9;]*m//g; s/\r//g' "$run_log" | sed -nE 's/^[[:space:]]*([0-9]+) tests? (passed|failed|skipped|todo)$/\1 \2/p')
   [[ $counts == *passed* ]] || { echo "no ava summary found in the output of: $*" >&2; exit 1; }
   while read -r n kind; do
     case $kind in
@@ -97,6 +98,9 @@ step "tsc: type-check everything, compile the tests and examples"
 # in the VM's emulated CPU, and the device tests start dozens of processes.
 npx tsc -p tsconfig.test.json
 
+step "eslint (typescript-eslint)"
+npx eslint .
+
 step "npm pack the root and x86_64 packages, install them with no toolchain (.packed-install/)"
 # The device test packed-install.test.js serves a device from there.
 node scripts/pack.js
@@ -121,4 +125,6 @@ fi
 # The last line: every test of every run (Rust unit tests once, host tests,
 # device tests per kernel), in the plain form CI systems read.
 printf '\nnpm test took %d s\n' $((SECONDS - started))
+# ava exits non-zero on a failure, which ends this script; this is a second guard.
+((failed == 0)) || { echo "$failed test(s) failed" >&2; exit 1; }
 echo "total: $passed passed, $failed failed, $skipped skipped"

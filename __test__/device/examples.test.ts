@@ -8,6 +8,7 @@ import test from 'ava'
 import { deleteDevice } from '../../lib/index.ts'
 
 import { scratchFile } from '../helpers/files.ts'
+import { fio } from '../helpers/fio.ts'
 import { deviceGone, requireUblk } from '../helpers/kernel.ts'
 import { sh } from '../helpers/shell.ts'
 
@@ -16,10 +17,10 @@ test.before(() => requireUblk())
 /** Where `scratchFile('example', ...)` puts the examples' backing file. */
 const backing = `/tmp/ublk-example-${process.pid}.img`
 
-/** Ctrl-C, as a user would; SIGKILL if that does not end it in 20 s. */
+/** Ctrl-C, as a user would; SIGKILL if that does not end it in 20 s. Resolves once its output is all in. */
 async function stopChild(child: ChildProcess): Promise<number | null> {
   if (child.exitCode !== null) return child.exitCode
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)))
   child.kill('SIGINT')
   const timer = setTimeout(() => child.kill('SIGKILL'), 20_000)
   const code = await exited
@@ -27,17 +28,32 @@ async function stopChild(child: ChildProcess): Promise<number | null> {
   return code
 }
 
-const examples: Array<[string, string[], boolean]> = [
-  ['ts-null.ts', [], false],
-  ['ts-ramdisk.ts', [], true],
-  ['ts-loop.ts', [backing], true],
-  ['rust-loop.ts', [backing], true],
+const cli = join(__dirname, '../../lib/cli.js')
+const example = (name: string): string => join(__dirname, '../../examples', name)
+
+/** What each example runs, and whether what is written reads back. */
+const examples: Array<{ name: string; args: () => string[]; keepsData: boolean; fio?: boolean; stats?: boolean }> = [
+  { name: 'ublk-ts serve examples/null.js', args: () => [cli, 'serve', example('null.js'), '--size', '64M'], keepsData: false },
+  {
+    // TypeScript loaded directly, with a filter from the command line.
+    name: 'ublk-ts serve examples/ramdisk.ts --filter stats',
+    args: () => [cli, 'serve', example('ramdisk.ts'), '--size', '64M', '--filter', 'stats'],
+    keepsData: true,
+    fio: true,
+    stats: true,
+  },
+  {
+    name: 'ublk-ts serve examples/loop.js -- --file FILE',
+    args: () => [cli, 'serve', example('loop.js'), '--size', '64M', '--', '--file', backing],
+    keepsData: true,
+  },
+  { name: 'examples/rust-loop.js FILE', args: () => [example('rust-loop.js'), backing], keepsData: true },
 ]
 
-for (const [name, args, keepsData] of examples) {
-  test.serial(`examples/${name} serves a device and removes it on SIGINT`, async (t) => {
+for (const { name, args, keepsData, fio: verify, stats } of examples) {
+  test.serial(`${name} serves a device${verify ? ' that fio verifies' : ''} and removes it on SIGINT`, async (t) => {
     scratchFile('example', 64 << 20)
-    const child = spawn(process.execPath, [join(__dirname, '../../examples', name.replace(/\.ts$/, '.js')), ...args], {
+    const child = spawn(process.execPath, args(), {
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     let out = ''
@@ -56,6 +72,10 @@ for (const [name, args, keepsData] of examples) {
         })
         child.once('exit', () => reject(new Error(`exited early: ${out}`)))
       })
+      if (verify) {
+        const r = await fio(path, { rw: 'randwrite', bs: '4k', iodepth: 16, size: '8M', verify: 'crc32c' })
+        t.is(r.errors, 0)
+      }
       const script = [
         'set -e',
         'head -c 1048576 /dev/urandom > /tmp/ex.bin',
@@ -68,6 +88,7 @@ for (const [name, args, keepsData] of examples) {
       t.is(r.stdout.trim(), keepsData ? 'same' : 'differs')
       t.is(await stopChild(child), 0, out)
       t.regex(out, /removed/)
+      if (stats) t.regex(out, /stats at stop: write: \d+ IOs/)
       t.true(deviceGone(Number(path.replace('/dev/ublkb', ''))))
     } finally {
       if (child.exitCode === null && (await stopChild(child)) !== 0 && path) {

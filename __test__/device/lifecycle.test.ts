@@ -157,8 +157,10 @@ test.serial('a read-only /run: creating a device fails with EROFS at once and le
   t.deepEqual((await listDevices()).map((d) => d.id), before, 'no device was left behind')
 })
 
-test.serial('a device deleted by another process: its server warns, naming it, and lets go of it', async (t) => {
+test.serial("a device deleted by another process: its server warns, naming it, lets go of it and emits 'state'", async (t) => {
   const dev = await createDevice({ target: 'null', size: 64 << 20, queues: 2 })
+  const states: string[] = []
+  dev.on('state', (state) => states.push(state))
   const warnings: Error[] = []
   const onWarning = (w: Error) => warnings.push(w)
   process.on('warning', onWarning)
@@ -171,6 +173,8 @@ test.serial('a device deleted by another process: its server warns, naming it, a
     t.is(warning.name, 'UblkWarning')
     t.log(warning.message)
     t.true(deviceGone(dev.id))
+    await until(() => states.length > 0, "the device emits 'state'")
+    t.deepEqual(states, ['stopped'])
   } finally {
     process.off('warning', onWarning)
     await dev.stop()

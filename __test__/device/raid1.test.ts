@@ -146,12 +146,16 @@ async function flakyMember(
   }
 }
 
-test.serial('a member failing under IO: no error reaches fio, degraded, re-add resyncs incrementally', async (t) => {
+test.serial('a member failing under IO: no error reaches fio, degraded, re-add resyncs incrementally; the array emits each change', async (t) => {
   const [a, b] = members('flaky')
   const flaky = await flakyMember(b!)
   try {
     // Both members are zeroes already (a is zeroed on create, b is a new sparse file).
     const md = await createRaid1({ members: [a!, flaky.dev], chunkSize: CHUNK, assumeClean: true, bitmapClearDelayMs: 200 })
+    const events: string[] = []
+    md.on('state', (state) => events.push(`state ${state}`))
+    md.on('member', (e) => events.push(`member ${e.slot} ${e.state}`))
+    md.on('resync', (e) => events.push(`resync ${e.kind} ${e.phase}`))
     try {
       const writes = fio(md.path, { rw: 'randwrite', bs: '4k', iodepth: 16, size: '16M', verify: 'crc32c' })
       await until(() => md.status().dirtyChunks > 0, 'writes are going on')
@@ -175,6 +179,18 @@ test.serial('a member failing under IO: no error reaches fio, degraded, re-add r
       t.is(last?.total, dirty, 'only the chunks marked while degraded were copied')
       t.true(dirty <= (16 * MiB) / CHUNK)
       t.is(md.status().state, 'optimal')
+      // Events come on the next turn of the event loop.
+      await until(() => events.length >= 8, 'the array emitted the resync end')
+      t.deepEqual(events, [
+        'member 1 faulty',
+        'state degraded',
+        'member 1 recovering',
+        'resync recovery started',
+        'state recovering',
+        'member 1 active',
+        'state optimal',
+        'resync recovery done',
+      ])
       const again = await fio(md.path, { rw: 'read', bs: '64k', iodepth: 4, size: '16M' })
       t.is(again.errors, 0)
     } finally {

@@ -3,6 +3,7 @@
 // same device over each time; no IO error reaches fio, and the file system
 // is clean at the end. Also what recovery refuses, and why.
 import { existsSync, unlinkSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 
 import test, { type ExecutionContext } from 'ava'
 
@@ -241,12 +242,19 @@ test.serial('two recoverers at once: one takes the device over, the other is ref
   }
 })
 
+const exampleModule = (name: string): string => join(__dirname, '../../examples', name)
+
 interface FioLatencyJson {
   jobs: Array<{ error: number; write: { total_ios: number; clat_ns: { max: number } }; read: { total_ios: number; clat_ns: { max: number } } }>
 }
 
 for (const [name, add, upgrade] of [
-  ['TypeScript loop', (f: string[]) => ['add', 'loop', '--ts', '--path', f[0]!, '--recovery', 'reissue'], (id: number, f: string[]) => ['upgrade', String(id), 'loop', '--ts', '--path', f[0]!]],
+  // A target module (ublk-ts serve), upgraded to its next version.
+  [
+    'TypeScript loop module',
+    (f: string[]) => ['serve', exampleModule('loop.js'), '--size', '64M', '--recovery', 'reissue', '--', '--file', f[0]!],
+    (id: number, f: string[]) => ['upgrade', String(id), exampleModule('loop.js'), '--', '--file', f[0]!],
+  ],
   [
     'RAID1',
     (f: string[]) => ['raid1', 'create', ...f, '--chunk', '64k', '--recovery', 'reissue'],

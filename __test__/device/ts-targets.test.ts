@@ -148,12 +148,16 @@ test.serial('a throw fails that IO with EIO, or with the errno the error names',
   }
 })
 
-test.serial('an IO the target never answers is failed after ioTimeoutMs', async (t) => {
+test.serial('an IO the target never answers is failed after ioTimeoutMs, and its io.signal aborted with ETIMEDOUT', async (t) => {
   const ram = ramdiskTarget()
+  let abortedWith: unknown
   const target: Target = {
     ...ram,
     read(io) {
-      if (io.offset === 4 * MiB) return new Promise<void>(() => {})
+      if (io.offset === 4 * MiB) {
+        io.signal.addEventListener('abort', () => (abortedWith = io.signal.reason))
+        return new Promise<void>(() => {})
+      }
       return ram.read(io)
     },
   }
@@ -165,21 +169,24 @@ test.serial('an IO the target never answers is failed after ioTimeoutMs', async 
     t.not(stuck.code, 0)
     t.log(`failed after ${took} ms: ${stuck.stderr.split('\n')[0]}`)
     t.true(took < 10_000)
+    t.is((abortedWith as { code?: string } | undefined)?.code, 'ETIMEDOUT')
     t.is((await ddRead(dev.path, 0)).code, 0, 'the device goes on serving')
   } finally {
     await dev.stop()
   }
 })
 
-test.serial('stop() with IOs outstanding returns, fails them, and leaves no device', async (t) => {
+test.serial('stop() with IOs outstanding returns, fails them, aborts their io.signal, and leaves no device', async (t) => {
   let held = 0
   let hold = false
+  const signals: AbortSignal[] = []
   const target: Target = {
-    read() {
+    read(io) {
       // Kernels before 7.x read the partition table while the device
       // starts: answer those, hold everything after.
       if (!hold) return
       held++
+      signals.push(io.signal)
       return new Promise<void>(() => {})
     },
   }
@@ -192,6 +199,7 @@ test.serial('stop() with IOs outstanding returns, fails them, and leaves no devi
   t.log(`stop took ${Date.now() - started} ms with ${held} IO(s) held by the target`)
   t.true(deviceGone(dev.id))
   t.false((await listDevices()).some((d) => d.id === dev.id))
+  t.true(signals.length > 0 && signals.every((s) => s.aborted && (s.reason as { code?: string }).code === 'ECANCELED'))
   const r = await reader
   t.not(r.code, 0, 'the reader saw its IO fail')
 })

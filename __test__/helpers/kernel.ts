@@ -10,6 +10,7 @@ export interface BlockDeviceFacts {
   hwQueues: number
   maxSectorsKb: number
   discardMaxBytes: number
+  readOnly: boolean
 }
 
 export function sysfsBlock(devPath: string): BlockDeviceFacts {
@@ -22,6 +23,7 @@ export function sysfsBlock(devPath: string): BlockDeviceFacts {
     hwQueues: readdirSync(`${dir}/mq`).length,
     maxSectorsKb: read('queue/max_sectors_kb'),
     discardMaxBytes: read('queue/discard_max_bytes'),
+    readOnly: read('ro') === 1,
   }
 }
 

@@ -26,7 +26,7 @@ import {
   RWF_DSYNC,
 } from '../wire.js'
 import { WriteBatches } from './batches.js'
-import { IoRequest, type IoHost, type Outstanding } from './io.js'
+import { abandonIo, IoRequest, type IoHost, type Outstanding } from './io.js'
 import { Outbox } from './outbox.js'
 
 import type { NativeBridge } from '../../index.js'
@@ -247,7 +247,10 @@ export class Dispatcher implements IoHost {
       const slots = this.#outstanding[q]!
       for (let tag = 0; tag < slots.length; tag++) {
         const entry = slots[tag]
-        if (entry && !entry.native && entry.deadline <= now) this.#finish(q, tag, entry, -ETIMEDOUT)
+        if (entry && !entry.native && entry.deadline <= now) {
+          abandonIo(entry, new UblkError('ETIMEDOUT', `the IO was not answered within ${this.#timeoutMs} ms`))
+          this.#finish(q, tag, entry, -ETIMEDOUT)
+        }
       }
     }
   }
@@ -264,7 +267,9 @@ export class Dispatcher implements IoHost {
       const slots = this.#outstanding[q]!
       for (let tag = 0; tag < slots.length; tag++) {
         const entry = slots[tag]
-        if (entry) this.#finish(q, tag, entry, -ECANCELED)
+        if (!entry) continue
+        abandonIo(entry, new UblkError('ECANCELED', 'the device is stopping'))
+        this.#finish(q, tag, entry, -ECANCELED)
       }
     }
     this.outbox.close()

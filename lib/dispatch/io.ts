@@ -18,6 +18,16 @@ export interface Outstanding {
   native: boolean
   /** The id a failed passthrough read is reported under. */
   fallbackId?: number
+  /** Made when the target first asks for `io.signal`. */
+  abort?: AbortController
+  /** Why the IO was given up on (a timeout, the device stopping), once it was. */
+  abandoned?: Error
+}
+
+/** Gives an IO up: its signal, made now or later, is aborted with `reason`. */
+export function abandonIo(entry: Outstanding, reason: Error): void {
+  entry.abandoned = reason
+  entry.abort?.abort(reason)
 }
 
 /** What an IO needs of its dispatcher. */
@@ -56,6 +66,14 @@ export class IoRequest implements Io {
       )
     }
     return this.#view
+  }
+
+  get signal(): AbortSignal {
+    if (!this.entry.abort) {
+      this.entry.abort = new AbortController()
+      if (this.entry.abandoned) this.entry.abort.abort(this.entry.abandoned)
+    }
+    return this.entry.abort.signal
   }
 
   passthrough(file: BackingFile, fileOffset: number, onReadError?: ReadErrorHandler): void {

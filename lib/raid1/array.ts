@@ -1,8 +1,10 @@
 // RAID1 arrays as users see them: create, assemble, status, fail, add, stop.
+import { EventEmitter } from 'node:events'
+
 import { claimRecovery, createDevice, recoverDevice, type Device, type DeviceOptions, type RecoveryClaim } from '../device.js'
 import { toUblkError, UblkError } from '../errors.js'
 import { parseSize } from '../size.js'
-import type { Member, MemberStatus } from './mirror.js'
+import type { Member, MemberStatus, MirrorEvent } from './mirror.js'
 import { Mirror } from './mirror.js'
 import {
   hasSuperblock,
@@ -83,15 +85,66 @@ const MIN_CHUNK = 4096
 const MAX_CHUNK = 64 << 20
 
 /** A RAID1 array served as `/dev/ublkbN` by this process. */
-export class Raid1Array {
+/** What a `Raid1Array` emits. */
+export interface Raid1Events {
+  /** The array's state changed (e.g. optimal to degraded, recovering to optimal). */
+  state: [state: Raid1State]
+  /** A member changed state: found faulty, added, back in sync. */
+  member: [event: Extract<MirrorEvent, { type: 'member' }>]
+  /** A resync started, stopped short, or is done. */
+  resync: [event: Extract<MirrorEvent, { type: 'resync' }>]
+  /** An error the native core reports for the array's device (see `DeviceEvents`). */
+  error: [err: UblkError & { queue: number }]
+}
+
+export class Raid1Array extends EventEmitter<Raid1Events> {
   readonly #device: Device
   readonly #mirror: Mirror
   #stopping: Promise<void> | undefined
+  #describe: ((what: string) => void) | undefined
+  #lastState: Raid1State | undefined
 
   /** @internal use `createRaid1()` or `assembleRaid1()` */
   constructor(device: Device, mirror: Mirror) {
+    super()
     this.#device = device
     this.#mirror = mirror
+    // Events are emitted on the next turn of the event loop, in order: a
+    // listener attached right after `await createRaid1()` hears the first
+    // resync start, and a listener that throws cannot cut the mirror's own
+    // work short (it becomes a process warning).
+    mirror.onChange = (what, event) => {
+      const state = this.status().state
+      const changed = state !== this.#lastState
+      this.#lastState = state
+      setImmediate(() => {
+        this.#safely(() => this.#describe?.(what))
+        this.#safely(() => (event.type === 'member' ? this.emit('member', event) : this.emit('resync', event)))
+        if (changed) this.#safely(() => this.emit('state', state))
+      })
+    }
+    this.#lastState = this.status().state
+    // Forwarded only while someone listens here, so that without a
+    // listener the device's errors stay process warnings.
+    const untyped = this as EventEmitter
+    untyped.on('newListener', (name: string | symbol) => {
+      if (name === 'error' && this.listenerCount('error') === 0) device.on('error', this.#forwardError)
+    })
+    untyped.on('removeListener', (name: string | symbol) => {
+      if (name === 'error' && this.listenerCount('error') === 0) device.off('error', this.#forwardError)
+    })
+  }
+
+  readonly #forwardError = (err: UblkError & { queue: number }): void => {
+    this.emit('error', err)
+  }
+
+  #safely(call: () => unknown): void {
+    try {
+      call()
+    } catch (err) {
+      process.emitWarning(`a Raid1Array listener threw: ${String(err)}`, 'UblkWarning')
+    }
   }
 
   get device(): Device {
@@ -108,7 +161,7 @@ export class Raid1Array {
 
   /** Called with a line of text whenever a member changes state or a resync starts or ends. */
   set onChange(listener: ((what: string) => void) | undefined) {
-    this.#mirror.onChange = listener
+    this.#describe = listener
   }
 
   status(): Raid1Status {
@@ -374,8 +427,9 @@ async function start(
   } catch (err) {
     throw toUblkError(err)
   }
+  const array = new Raid1Array(device, mirror)
   void mirror.startResync()
-  return new Raid1Array(device, mirror)
+  return array
 }
 
 /** The array's device, taken over from its dead server under `claim` (its size checked before). */

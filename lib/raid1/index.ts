@@ -1,5 +1,5 @@
 export { assembleRaid1, createRaid1, Raid1Array } from './array.js'
-export type { AssembleRaid1Options, CreateRaid1Options, Raid1State, Raid1Status } from './array.js'
+export type { AssembleRaid1Options, CreateRaid1Options, Raid1Events, Raid1State, Raid1Status } from './array.js'
 export type { MemberStatus } from './mirror.js'
 export type { ResyncKind, ResyncProgress, ResyncSpeed } from './resync.js'
 export type { SlotState } from './superblock.js'

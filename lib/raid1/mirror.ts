@@ -21,6 +21,12 @@ const READ_STRIPE = 1 << 20
 /** Resync copies chunks in pieces of at most this many bytes. */
 const COPY_PIECE = 1 << 20
 
+
+/** What `Mirror.onChange` reports, as `Raid1Array` emits it. */
+export type MirrorEvent =
+  | { type: 'member'; slot: number; path: string; state: Member['state']; reason: string }
+  | { type: 'resync'; kind: ResyncKind; phase: 'started' | 'stopped' | 'done'; chunks: number; error?: string }
+
 export interface Member {
   readonly slot: number
   readonly path: string
@@ -98,8 +104,8 @@ export class Mirror implements Target {
   #commitAgain = false
   #closing = false
   readonly #afterStop: ((mirror: Mirror) => Promise<void>) | undefined
-  /** Called when a member changes state (for logs and CLIs). */
-  onChange: ((what: string) => void) | undefined
+  /** Called when a member changes state or a resync starts or ends: a line for people, and the event. */
+  onChange: ((what: string, event: MirrorEvent) => void) | undefined
 
   constructor(settings: MirrorSettings) {
     this.sb = { ...settings.superblock, slots: [...settings.superblock.slots] }
@@ -467,7 +473,7 @@ export class Mirror implements Target {
     if (m.state === 'faulty' || this.#closing) return false
     m.state = 'faulty'
     this.#refresh()
-    this.onChange?.(`member ${m.slot} (${m.path}) is faulty: ${why}`)
+    this.onChange?.(`member ${m.slot} (${m.path}) is faulty: ${why}`, { type: 'member', slot: m.slot, path: m.path, state: 'faulty', reason: why })
     return true
   }
 
@@ -494,7 +500,7 @@ export class Mirror implements Target {
     this.members.sort((a, b) => a.slot - b.slot)
     await this.#attach(m)
     await this.commitSuperblocks()
-    this.onChange?.(`member ${m.slot} (${m.path}) added, ${m.state}`)
+    this.onChange?.(`member ${m.slot} (${m.path}) added, ${m.state}`, { type: 'member', slot: m.slot, path: m.path, state: m.state, reason: 'added' })
     this.startResync()
   }
 
@@ -529,8 +535,8 @@ export class Mirror implements Target {
       this.#resync = resync
       this.#resyncSource = source
       this.#route()
-      this.onChange?.(`${kind} resync of ${chunks.length} chunk(s) started`)
-      let done = false
+      this.onChange?.(`${kind} resync of ${chunks.length} chunk(s) started`, { type: 'resync', kind, phase: 'started', chunks: chunks.length })
+      let done: boolean
       try {
         done = await resync.run()
       } finally {
@@ -541,7 +547,8 @@ export class Mirror implements Target {
       }
       if (!done) {
         if (kind === 'dirty') this.#needsDirtyResync = true
-        this.onChange?.(`${kind} resync stopped: ${resync.progress.error ?? 'aborted'}`)
+        const error = resync.progress.error ?? 'aborted'
+        this.onChange?.(`${kind} resync stopped: ${error}`, { type: 'resync', kind, phase: 'stopped', chunks: chunks.length, error })
         return
       }
       await this.#finishResync(kind, targets)
@@ -567,7 +574,7 @@ export class Mirror implements Target {
 
   async #finishResync(kind: ResyncKind, targets: Member[]): Promise<void> {
     if (kind === 'dirty') {
-      this.onChange?.('dirty resync done')
+      this.onChange?.('dirty resync done', { type: 'resync', kind, phase: 'done', chunks: this.#lastResync?.total ?? 0 })
       return
     }
     const caughtUp = targets.filter((m) => m.state === 'recovering' || m.state === 'rebuilding')
@@ -575,7 +582,15 @@ export class Mirror implements Target {
     for (const m of caughtUp) m.state = 'active'
     this.#refresh()
     await this.commitSuperblocks()
-    this.onChange?.(`${kind} resync done: ${caughtUp.map((m) => m.slot).join(', ')} in sync`)
+    for (const m of caughtUp) {
+      this.onChange?.(`member ${m.slot} (${m.path}) in sync`, { type: 'member', slot: m.slot, path: m.path, state: 'active', reason: `${kind} resync done` })
+    }
+    this.onChange?.(`${kind} resync done: ${caughtUp.map((m) => m.slot).join(', ')} in sync`, {
+      type: 'resync',
+      kind,
+      phase: 'done',
+      chunks: this.#lastResync?.total ?? 0,
+    })
   }
 
   /** Copies one chunk from the source (or another member in sync) to the targets. */

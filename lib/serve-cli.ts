@@ -1,0 +1,96 @@
+// `ublk-ts serve FILE`: a user's target module served as a device in the
+// foreground, with filters stacked over it; and the serving loop every
+// serving command shares.
+import type { Command } from 'commander'
+
+import { createDevice, type Device, type Recovery } from './device.js'
+import { UblkError } from './errors.js'
+import { parseFilter, withFilters, type Filter } from './filters/index.js'
+import { handOverAndExit, untilStopOrHandOver } from './handover.js'
+import { loadTarget, parseTargetArgs } from './target-module.js'
+
+/** Serves `dev` until Ctrl-C, SIGTERM, a hand-over or its deletion elsewhere, then stops it. */
+export async function serveUntilSignal(dev: Device, what: string): Promise<void> {
+  const info = await dev.info()
+  const path = info.zeroCopy ? 'zero copy' : 'copy path'
+  const recovery = info.recovery === 'none' ? '' : `, recovery ${info.recovery}`
+  console.log(`serving ${dev.path} (${what}, ${path}${recovery}); Ctrl-C or SIGTERM to stop`)
+  const how = await untilStopOrHandOver(dev)
+  if (how === 'hand-over') handOverAndExit(dev, console.log)
+  await dev.stop()
+  console.log(how === 'gone' ? `${dev.path} was deleted by another process; nothing left to serve` : `${dev.path} removed`)
+}
+
+/** Collects repeated `--filter` options, each checked as it is read. */
+export function collectFilter(text: string, earlier: Filter[] = []): Filter[] {
+  return [...earlier, parseFilter(text)]
+}
+
+interface ServeOptions {
+  size: number
+  queues: number
+  depth: number
+  blockSize: number
+  id?: number
+  filter: Filter[]
+  zeroCopy: boolean
+  recovery: Recovery
+  ioTimeout?: number
+}
+
+interface Parsers {
+  size: (text: string) => number
+  count: (text: string) => number
+  recovery: (text: string) => Recovery
+}
+
+async function serveModule(file: string, words: string[], opts: ServeOptions): Promise<void> {
+  if (opts.recovery !== 'none') refuseProcessBoundFilters(opts.filter, 'with --recovery')
+  const geometry = { size: opts.size, queues: opts.queues, depth: opts.depth, logicalBlockSize: opts.blockSize }
+  const target = withFilters(await loadTarget(file, parseTargetArgs(words), geometry), opts.filter)
+  const dev = await createDevice({
+    ...geometry,
+    target,
+    zeroCopy: opts.zeroCopy,
+    recovery: opts.recovery,
+    ...(opts.id !== undefined ? { id: opts.id } : {}),
+    ...(opts.ioTimeout !== undefined ? { ioTimeoutMs: opts.ioTimeout } : {}),
+  })
+  await serveUntilSignal(dev, `${target.name ?? file}`)
+  // The module may hold timers or sockets of its own: the device is gone,
+  // so is the process (once what it printed is out).
+  process.stdout.write('', () => process.exit())
+}
+
+export function addServeCommand(cli: Command, parse: Parsers): void {
+  cli
+    .command('serve')
+    .description("serve a target module (a .ts or .js file whose default export is a Target, or a function or class making one) until Ctrl-C")
+    .argument('<file>', 'the target module')
+    .argument('[target-options...]', "after --: the module's own options (--key value, --flag), given to its factory")
+    .requiredOption('-s, --size <bytes>', 'capacity, e.g. 64M', parse.size)
+    .option('-q, --queues <n>', 'hardware queues', parse.count, 1)
+    .option('-d, --depth <n>', 'IOs in flight per queue', parse.count, 128)
+    .option('-b, --block-size <bytes>', 'logical block size', parse.count, 512)
+    .option('--id <n>', 'device id to ask for', parse.count)
+    .option('-f, --filter <name[:key=value,...]>', 'stack a filter over the target (repeatable; the first is outermost)', collectFilter, [])
+    .option('--io-timeout <ms>', 'fail an IO the target has not answered after this long (0: never)', parse.count)
+    .option('--no-zero-copy', 'copy IO data through user space even where the kernel has zero copy')
+    .option('--recovery <mode>', 'when this process dies: none or reissue', parse.recovery, 'none')
+    .action(serveModule)
+}
+
+/** For commands whose --filter makes sense only over a TypeScript target. */
+export function refuseFiltersWithout(filters: readonly Filter[], ts: boolean | undefined): void {
+  if (filters.length > 0 && !ts) throw new UblkError('EINVAL', 'filters stack over TypeScript targets: add --ts')
+}
+
+/**
+ * Filters whose state lives in this process only (cow's record of written
+ * sectors) cannot be on a device another process takes over: the data
+ * written through them would be lost.
+ */
+export function refuseProcessBoundFilters(filters: readonly Filter[], why: string): void {
+  const bound = filters.find((f) => f.name === 'cow')
+  if (bound) throw new UblkError('EINVAL', `the ${bound.name} filter cannot be used ${why}: what it knows lives in this process only`)
+}
