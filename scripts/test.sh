@@ -90,6 +90,9 @@ if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
   fi
 fi
 
+step "the addon needs no glibc newer than the floor (objdump -T)"
+bash scripts/check-glibc.sh
+
 step "tsc: type-check everything, compile the tests and examples"
 # The tests run as JavaScript under plain Node: tsx costs ~6 s per process
 # in the VM's emulated CPU, and the device tests start dozens of processes.
@@ -97,6 +100,10 @@ npx tsc -p tsconfig.test.json
 
 step "eslint (typescript-eslint)"
 npx eslint .
+
+step "npm pack the root and x86_64 packages, install them with no toolchain (.packed-install/)"
+# The device test packed-install.test.js serves a device from there.
+node scripts/pack.js
 
 step "host tests (ava)"
 ava_counted npx ava "${color[@]}" __test__/*.test.js

@@ -12,6 +12,8 @@ mod bridge;
 mod control;
 mod device;
 mod errors;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod glibc_compat;
 mod handover;
 mod info;
 mod log_forward;
