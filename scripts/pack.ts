@@ -17,7 +17,7 @@
 // dependency on the x86_64 glibc package resolves to that package's tarball
 // (an `overrides` entry stands in for the registry), with PATH cut down to
 // the system directories: no cargo, rustc, rustup, clang or zig. The device
-// test __test__/device/packed-install.test.ts serves a device from there.
+// test __test__/device/parts/packed-install.ts serves a device from there.
 //
 //   node scripts/pack.js           (compiled by `npx tsc -p tsconfig.test.json`)
 import { execFileSync } from 'node:child_process'

@@ -102,7 +102,7 @@ step "eslint (typescript-eslint)"
 npx eslint .
 
 step "npm pack the root and x86_64 packages, install them with no toolchain (.packed-install/)"
-# The device test packed-install.test.js serves a device from there.
+# The device test parts/packed-install.ts (in examples.test.js) serves a device from there.
 node scripts/pack.js
 
 step "host tests (ava)"

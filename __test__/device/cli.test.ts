@@ -12,6 +12,9 @@ import { deviceGone, requireUblk } from '../helpers/kernel.ts'
 import { DATA_OFFSET, digestRange } from '../helpers/raid1.ts'
 import { sh } from '../helpers/shell.ts'
 
+// In this file's process (one test process fewer in the VM): IO figures, ublk-ts stats and the metrics endpoint.
+import './parts/metrics.ts'
+
 test.before(() => requireUblk())
 
 const serve = (...args: string[]) => serveCommand(...(args[0] === 'raid1' ? args : ['add', ...args]))

@@ -12,6 +12,9 @@ import { fio } from '../helpers/fio.ts'
 import { deviceGone, requireUblk } from '../helpers/kernel.ts'
 import { sh } from '../helpers/shell.ts'
 
+// In this file's process (one test process fewer in the VM): the package as npm installs it serves a device.
+import './parts/packed-install.ts'
+
 test.before(() => requireUblk())
 
 /** Where `scratchFile('example', ...)` puts the examples' backing file. */

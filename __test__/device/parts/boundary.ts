@@ -6,12 +6,12 @@ import { unlinkSync } from 'node:fs'
 
 import test from 'ava'
 
-import { createDevice, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../../lib/index.ts'
-import type { BackingFile, Io, StagingBuffer, Target, TargetContext } from '../../lib/index.ts'
+import { createDevice, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../../../lib/index.ts'
+import type { BackingFile, Io, StagingBuffer, Target, TargetContext } from '../../../lib/index.ts'
 
-import { scratchFile } from '../helpers/files.ts'
-import { requireUblk } from '../helpers/kernel.ts'
-import { ddRead, sh } from '../helpers/shell.ts'
+import { scratchFile } from '../../helpers/files.ts'
+import { requireUblk } from '../../helpers/kernel.ts'
+import { ddRead, sh } from '../../helpers/shell.ts'
 
 const MiB = 1 << 20
 

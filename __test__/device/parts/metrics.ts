@@ -5,13 +5,13 @@ import { unlinkSync } from 'node:fs'
 
 import test from 'ava'
 
-import { createDevice, createRaid1, deviceStats, loopTarget, type DeviceStats, type Io } from '../../lib/index.ts'
+import { createDevice, createRaid1, deviceStats, loopTarget, type DeviceStats, type Io } from '../../../lib/index.ts'
 
-import { serve, ublkTs } from '../helpers/cli.ts'
-import { scratchFile } from '../helpers/files.ts'
-import { fio } from '../helpers/fio.ts'
-import { requireUblk } from '../helpers/kernel.ts'
-import { sh } from '../helpers/shell.ts'
+import { serve, ublkTs } from '../../helpers/cli.ts'
+import { scratchFile } from '../../helpers/files.ts'
+import { fio } from '../../helpers/fio.ts'
+import { requireUblk } from '../../helpers/kernel.ts'
+import { sh } from '../../helpers/shell.ts'
 
 test.before(async () => {
   requireUblk()

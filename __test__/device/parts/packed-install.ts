@@ -12,10 +12,10 @@ import { delimiter, dirname, join } from 'node:path'
 
 import test from 'ava'
 
-import { deviceGone, requireUblk } from '../helpers/kernel.ts'
-import { sh } from '../helpers/shell.ts'
+import { deviceGone, requireUblk } from '../../helpers/kernel.ts'
+import { sh } from '../../helpers/shell.ts'
 
-const installDir = join(__dirname, '..', '..', '.packed-install')
+const installDir = join(__dirname, '..', '..', '..', '.packed-install')
 const binaryPackage = join(installDir, 'node_modules', 'ublk-ts-linux-x64-gnu')
 const toolchain = ['cargo', 'rustc', 'rustup', 'clang', 'zig', 'cargo-zigbuild']
 
