@@ -65,20 +65,19 @@ interface AddOptions {
 }
 
 /** The target a kind name and --ts/--path stand for. */
-function targetOf(kind: string, opts: { path?: string; ts?: boolean }) {
+function targetOf(kind: string, opts: { path?: string; ts?: boolean; filter: Filter[] }): { target: DeviceOptions['target']; path?: string } {
   if (kind !== 'null' && kind !== 'loop') {
     throw new UblkError('EINVAL', `unknown target ${JSON.stringify(kind)}: null or loop`)
   }
   if (kind === 'loop' && !opts.path) throw new UblkError('EINVAL', 'the loop target needs --path FILE')
-  if (kind === 'null') return { target: opts.ts ? nullTarget() : ('null' as const) }
-  return { target: opts.ts ? loopTarget(opts.path!) : ('loop' as const), path: opts.path }
+  refuseFiltersWithout(opts.filter, opts.ts)
+  if (!opts.ts) return kind === 'null' ? { target: 'null' } : { target: 'loop', path: opts.path }
+  return { target: withFilters(kind === 'null' ? nullTarget() : loopTarget(opts.path!), opts.filter) }
 }
 
 async function add(kind: string, opts: AddOptions): Promise<void> {
-  refuseFiltersWithout(opts.filter, opts.ts)
   if (opts.recovery !== 'none') refuseProcessBoundFilters(opts.filter, 'with --recovery')
-  const chosen = targetOf(kind, opts)
-  const target = typeof chosen.target === 'string' ? chosen : { ...chosen, target: withFilters(chosen.target, opts.filter) }
+  const target = targetOf(kind, opts)
   let size = opts.size
   if (size === undefined && opts.path) size = (await import('node:fs')).statSync(opts.path).size
   if (size === undefined) throw new UblkError('EINVAL', 'give the device a --size')
@@ -115,10 +114,8 @@ async function recover(id: number, kind: string, words: string[], opts: RecoverC
     target = { target: withFilters(await loadTarget(kind, parseTargetArgs(words), geometry), opts.filter) }
     what = kind
   } else {
-    refuseFiltersWithout(opts.filter, opts.ts)
     if (words.length > 0) throw new UblkError('EINVAL', `target options are for a target module, not ${kind}`)
-    const chosen = targetOf(kind, opts)
-    target = typeof chosen.target === 'string' ? chosen : { ...chosen, target: withFilters(chosen.target, opts.filter) }
+    target = targetOf(kind, opts)
     what = `${opts.ts ? 'TypeScript' : 'Rust'} ${kind}`
   }
   if (typeof target.target !== 'string' && opts.takeOver) {

@@ -25,14 +25,16 @@ export function errnoNumber(code: string): number {
   return ERRNO[code] ?? 0
 }
 
+/** The errno name an error's `code` is, if it is one this system knows (`'ENOSPC'`). */
+export function errnoCodeOf(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code
+  return typeof code === 'string' && ERRNO[code] !== undefined ? code : undefined
+}
+
 /** The errno (positive) an error stands for: the one its `code` names, or EIO. */
 export function errnoOf(err: unknown): number {
-  const code = (err as { code?: unknown } | null)?.code
-  if (typeof code === 'string') {
-    const n = ERRNO[code]
-    if (n !== undefined) return n
-  }
-  return EIO
+  const code = errnoCodeOf(err)
+  return code === undefined ? EIO : ERRNO[code]!
 }
 
 /** The name of a positive errno, e.g. `'ENOSPC'` for 28. */

@@ -3,7 +3,7 @@
 import { resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
 
-import { UblkError } from './errors.js'
+import { errnoCodeOf, UblkError } from './errors.js'
 import type { Target } from './target.js'
 
 /** A target module's options: `--key value`, `--key=value`, `--flag`, `--no-flag`, the rest in `_`. */
@@ -81,9 +81,7 @@ export async function loadTarget(file: string, args: TargetArgs, device: DeviceG
     }
   } catch (err) {
     // An errno the factory names (ENOENT for a missing file) is kept.
-    const code = (err as { code?: unknown } | null)?.code
-    const errno = typeof code === 'string' && /^E[A-Z0-9]+$/.test(code) ? code : 'EINVAL'
-    throw new UblkError(errno, `${file}: its target factory failed: ${describeLoadError(err)}`, { cause: err })
+    throw new UblkError(errnoCodeOf(err) ?? 'EINVAL', `${file}: its target factory failed: ${describeLoadError(err)}`, { cause: err })
   }
   if (!target || typeof (target as Target).read !== 'function') {
     throw new UblkError(
@@ -118,7 +116,7 @@ function isClass(fn: unknown): boolean {
 }
 
 /** The error's message, with the place in the user's file it points at. */
-export function describeLoadError(err: unknown): string {
+function describeLoadError(err: unknown): string {
   if (!(err instanceof Error)) return String(err)
   const at = err.stack
     ?.split('\n')

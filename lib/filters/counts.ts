@@ -1,5 +1,6 @@
 // Per-operation tallies kept by the stats and log filters.
 import type { IoOp } from '../target.js'
+import { IO_OPS } from './filter.js'
 
 export interface OpTally {
   ios: number
@@ -13,8 +14,6 @@ export interface OpTally {
 
 export type Tallies = Record<IoOp, OpTally>
 
-const OPS: readonly IoOp[] = ['read', 'write', 'flush', 'discard', 'writeZeroes']
-
 function emptyTally(): OpTally {
   return { ios: 0, bytes: 0, errors: {}, totalMs: 0, maxMs: 0 }
 }
@@ -24,7 +23,7 @@ export class OpCounts {
   readonly since = Date.now()
 
   static #empty(): Tallies {
-    return Object.fromEntries(OPS.map((op) => [op, emptyTally()])) as Tallies
+    return Object.fromEntries(IO_OPS.map((op) => [op, emptyTally()])) as Tallies
   }
 
   record(op: IoOp, bytes: number, ms: number, errorCode?: string): void {
@@ -52,7 +51,7 @@ export class OpCounts {
 /** One line per operation that saw IO, e.g. `write: 512 IOs, 2.0 MiB, 0.41 ms mean, 3 ms max, errors EIO 2`. */
 export function formatTallies(tallies: Tallies, seconds: number): string[] {
   const lines: string[] = []
-  for (const op of OPS) {
+  for (const op of IO_OPS) {
     const t = tallies[op]
     if (t.ios === 0) continue
     const errors = Object.entries(t.errors)

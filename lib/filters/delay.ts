@@ -1,5 +1,5 @@
 import type { IoOp } from '../target.js'
-import { aroundEachIo, type Filter } from './filter.js'
+import { aroundEachIo, IO_OPS, type Filter } from './filter.js'
 import { nonNegative } from './options.js'
 
 export interface DelayOptions {
@@ -20,7 +20,7 @@ export interface DelayOptions {
 export function delay(options: DelayOptions): Filter {
   const all = nonNegative('delay', 'ms', options.ms) ?? 0
   const wait = {} as Record<IoOp, number>
-  for (const op of ['read', 'write', 'flush', 'discard', 'writeZeroes'] as const) {
+  for (const op of IO_OPS) {
     wait[op] = nonNegative('delay', op, options[op]) ?? all
   }
   return {

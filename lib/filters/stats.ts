@@ -1,3 +1,4 @@
+import { errnoCodeOf } from '../errors.js'
 import type { Target } from '../target.js'
 import { OpCounts, formatTallies, toStderr, type LineSink, type Tallies } from './counts.js'
 import { aroundEachIo, type Filter } from './filter.js'
@@ -61,7 +62,7 @@ export function stats(options: StatsOptions = {}): StatsFilter {
   }
 }
 
+/** The errno an IO failed with, by name, as the device answers it (EIO unless the error names another). */
 export function codeOf(err: unknown): string {
-  const code = (err as { code?: unknown } | null)?.code
-  return typeof code === 'string' && /^E[A-Z0-9]+$/.test(code) ? code : 'EIO'
+  return errnoCodeOf(err) ?? 'EIO'
 }
