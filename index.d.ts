@@ -46,6 +46,17 @@ export declare class NativeBridge {
   /** Reads the read route served without JavaScript so far. */
   routedReads(): number
   /**
+   * Serves writes straight to a backing file on the queue threads:
+   * each write goes to `file` at `fileOffset` plus the device offset. A
+   * write that fails there reaches JavaScript with the failure attached.
+   * `null` sends every write to JavaScript again. EINVAL for a target
+   * with batch hooks. Takes effect for writes that arrive after it
+   * returns.
+   */
+  setWriteRoute(file: number | null, fileOffset: number): void
+  /** Writes the write route served without JavaScript so far. */
+  routedWrites(): number
+  /**
    * Releases the batch handler and files of a bridge that will not be
    * started.
    */

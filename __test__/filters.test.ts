@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import test from 'ava'
 
 import { delay, error, offset, parseFilter, rate, stats, withFilters, UblkError } from '../lib/index.ts'
-import type { Io, Target } from '../lib/index.ts'
+import type { BackingFile, FailedTransfer, Io, Target } from '../lib/index.ts'
 import { loadTarget, parseTargetArgs } from '../lib/target-module.ts'
 
 const geometry = { size: 1 << 20, queues: 1, depth: 32, logicalBlockSize: 512 }
@@ -144,7 +144,7 @@ test('a factory that fails with an errno keeps it', async (t) => {
  * An IO as the dispatcher would hand it over, whose backend transfers are
  * scripted: what the filter adapters do with their results is the test.
  */
-function scriptedIo(op: 'read' | 'write', transfer: () => Promise<number>): Io {
+function scriptedIo(op: 'read' | 'write', transfer: (file: BackingFile) => Promise<number>): Io {
   const buffer = new Uint8Array(4096)
   return {
     op,
@@ -157,8 +157,11 @@ function scriptedIo(op: 'read' | 'write', transfer: () => Promise<number>): Io {
     passthrough() {
       throw new Error('a filter must not hand its IO to the queue thread')
     },
-    readFrom: () => transfer(),
-    writeTo: () => transfer(),
+    mirror() {
+      throw new Error('a filter must not hand its IO to the queue thread')
+    },
+    readFrom: (f) => transfer(f),
+    writeTo: (f) => transfer(f),
     fsync: async () => undefined,
     fdatasync: async () => undefined,
     fallocate: async () => undefined,
@@ -167,6 +170,30 @@ function scriptedIo(op: 'read' | 'write', transfer: () => Promise<number>): Io {
 }
 
 const file = { path: '/scripted', size: 1 << 20, direct: false, readOnly: false, blockDevice: false }
+
+test('below a filter, a mirrored write lands every copy; the failed ones go to onWriteError, which decides', async (t) => {
+  const other = { ...file, path: '/scripted-other' }
+  const landed: string[] = []
+  const transfer = async (f: BackingFile) => {
+    if (f === other) throw Object.assign(new Error('member gone'), { code: 'EIO' })
+    landed.push(f.path)
+    return 4096
+  }
+  let failures: readonly FailedTransfer[] = []
+  const handled = withFilters({ read() {}, write: (io) => io.mirror([file, other], io.offset, (f) => void (failures = f)) }, [stats()])
+  await handled.write!(scriptedIo('write', transfer))
+  t.deepEqual(landed, ['/scripted'])
+  t.deepEqual(
+    failures.map((f) => [f.file.path, (f.error as { code?: string }).code]),
+    [['/scripted-other', 'EIO']],
+  )
+  const unhandled = withFilters({ read() {}, write: (io) => io.mirror([file, other], io.offset) }, [stats()])
+  const err = await t.throwsAsync(Promise.resolve(unhandled.write!(scriptedIo('write', transfer))))
+  t.is((err as { code?: string }).code, 'EIO', 'without a handler a failed copy fails the IO')
+  const reads = withFilters({ read: (io) => io.mirror([file], io.offset), write() {} }, [stats()])
+  const refused = await t.throwsAsync(Promise.resolve(reads.read!(scriptedIo('read', transfer))))
+  t.is((refused as { code?: string }).code, 'EINVAL', 'a read is not mirrored')
+})
 
 test('below a filter, a short passthrough write fails its IO with EIO', async (t) => {
   const target = withFilters({ read() {}, write: (io) => io.passthrough(file, io.offset) }, [stats()])

@@ -6,7 +6,7 @@
 // they once were, 6 of these 40 seeds end with members that differ.)
 import test from 'ava'
 
-import type { BackingFile, Io, StagedIoOptions, StagingBuffer, TargetContext } from '../lib/index.ts'
+import type { BackingFile, Io, StagedIoOptions, StagingBuffer, TargetContext, WriteErrorHandler } from '../lib/index.ts'
 import { Mirror, type Member } from '../lib/raid1/mirror.ts'
 import { newSuperblock } from '../lib/raid1/superblock.ts'
 
@@ -104,26 +104,51 @@ function memoryContext(turns: Turns) {
     },
     routeReads() {},
     routedReads: () => 0,
+    routeWrites() {},
+    routedWrites: () => 0,
   }
   return { data, ctx: ctx as unknown as TargetContext }
 }
 
-/** A write IO of `length` bytes at `offset` carrying `fill`, onto the members in `data`. */
-function writeIo(data: Map<string, Uint8Array>, offset: number, length: number, fill: number, turns: Turns): Io {
+/** A write IO as the mirror sees it, and when the queue thread would complete it. */
+type WriteIo = Io & { done: Promise<void> }
+
+/**
+ * A write IO of `length` bytes at `offset` carrying `fill`, onto the members
+ * in `data`; its `mirror` lands each copy on its own turn, as the queue
+ * thread would, and `done` settles as the IO would be completed.
+ */
+function writeIo(data: Map<string, Uint8Array>, offset: number, length: number, fill: number, turns: Turns): WriteIo {
   const buffer = new Uint8Array(length).fill(fill)
-  const io: Partial<Io> = {
+  const io: Partial<WriteIo> = {
     op: 'write',
     offset,
     length,
     fua: false,
     queue: 0,
+    done: Promise.resolve(),
     async writeTo(f: BackingFile, fileOffset: number) {
       await turns.later()
       data.get(f.path)!.set(buffer, fileOffset)
       return length
     },
+    mirror(files: readonly BackingFile[], fileOffset: number, onWriteError?: WriteErrorHandler) {
+      io.done = (async () => {
+        const outcomes = await Promise.allSettled(files.map((f) => io.writeTo!(f, fileOffset)))
+        const failures = outcomes.flatMap((o, i) => (o.status === 'rejected' ? [{ file: files[i]!, error: o.reason as Error }] : []))
+        if (failures.length === 0) return
+        if (!onWriteError) throw failures[0]!.error
+        await onWriteError(failures)
+      })()
+    },
   }
-  return io as Io
+  return io as WriteIo
+}
+
+/** Runs the mirror's write method on `io` and waits until the IO would complete. */
+async function written(mirror: Mirror, io: WriteIo): Promise<void> {
+  await mirror.write(io)
+  await io.done
 }
 
 for (let seed = 1; seed <= 40; seed++) {
@@ -153,7 +178,7 @@ for (let seed = 1; seed <= 40; seed++) {
       batches.push(
         (async () => {
           await mirror.beforeWrites(ios)
-          await Promise.all(ios.map((io) => mirror.write(io)))
+          await Promise.all(ios.map((io) => written(mirror, io)))
           mirror.afterWrites(ios)
           for (const c of chunks) busy.delete(c)
         })(),
@@ -195,7 +220,7 @@ test('a write cut short on one member (the device stopping) leaves the array to 
   ;(io as { writeTo: Io['writeTo'] }).writeTo = (file, fileOffset) =>
     file.path === 'b' ? Promise.reject(Object.assign(new Error('cancelled'), { code: 'ECANCELED' })) : landed(file, fileOffset)
   await mirror.beforeWrites([io])
-  await t.throwsAsync(mirror.write(io), { code: 'ECANCELED' })
+  await t.throwsAsync(written(mirror, io), { code: 'ECANCELED' })
   mirror.afterWrites([io])
   t.true(mirror.dirtyResyncPending, 'the stop will be recorded unclean, with the bit kept')
   t.deepEqual(mirror.memberStatus().map((m) => m.state), ['active', 'active'], 'a cancel says nothing about the member')

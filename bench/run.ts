@@ -69,6 +69,8 @@ async function loopBackingFile(size: number): Promise<{ file: string; mnt: strin
   }
 }
 
+const RUST_LOOP_ONE_FILE = 'Rust loop (one file)'
+
 function fmt(iops: number | undefined): string {
   return iops === undefined ? '-' : `${(iops / 1000).toFixed(1)}k`
 }
@@ -94,10 +96,14 @@ async function main(): Promise<void> {
     // RAID1 first: md and ours over the same two files, one workload at a time.
     const raidSize = 128 * MiB
     const members: [string, string] = [`${backing.mnt}/member-a.img`, `${backing.mnt}/member-b.img`]
-    for (const m of members) await run('truncate', ['-s', String(raidSize + 4 * MiB), m])
+    // The Rust loop target over one file of the same file system: what a
+    // mirror's writes are measured against (a mirror writes twice as much).
+    const single = `${backing.mnt}/single.img`
+    for (const m of [...members, single]) await run('truncate', ['-s', String(raidSize + 4 * MiB), m])
     for (const w of RAID1_WORKLOADS) {
       const contenders = [mdRaid1(members), tsRaid1(members, raidSize, true)]
       if (w.rw === 'randwrite') contenders.push(tsRaid1(members, raidSize, false))
+      if (w.rw !== 'randread') contenders.push({ ...rustLoop(single, raidSize), name: RUST_LOOP_ONE_FILE })
       for (const system of contenders) {
         let dev: Prepared | undefined
         try {
@@ -144,9 +150,9 @@ async function main(): Promise<void> {
 
   const iops = (system: string, rw: string, qd: number, queues: number): number | undefined =>
     points.find((p) => p.system === system && p.rw === rw && p.qd === qd && p.queues === queues)?.iops
-  const ratio = (a: string, b: string): number | null => {
-    const x = iops(a, 'randread', 32, 1)
-    const y = iops(b, 'randread', 32, 1)
+  const ratio = (a: string, b: string, rw = 'randread', qd = 32, queues = 1): number | null => {
+    const x = iops(a, rw, qd, queues)
+    const y = iops(b, rw, qd, queues)
     return x !== undefined && y ? Number((x / y).toFixed(3)) : null
   }
   const ratios = {
@@ -157,6 +163,9 @@ async function main(): Promise<void> {
     ts_loop_vs_rust_loop: ratio('TypeScript loop', 'Rust loop'),
     rust_null_vs_kernel_null: ratio('Rust null', 'kernel null_blk'),
     rust_loop_vs_rublk_loop: ratio('Rust loop', 'rublk loop'),
+    ts_null_vs_rust_null_2q: ratio('TypeScript null', 'Rust null', 'randread', 32, 2),
+    ts_null_vs_rust_null_qd1: ratio('TypeScript null', 'Rust null', 'randread', 1, 1),
+    ts_loop_vs_rust_loop_randwrite: ratio('TypeScript loop', 'Rust loop', 'randwrite', 32, 1),
   }
 
   const raidBw = (system: string, workload: string) => raid1.find((r) => r.system === system && r.workload === workload)?.bw
@@ -170,6 +179,8 @@ async function main(): Promise<void> {
     raid1_randread_vs_md: raidRatio('TypeScript RAID1', 'md raid1', '4k randread QD32'),
     raid1_seqwrite_vs_md: raidRatio('TypeScript RAID1', 'md raid1', '1M seq write QD4'),
     raid1_bitmap_cost: raidRatio('TypeScript RAID1', 'TypeScript RAID1 (no bitmap)', '4k randwrite QD32'),
+    raid1_randwrite_vs_rust_loop: raidRatio('TypeScript RAID1', RUST_LOOP_ONE_FILE, '4k randwrite QD32'),
+    raid1_seqwrite_vs_rust_loop: raidRatio('TypeScript RAID1', RUST_LOOP_ONE_FILE, '1M seq write QD4'),
   })
 
   Object.assign(ratios, zeroCopy.ratios)
@@ -186,7 +197,7 @@ async function main(): Promise<void> {
     }
   }
   console.log(`\nRAID1 over two files on ext4 (md: loop dio members), bitmap chunk ${RAID1_CHUNK}, 1 queue; MiB/s (IOPS)`)
-  const raidSystems = ['md raid1', 'TypeScript RAID1', 'TypeScript RAID1 (no bitmap)']
+  const raidSystems = ['md raid1', 'TypeScript RAID1', 'TypeScript RAID1 (no bitmap)', RUST_LOOP_ONE_FILE]
   console.log(['workload'.padEnd(22), ...raidSystems.map((n) => n.padStart(30))].join(''))
   for (const w of RAID1_WORKLOADS) {
     const cells = raidSystems.map((n) => {

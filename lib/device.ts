@@ -178,7 +178,7 @@ export class Device extends EventEmitter<DeviceEvents> {
   stats(): DeviceStats {
     const s: DeviceStats = this.#native.stats()
     const d = this.#served?.dispatcher
-    if (d) s.dispatch = { batches: d.batches, ios: d.ios, routedReads: d.routedReads() }
+    if (d) s.dispatch = { batches: d.batches, ios: d.ios, routedReads: d.routedReads(), routedWrites: d.routedWrites() }
     return s
   }
 

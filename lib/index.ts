@@ -12,7 +12,20 @@ export {
 export type { BuiltinTarget, DeviceEvents, DeviceInfo, DeviceOptions, KernelFeatures, RecoverOptions, RecoveryClaim, Recovery } from './device.js'
 export { UblkError } from './errors.js'
 export { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE } from './target.js'
-export type { BackingFile, FailedRead, Io, IoOp, ReadErrorHandler, ReadRoute, StagedIoOptions, StagingBuffer, Target, TargetContext } from './target.js'
+export type {
+  BackingFile,
+  FailedRead,
+  FailedTransfer,
+  Io,
+  IoOp,
+  ReadErrorHandler,
+  ReadRoute,
+  StagedIoOptions,
+  StagingBuffer,
+  Target,
+  TargetContext,
+  WriteErrorHandler,
+} from './target.js'
 export { loopTarget, nullTarget, ramdiskTarget, withIoDelay } from './targets/index.js'
 export { assembleRaid1, createRaid1, Raid1Array } from './raid1/index.js'
 export type {

@@ -123,5 +123,13 @@ function contextFor(bridge: NativeBridge, dispatcher: Dispatcher, handles: Handl
     routedReads() {
       return bridge.routedReads()
     },
+    routeWrites(route) {
+      if (route === undefined) return nativeSync(() => bridge.setWriteRoute(null, 0))
+      const file = handles.handleOf(route.file, 'write route')
+      nativeSync(() => bridge.setWriteRoute(file, route.fileOffset ?? 0))
+    },
+    routedWrites() {
+      return bridge.routedWrites()
+    },
   }
 }

@@ -68,6 +68,19 @@ export interface Io {
    * elsewhere with `readFrom` (not `buffer`, which stays detached).
    */
   passthrough(file: BackingFile, fileOffset: number, onReadError?: ReadErrorHandler): void
+  /**
+   * A write's `passthrough` to several files at once (a mirror's members):
+   * the queue thread writes the IO's data to each of `files` at
+   * `fileOffset`, all at once, and completes the IO when every copy is
+   * done, with no further trip through JavaScript. Without `onWriteError`,
+   * a failed copy fails the IO with its errno. With it, a failed copy does
+   * not fail the IO: once every copy is done, the handler is called with
+   * the ones that failed and the IO is answered by its outcome (the mirror
+   * decides whether the copies that landed are enough). Throws EINVAL for
+   * an IO that is not a write or no longer outstanding, or for no files or
+   * more than 64.
+   */
+  mirror(files: readonly BackingFile[], fileOffset: number, onWriteError?: WriteErrorHandler): void
   /** Reads `length` bytes of `file` at `fileOffset` into this IO's buffer at `bufOffset`. */
   readFrom(file: BackingFile, fileOffset: number, bufOffset?: number, length?: number): Promise<number>
   /**
@@ -86,13 +99,25 @@ export interface Io {
    * to be served from elsewhere (with `readFrom` or `buffer`).
    */
   readonly failedRead?: FailedRead
+  /**
+   * Set on a write the device's write route (see
+   * `TargetContext.routeWrites`) sent to its file where it failed: the IO
+   * reaches the target only now, to be written elsewhere or failed.
+   */
+  readonly failedWrite?: FailedTransfer
 }
 
-/** Where and how a routed read failed. */
-export interface FailedRead {
+/** Most files one write is mirrored to (`Io.mirror`). */
+export const MAX_MIRROR_FILES = 64
+
+/** Where and how a read or write failed. */
+export interface FailedTransfer {
   readonly file: BackingFile
   readonly error: Error
 }
+
+/** Where and how a routed read failed. */
+export type FailedRead = FailedTransfer
 
 /**
  * How reads are served without JavaScript: device region `r` (of
@@ -109,8 +134,24 @@ export interface ReadRoute {
   readonly stripeBytes?: number
 }
 
+/**
+ * How writes are served without JavaScript: every write goes to `file` at
+ * `fileOffset` plus the device offset, by the queue thread, which
+ * completes the IO itself (a FUA write with RWF_DSYNC). Writes that fail
+ * there reach the target's `write` with `io.failedWrite` set. Not for a
+ * target with batch hooks, which must see every write.
+ */
+export interface WriteRoute {
+  readonly file: BackingFile
+  /** Added to the device offset (default 0); a multiple of 512. */
+  readonly fileOffset?: number
+}
+
 /** Called when a passthrough read failed; the IO is answered by its outcome. */
 export type ReadErrorHandler = (err: Error) => Promise<void> | void
+
+/** Called when copies of a mirrored write failed (the others landed); the IO is answered by its outcome. */
+export type WriteErrorHandler = (failures: readonly FailedTransfer[]) => Promise<void> | void
 
 /**
  * Memory for backend IO that is not an IO's data: metadata such as a
@@ -163,6 +204,15 @@ export interface TargetContext {
   routeReads(route: ReadRoute | undefined): void
   /** Reads served by the route so far. */
   routedReads(): number
+  /**
+   * Serves writes on the queue threads from now on, without calling the
+   * target (see `WriteRoute`); `undefined` sends every write to the target
+   * again. Takes effect as `routeReads` does. Throws EINVAL for a target
+   * with batch hooks, or EINVAL or EBADF for a bad route.
+   */
+  routeWrites(route: WriteRoute | undefined): void
+  /** Writes served by the write route so far. */
+  routedWrites(): number
 }
 
 /**

@@ -58,7 +58,7 @@ export const KIND_SLEEP = 5
 /** Kind bit: the queue thread completes the IO when the request ends. */
 export const COMPLETES_IO = 256
 
-/** Kind bit: a failed completing read goes back to the application. */
+/** Kind bit: a completing request's outcome is answered once all of its IO's are done; a failure leaves the IO to the application. */
 export const REPORT_FAILURE = 512
 
 /** Kind bit: the tag field is a staging buffer's handle. */

@@ -1,12 +1,13 @@
 // Targets written in TypeScript, served through the batched bridge, on a
 // real kernel: data written through the block device reads back intact.
-import { existsSync, readFileSync, statSync, unlinkSync } from 'node:fs'
+import { existsSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs'
 
 import test from 'ava'
 
 import { createDevice, listDevices, loopTarget, ramdiskTarget, withIoDelay } from '../../lib/index.ts'
 import type { BackingFile, DeviceOptions, Io, Target } from '../../lib/index.ts'
 
+import { rejectsWithCode } from '../helpers/errors.ts'
 import { scratchFile } from '../helpers/files.ts'
 import { fio, verifyAgainstFile } from '../helpers/fio.ts'
 import { deviceGone, requireUblk, sysfsBlock } from '../helpers/kernel.ts'
@@ -265,6 +266,68 @@ test.serial('a target on readFrom/writeTo: fio verify, and the file matches', as
   } finally {
     await dev.stop()
     unlinkSync(file)
+  }
+})
+
+test.serial('write route: TypeScript loop writes never reach JavaScript; a routed write that fails reaches the target with io.failedWrite', async (t) => {
+  const file = scratchFile('write-route', 16 * MiB)
+  const dev = await createDevice({ target: loopTarget(file), size: 16 * MiB })
+  try {
+    const r = await verifyAgainstFile(t, dev.path, file, { rw: 'randwrite', bs: '4k', iodepth: 32, size: '8M' })
+    const dispatch = dev.stats().dispatch!
+    t.true(dispatch.routedWrites >= r.writeIos, `${dispatch.routedWrites} routed writes for fio's ${r.writeIos}`)
+    t.true(dispatch.ios < 10, `${dispatch.ios} IOs reached JavaScript`)
+  } finally {
+    await dev.stop()
+    unlinkSync(file)
+  }
+
+  // Routed to a file opened read-only, every write fails there (EROFS) and
+  // reaches the target, which writes it to the other file instead.
+  const [routedTo, landsIn] = [scratchFile('write-route-ro', 4 * MiB), scratchFile('write-route-rw', 4 * MiB)]
+  const failures: string[] = []
+  let other: BackingFile | undefined
+  const fallback: Target = {
+    zeroCopy: true,
+    async open(ctx) {
+      ctx.routeWrites({ file: await ctx.openFile(routedTo, { readOnly: true }) })
+      other = await ctx.openFile(landsIn)
+    },
+    read: (io) => io.passthrough(other!, io.offset),
+    write(io) {
+      failures.push((io.failedWrite?.error as { code?: string } | undefined)?.code ?? 'none')
+      io.passthrough(other!, io.offset)
+    },
+  }
+  const second = await createDevice({ target: fallback, size: 4 * MiB })
+  try {
+    const pattern = Buffer.alloc(1 * MiB, 0x5a)
+    writeFileSync(`${landsIn}.pattern`, pattern)
+    const dd = await sh('dd', [`if=${landsIn}.pattern`, `of=${second.path}`, 'bs=64k', 'oflag=direct', 'status=none'])
+    t.is(dd.code, 0, dd.stderr)
+    t.true(failures.length > 0)
+    t.deepEqual([...new Set(failures)], ['EROFS'], 'each write failed on the route, then reached the target')
+    t.true(readFileSync(landsIn).subarray(0, MiB).equals(pattern), 'the target wrote them elsewhere')
+    t.true(readFileSync(routedTo).subarray(0, MiB).every((b) => b === 0), 'nothing reached the read-only file')
+  } finally {
+    await second.stop()
+    for (const f of [routedTo, landsIn, `${landsIn}.pattern`]) unlinkSync(f)
+  }
+
+  // A target with batch hooks must see every write: no write route.
+  const hooked: Target = {
+    async open(ctx) {
+      ctx.routeWrites({ file: await ctx.openFile(routedTo.replace('-ro', '-hooked'), {}) })
+    },
+    read() {},
+    write() {},
+    beforeWrites() {},
+  }
+  writeFileSync(routedTo.replace('-ro', '-hooked'), Buffer.alloc(4 * MiB))
+  try {
+    await rejectsWithCode(t, createDevice({ target: hooked, size: 4 * MiB }), 'EINVAL', /batch hooks/)
+  } finally {
+    unlinkSync(routedTo.replace('-ro', '-hooked'))
   }
 })
 

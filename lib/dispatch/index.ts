@@ -3,7 +3,7 @@
 // back in one native call per tick (see ./outbox.ts).
 import { backendError, errnoNumber, errnoOf, UblkError } from '../errors.js'
 import type { Handles } from '../handles.js'
-import type { BackingFile, Io, IoOp, ReadErrorHandler, Target } from '../target.js'
+import { MAX_MIRROR_FILES, type BackingFile, type FailedTransfer, type Io, type IoOp, type ReadErrorHandler, type Target, type WriteErrorHandler } from '../target.js'
 import {
   BACKEND_RESULT_FIELDS,
   COMPLETES_IO,
@@ -108,6 +108,11 @@ export class Dispatcher implements IoHost {
     return this.#bridge?.routedReads() ?? 0
   }
 
+  /** Writes the queue threads served through the write route, without the target. */
+  routedWrites(): number {
+    return this.#bridge?.routedWrites() ?? 0
+  }
+
   /** The native batch handler; never throws back into native code. */
   onBatch = (queue: number, ios: Float64Array, buffers: Array<ArrayBuffer | null>, backend: Float64Array, events: Float64Array): void => {
     try {
@@ -154,10 +159,6 @@ export class Dispatcher implements IoHost {
     const seq = ios[i + 1]!
     const op = OP_BY_CODE.get(ios[i + 2]!)
     const entry: Outstanding = { seq, buffer: data, deadline: now + this.#timeoutMs, native: false }
-    const previous = this.#outstanding[queue]![tag]
-    // The tag's last IO was a passthrough read that succeeded: no report
-    // will come for it.
-    if (previous?.fallbackId !== undefined) this.outbox.forget(previous.fallbackId)
     this.#outstanding[queue]![tag] = entry
     if (this.#stopping) {
       this.#finish(queue, tag, entry, -ECANCELED)
@@ -174,7 +175,9 @@ export class Dispatcher implements IoHost {
     if (routeError !== 0) {
       const handle = ios[i + 7]!
       const file = this.handles.fileOf(handle) ?? { path: `(file ${handle})`, size: 0, direct: false, readOnly: true, blockDevice: false }
-      io.failedRead = { file, error: backendError(routeError, `read of ${file.path}`) }
+      const failure = { file, error: backendError(routeError, `${op} of ${file.path}`) }
+      if (op === 'write') io.failedWrite = failure
+      else io.failedRead = failure
     }
     const success = op === 'read' || op === 'write' ? length : 0
     return { io, entry, handler, success }
@@ -204,41 +207,99 @@ export class Dispatcher implements IoHost {
   #finish(queue: number, tag: number, entry: Outstanding, result: number): void {
     const slots = this.#outstanding[queue]!
     if (slots[tag] !== entry) return
+    if (entry.native) {
+      // The queue thread completes it; one whose outcome is to be reported
+      // stays on record until the report comes.
+      if (!entry.reporting) slots[tag] = undefined
+      return
+    }
     slots[tag] = undefined
-    if (entry.native) return
     this.outbox.result(queue, tag, entry.seq, result, entry.buffer)
   }
 
   passthrough(io: IoRequest, file: BackingFile, fileOffset: number, onReadError?: ReadErrorHandler): void {
-    const entry = io.entry
-    if ((io.op !== 'read' && io.op !== 'write') || this.#outstanding[io.queue]![io.tag] !== entry || entry.native) {
-      throw new UblkError('EINVAL', 'passthrough needs a read or write that is still outstanding')
-    }
+    if (io.op !== 'read' && io.op !== 'write') throw new UblkError('EINVAL', `passthrough of a ${io.op}: only reads and writes can be handed over`)
     if (onReadError && io.op !== 'read') throw new UblkError('EINVAL', 'onReadError is for reads')
-    if (this.#stopping) throw new UblkError('ECANCELED', 'passthrough: the device is stopping')
-    const handle = this.handles.handleOf(file, 'passthrough')
-    // From here the queue thread owns the buffer and the completion; id 0
-    // asks for no answer. A request it refuses fails the IO with its errno.
+    this.#handOver(io, 'passthrough', [file], fileOffset, onReadError && ((failures) => onReadError(failures[0]!.error)))
+  }
+
+  mirror(io: IoRequest, files: readonly BackingFile[], fileOffset: number, onWriteError?: WriteErrorHandler): void {
+    if (io.op !== 'write') throw new UblkError('EINVAL', `mirror of a ${io.op}: only writes are mirrored`)
+    if (!Array.isArray(files) || files.length === 0 || files.length > MAX_MIRROR_FILES) {
+      throw new UblkError('EINVAL', `mirror needs 1 to ${MAX_MIRROR_FILES} files`)
+    }
+    this.#handOver(io, 'mirror', files, fileOffset, onWriteError)
+  }
+
+  /**
+   * Hands a read or write over to the queue thread, to or from each of
+   * `files` at `fileOffset`; it completes the IO when every transfer is
+   * done. With `onFailure`, every transfer's outcome comes back (all in one
+   * hand-over), and if any failed the IO is the handler's to answer.
+   */
+  #handOver(
+    io: IoRequest,
+    what: string,
+    files: readonly BackingFile[],
+    fileOffset: number,
+    onFailure?: (failures: FailedTransfer[]) => Promise<void> | void,
+  ): void {
+    const entry = io.entry
+    if (this.#outstanding[io.queue]![io.tag] !== entry || entry.native) {
+      throw new UblkError('EINVAL', `${what} needs a read or write that is still outstanding`)
+    }
+    if (this.#stopping) throw new UblkError('ECANCELED', `${what}: the device is stopping`)
+    // Every file is checked before anything is sent.
+    const handles = files.map((file) => this.handles.handleOf(file, what))
+    // From here the queue thread owns the buffer and the completion. A
+    // request it refuses fails the IO with its errno (or is reported).
     entry.native = true
+    entry.reporting = onFailure !== undefined
     this.outbox.detach(io.queue, entry.buffer)
     entry.buffer = null
-    let kind = (io.op === 'read' ? KIND_READ : KIND_WRITE) | COMPLETES_IO | FOR_IO
-    let id = 0
-    if (onReadError) {
-      kind |= REPORT_FAILURE
-      id = this.outbox.takeId()
-      entry.fallbackId = id
-      const recover = (err: Error): void => {
-        // The queue thread gave the IO back: it is answered from here on.
-        entry.native = false
-        entry.fallbackId = undefined
-        entry.deadline = Date.now() + this.#timeoutMs
-        void this.#run({ io, entry, handler: () => onReadError(err), success: io.length })
-      }
-      this.outbox.expect(id, { resolve: () => recover(new UblkError('EIO', 'read failed')), reject: recover, what: `read of ${file.path}` })
-    }
+    const kind = (io.op === 'read' ? KIND_READ : KIND_WRITE) | COMPLETES_IO | FOR_IO | (onFailure ? REPORT_FAILURE : 0)
     const flags = io.op === 'write' && io.fua ? RWF_DSYNC : 0
-    this.outbox.push(io.queue, id, kind, flags, handle, { tag: io.tag, seq: entry.seq }, 0, io.length, fileOffset)
+    const target = { tag: io.tag, seq: entry.seq }
+    const failures: FailedTransfer[] = []
+    let outstanding = files.length
+    const settled = (file: BackingFile, error?: Error): void => {
+      if (error) failures.push({ file, error })
+      if (--outstanding === 0) this.#reported(io, entry, failures, onFailure!)
+    }
+    for (let i = 0; i < files.length; i++) {
+      let id = 0
+      if (onFailure) {
+        id = this.outbox.takeId()
+        const file = files[i]!
+        this.outbox.expect(id, { resolve: () => settled(file), reject: (err) => settled(file, err), what: `${io.op} of ${file.path}` })
+      }
+      this.outbox.push(io.queue, id, kind, flags, handles[i]!, target, 0, io.length, fileOffset)
+    }
+  }
+
+  /** Every transfer of a handed-over IO reported its outcome. */
+  #reported(io: IoRequest, entry: Outstanding, failures: FailedTransfer[], onFailure: (failures: FailedTransfer[]) => Promise<void> | void): void {
+    const slots = this.#outstanding[io.queue]!
+    if (slots[io.tag] !== entry) return
+    entry.reporting = false
+    if (failures.length === 0) {
+      // The queue thread completed the IO.
+      slots[io.tag] = undefined
+      return
+    }
+    if (this.#stopping) {
+      // The queue threads failed the IO at the stop: the handler only
+      // learns what became of it (a mirror, that its copies may differ).
+      slots[io.tag] = undefined
+      Promise.resolve()
+        .then(() => onFailure(failures))
+        .catch(() => undefined)
+      return
+    }
+    // The queue thread gave the IO back: it is answered from here on.
+    entry.native = false
+    entry.deadline = Date.now() + this.#timeoutMs
+    void this.#run({ io, entry, handler: () => onFailure(failures), success: io.length })
   }
 
   #expire(): void {

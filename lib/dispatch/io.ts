@@ -1,7 +1,7 @@
 // One IO as a TypeScript target sees it: what the kernel asks, the IO's
 // buffer, and backend operations on the queue's ring that use it.
 import { UblkError } from '../errors.js'
-import type { BackingFile, FailedRead, Io, IoOp, ReadErrorHandler } from '../target.js'
+import type { BackingFile, FailedRead, FailedTransfer, Io, IoOp, ReadErrorHandler, WriteErrorHandler } from '../target.js'
 import { FOR_IO, KIND_FALLOCATE, KIND_FDATASYNC, KIND_FSYNC, KIND_READ, KIND_SLEEP, KIND_WRITE, RWF_DSYNC } from '../wire.js'
 
 import type { Handles } from '../handles.js'
@@ -16,8 +16,8 @@ export interface Outstanding {
   deadline: number
   /** Handed to the queue thread, which completes it (see `passthrough`). */
   native: boolean
-  /** The id a failed passthrough read is reported under. */
-  fallbackId?: number
+  /** Handed over with its outcome to be reported: kept on record until it is. */
+  reporting?: boolean
   /** Made when the target first asks for `io.signal`. */
   abort?: AbortController
   /** Why the IO was given up on (a timeout, the device stopping), once it was. */
@@ -37,11 +37,13 @@ export interface IoHost {
   readonly outbox: Outbox
   readonly handles: Handles
   passthrough(io: IoRequest, file: BackingFile, fileOffset: number, onReadError?: ReadErrorHandler): void
+  mirror(io: IoRequest, files: readonly BackingFile[], fileOffset: number, onWriteError?: WriteErrorHandler): void
 }
 
 export class IoRequest implements Io {
   readonly #view: Uint8Array
   failedRead?: FailedRead
+  failedWrite?: FailedTransfer
 
   constructor(
     private readonly host: IoHost,
@@ -78,6 +80,10 @@ export class IoRequest implements Io {
 
   passthrough(file: BackingFile, fileOffset: number, onReadError?: ReadErrorHandler): void {
     this.host.passthrough(this, file, fileOffset, onReadError)
+  }
+
+  mirror(files: readonly BackingFile[], fileOffset: number, onWriteError?: WriteErrorHandler): void {
+    this.host.mirror(this, files, fileOffset, onWriteError)
   }
 
   readFrom(file: BackingFile, fileOffset: number, bufOffset = 0, length = this.length - bufOffset): Promise<number> {

@@ -96,11 +96,6 @@ export class Outbox {
     this.#pending.set(id, pending)
   }
 
-  /** Forgets request `id`: no answer is coming for it. */
-  forget(id: number): void {
-    this.#pending.delete(id)
-  }
-
   /** Runs a request on queue `queue`'s ring; resolves with its result (bytes or 0). */
   request(
     queue: number,

@@ -2,7 +2,7 @@
 // forwarding to the target below, and an IO whose passthrough the filter
 // can wait on.
 import { UblkError } from '../errors.js'
-import type { BackingFile, Io, IoOp, ReadErrorHandler, Target, TargetContext } from '../target.js'
+import { MAX_MIRROR_FILES, type BackingFile, type Io, type IoOp, type ReadErrorHandler, type Target, type TargetContext, type WriteErrorHandler } from '../target.js'
 
 /**
  * A layer between the device and a target (nbdkit's filters): it sees
@@ -50,6 +50,8 @@ export function unroutedContext(ctx: TargetContext, size = ctx.size): TargetCont
     sleep: (ms, queue) => ctx.sleep(ms, queue),
     routeReads: () => ctx.routeReads(undefined),
     routedReads: () => 0,
+    routeWrites: () => ctx.routeWrites(undefined),
+    routedWrites: () => 0,
   }
 }
 
@@ -180,6 +182,9 @@ export class AwaitableIo implements Io {
   get failedRead(): Io['failedRead'] {
     return this.inner.failedRead
   }
+  get failedWrite(): Io['failedWrite'] {
+    return this.inner.failedWrite
+  }
 
   passthrough(file: BackingFile, fileOffset: number, onReadError?: ReadErrorHandler): void {
     if (this.op !== 'read' && this.op !== 'write') {
@@ -216,6 +221,25 @@ export class AwaitableIo implements Io {
   async #write(file: BackingFile, fileOffset: number): Promise<void> {
     const n = await this.inner.writeTo(file, fileOffset, 0, this.length, { dsync: this.fua })
     if (n !== this.length) throw shortTransfer('write', n, this.length, file)
+  }
+
+  mirror(files: readonly BackingFile[], fileOffset: number, onWriteError?: WriteErrorHandler): void {
+    if (this.op !== 'write') throw new UblkError('EINVAL', `mirror of a ${this.op}: only writes are mirrored`)
+    if (this.handedOver) throw new UblkError('EINVAL', 'mirror needs a write that is still outstanding')
+    if (!Array.isArray(files) || files.length === 0 || files.length > MAX_MIRROR_FILES) {
+      throw new UblkError('EINVAL', `mirror needs 1 to ${MAX_MIRROR_FILES} files`)
+    }
+    this.handedOver = true
+    this.pending = this.#mirror(files, fileOffset, onWriteError)
+    this.pending.catch(() => undefined)
+  }
+
+  async #mirror(files: readonly BackingFile[], fileOffset: number, onWriteError?: WriteErrorHandler): Promise<void> {
+    const outcomes = await Promise.allSettled(files.map((file) => this.#write(file, fileOffset)))
+    const failures = outcomes.flatMap((o, i) => (o.status === 'rejected' ? [{ file: files[i]!, error: o.reason as Error }] : []))
+    if (failures.length === 0) return
+    if (!onWriteError) throw failures[0]!.error
+    await onWriteError(failures)
   }
 
   readFrom(file: BackingFile, fileOffset: number, bufOffset?: number, length?: number): Promise<number> {

@@ -18,6 +18,8 @@ export interface DispatchStats {
   ios: number
   /** Reads served by a read route, without JavaScript. */
   routedReads: number
+  /** Writes served by a write route, without JavaScript. */
+  routedWrites: number
 }
 
 /**

@@ -149,12 +149,21 @@ export class Mirror implements Target {
     io.passthrough(member.file!, this.sb.dataOffset + io.offset, (err) => this.#recoverRead(io, member, err))
   }
 
-  async write(io: Io): Promise<void> {
+  /**
+   * Mirrored by the queue thread, which completes the write once every
+   * member has its copy; if a copy failed, that member is failed here
+   * first, and the write succeeds if a member in sync took it.
+   */
+  write(io: Io): void {
     this.#foreground++
     const targets = this.#writable
-    const at = this.sb.dataOffset + io.offset
-    const options = { dsync: io.fua }
-    await this.#everywhere(targets, 'write', (m) => io.writeTo(m.file!, at, 0, io.length, options))
+    if (targets.length === 0) throw new UblkError('EIO', 'write: no member to take it')
+    const wasActive = targets.map((m) => m.state === 'active')
+    io.mirror(
+      targets.map((m) => m.file!),
+      this.sb.dataOffset + io.offset,
+      (failures) => this.#judge(targets, wasActive, 'write', targets.map((m) => failures.find((f) => f.file === m.file)?.error)),
+    )
   }
 
   async flush(io: Io): Promise<void> {
@@ -291,26 +300,35 @@ export class Mirror implements Target {
   async #everywhere(targets: Member[], what: string, op: (m: Member) => Promise<unknown>): Promise<void> {
     const wasActive = targets.map((m) => m.state === 'active')
     const results = await Promise.allSettled(targets.map(op))
+    await this.#judge(targets, wasActive, what, results.map((r) => (r.status === 'rejected' ? (r.reason as Error) : undefined)))
+  }
+
+  /**
+   * After an operation on each of `targets` (`errors[i]` is how it failed
+   * on `targets[i]`, if it did): members it failed on are failed; it
+   * succeeded if a member that was in sync (`wasActive`) took it.
+   */
+  async #judge(targets: Member[], wasActive: boolean[], what: string, errors: Array<Error | undefined>): Promise<void> {
     let succeeded = false
     let unsupported: unknown
-    for (let i = 0; i < results.length; i++) {
-      const r = results[i]!
-      if (r.status === 'fulfilled') {
+    for (let i = 0; i < targets.length; i++) {
+      const error = errors[i]
+      if (!error) {
         if (wasActive[i]) succeeded = true
         continue
       }
-      if (isCancel(r.reason)) {
+      if (isCancel(error)) {
         // The device is going away with this write half done: the members
         // may differ in its chunks, so the stop must not be recorded clean.
         this.#cancelledWrites = true
-        throw r.reason
+        throw error
       }
-      if (isUnsupported(r.reason)) {
-        unsupported = r.reason
+      if (isUnsupported(error)) {
+        unsupported = error
         continue
       }
       targets[i]!.writeErrors++
-      await this.#fail(targets[i]!, `${what} failed: ${(r.reason as Error).message}`)
+      await this.#fail(targets[i]!, `${what} failed: ${error.message}`)
     }
     if (unsupported && !succeeded) throw unsupported
     if (!succeeded) throw new UblkError('EIO', `${what}: no member in sync took it`)

@@ -17,6 +17,11 @@ export interface LoopOptions {
    * on the JavaScript path, one trip per IO.
    */
   routeReads?: boolean
+  /**
+   * Serve writes the same way (`TargetContext.routeWrites`; default true).
+   * False keeps every write on the JavaScript path, one trip per batch.
+   */
+  routeWrites?: boolean
 }
 
 /**
@@ -32,13 +37,16 @@ export function loopTarget(path: string, options: LoopOptions = {}): Target {
 
   // Reads and writes go straight between the file and the IO's buffer, and
   // the queue thread completes them: one trip through JavaScript per IO,
-  // none for reads while they are routed (a routed read that failed
-  // arrives here with its error).
+  // none while they are routed (a routed read or write that failed
+  // arrives here with its error, and fails).
   const read = (io: Io): void => {
     if (io.failedRead) throw io.failedRead.error
     io.passthrough(backing(), io.offset)
   }
-  const write = (io: Io): void => io.passthrough(backing(), io.offset)
+  const write = (io: Io): void => {
+    if (io.failedWrite) throw io.failedWrite.error
+    io.passthrough(backing(), io.offset)
+  }
 
   const target: Target = {
     name: 'loop-ts',
@@ -50,6 +58,7 @@ export function loopTarget(path: string, options: LoopOptions = {}): Target {
         })
       }
       if (options.routeReads ?? true) ctx.routeReads({ files: [file] })
+      if (!options.readOnly && (options.routeWrites ?? true)) ctx.routeWrites({ file })
     },
     read,
     fua: true,

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use napi::bindgen_prelude::{AsyncTask, Float64Array, Function, JsValue, Unknown};
 use napi::{Env, Task};
 use napi_derive::napi;
-use ublk_core::bridge::{wire, BatchSink, BridgeTarget, QueueShared, ReadRoute};
+use ublk_core::bridge::{wire, BatchSink, BridgeTarget, QueueShared, ReadRoute, WriteRoute};
 use ublk_core::files::BackingFile;
 use ublk_core::js_numbers::{integer, u32_arg};
 use ublk_core::staging::MAX_STAGING_BYTES;
@@ -264,6 +264,31 @@ impl NativeBridge {
     #[napi]
     pub fn routed_reads(&self) -> f64 {
         self.target.routed_reads() as f64
+    }
+
+    /// Serves writes straight to a backing file on the queue threads:
+    /// each write goes to `file` at `fileOffset` plus the device offset. A
+    /// write that fails there reaches JavaScript with the failure attached.
+    /// `null` sends every write to JavaScript again. EINVAL for a target
+    /// with batch hooks. Takes effect for writes that arrive after it
+    /// returns.
+    #[napi(ts_args_type = "file: number | null, fileOffset: number")]
+    pub fn set_write_route(&self, file: Option<f64>, file_offset: f64) -> napi::Result<()> {
+        let route = match file {
+            None => None,
+            Some(file) => Some(WriteRoute {
+                file: u32_arg("file", file).map_err(to_napi)?,
+                file_offset: integer("fileOffset", file_offset, i64::MAX as u64)
+                    .map_err(to_napi)?,
+            }),
+        };
+        self.target.set_write_route(route).map_err(to_napi)
+    }
+
+    /// Writes the write route served without JavaScript so far.
+    #[napi]
+    pub fn routed_writes(&self) -> f64 {
+        self.target.routed_writes() as f64
     }
 
     /// Releases the batch handler and files of a bridge that will not be

@@ -26,7 +26,7 @@ use crate::staging::StagingBuffers;
 
 pub use inbox::QueueInbox;
 pub use queue::BridgeQueue;
-pub use route::{ReadRoute, MAX_ROUTE_FILES};
+pub use route::{ReadRoute, WriteRoute, MAX_ROUTE_FILES};
 use wire::{Event, IoRequest};
 
 /// Everything one hand-over carries to the application.
@@ -162,6 +162,24 @@ impl BridgeTarget {
         self.device.routes.served()
     }
 
+    /// Sends writes straight to a backing file from now on (see
+    /// [`WriteRoute`]), or, with `None`, every write to the application.
+    /// EINVAL for an application that runs batch hooks: it must see every
+    /// write.
+    pub fn set_write_route(&self, route: Option<WriteRoute>) -> Result<()> {
+        if route.is_some() && self.batch_hooks {
+            return Err(Error::invalid(
+                "a write route is for targets without batch hooks: those must see every write",
+            ));
+        }
+        self.device.routes.set_write(&self.device.files, route)
+    }
+
+    /// Writes served by the write route so far, without the application.
+    pub fn routed_writes(&self) -> u64 {
+        self.device.routes.served_writes()
+    }
+
     /// Drives queue 0 with made-up reads and no kernel, to measure the
     /// dispatch path alone (see [`synthetic`]).
     pub fn run_synthetic(
@@ -186,6 +204,7 @@ impl BridgeTarget {
         }
         *released = true;
         let _ = self.device.routes.set(&self.device.files, None);
+        let _ = self.device.routes.set_write(&self.device.files, None);
         self.device.files.close();
         self.device.staging.close();
         self.device.sink.close();

@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use super::route::RouteCache;
 use super::wire::{
-    BackendKind, BackendRequest, Event, FailedRead, IoRequest, Refused, RequestTarget,
+    BackendKind, BackendRequest, Event, IoRequest, Refused, RequestTarget, RouteFailure,
 };
 use super::{Batch, DeviceShared, QueueShared};
 use crate::error::{Error, Result};
 use crate::runtime::ops::{self, Op};
-use crate::runtime::{Io, IoOp, QueueContext, Spawner};
+use crate::runtime::{io_flags, Io, IoOp, QueueContext, Spawner};
 
 /// What the application sent for one IO.
 enum Message {
@@ -69,11 +69,11 @@ pub struct BridgeQueue {
     closing: Cell<bool>,
 }
 
-/// What became of a read the read route could take.
+/// What became of an IO a route could take.
 enum Routed {
     Served(i32),
-    Failed(FailedRead),
-    /// No route, or not this read: the application serves it.
+    Failed(RouteFailure),
+    /// No route, or not this IO: the application serves it.
     Elsewhere,
 }
 
@@ -112,13 +112,16 @@ impl BridgeQueue {
         if self.device.stopping.load(Ordering::Relaxed) {
             return -libc::EIO;
         }
-        let mut failed_read = None;
-        if io.op == IoOp::Read && io.len > 0 {
-            match self.routed_read(&mut io).await {
-                Routed::Served(result) => return result,
-                Routed::Failed(failure) => failed_read = Some(failure),
-                Routed::Elsewhere => {}
-            }
+        let mut route_failure = None;
+        let routed = match io.op {
+            IoOp::Read if io.len > 0 => self.routed_read(&mut io).await,
+            IoOp::Write if io.len > 0 => self.routed_write(&io).await,
+            _ => Routed::Elsewhere,
+        };
+        match routed {
+            Routed::Served(result) => return result,
+            Routed::Failed(failure) => route_failure = Some(failure),
+            Routed::Elsewhere => {}
         }
         slot.mailbox.borrow_mut().clear();
         slot.open.set(true);
@@ -130,7 +133,7 @@ impl BridgeQueue {
             offset: io.offset,
             length: io.len,
             batch: io.batch(),
-            failed_read,
+            route_failure,
         });
         let result = Serving::new(self, &io, slot).await;
         slot.open.set(false);
@@ -141,7 +144,7 @@ impl BridgeQueue {
     async fn routed_read(&self, io: &mut Io<'_>) -> Routed {
         let (handle, read) = {
             let mut cache = self.route.borrow_mut();
-            let Some(route) = self.device.routes.load(&mut cache) else {
+            let Some(route) = &self.device.routes.load(&mut cache).read else {
                 return Routed::Elsewhere;
             };
             let (handle, file) = route.pick(io.offset);
@@ -153,10 +156,10 @@ impl BridgeQueue {
                 Err(_) => return Routed::Elsewhere,
             }
         };
-        self.device.routes.count_served();
+        self.device.routes.count_read();
         let result = read.await;
         if result < 0 {
-            return Routed::Failed(FailedRead {
+            return Routed::Failed(RouteFailure {
                 file: handle,
                 error: result,
             });
@@ -165,7 +168,7 @@ impl BridgeQueue {
         // data is in user space; a zero-copy read that came up short fails.
         if (result as u32) < io.len {
             let Some(data) = io.data() else {
-                return Routed::Failed(FailedRead {
+                return Routed::Failed(RouteFailure {
                     file: handle,
                     error: -libc::EIO,
                 });
@@ -174,6 +177,44 @@ impl BridgeQueue {
             data[read..].fill(0);
         }
         Routed::Served(io.len as i32)
+    }
+
+    /// Sends a write to the write route's file.
+    async fn routed_write(&self, io: &Io<'_>) -> Routed {
+        let (handle, write) = {
+            let mut cache = self.route.borrow_mut();
+            let Some(route) = &self.device.routes.load(&mut cache).write else {
+                return Routed::Elsewhere;
+            };
+            let (handle, file) = &route.file;
+            let Some(file_offset) = route.file_offset.checked_add(io.offset) else {
+                return Routed::Elsewhere;
+            };
+            let rw_flags = if io.desc().flags & io_flags::FUA != 0 {
+                libc::RWF_DSYNC
+            } else {
+                0
+            };
+            match io.write_from(file, file_offset, 0, io.len, rw_flags) {
+                Ok(write) => (*handle, write),
+                // Refused before it ran (a read-only file): failed there.
+                Err(e) => {
+                    return Routed::Failed(RouteFailure {
+                        file: *handle,
+                        error: -e.errno(),
+                    })
+                }
+            }
+        };
+        self.device.routes.count_write();
+        let result = write.await;
+        if result == io.len as i32 {
+            return Routed::Served(result);
+        }
+        Routed::Failed(RouteFailure {
+            file: handle,
+            error: if result < 0 { result } else { -libc::EIO },
+        })
     }
 
     /// Tells the application something with the next hand-over.
@@ -397,8 +438,13 @@ struct Serving<'q, 'b, 'io> {
     completing: u32,
     /// The first failure among them.
     completing_error: Option<i32>,
-    /// A completing read failed and was reported: the application answers.
+    /// A completing request that reports its outcome failed: the
+    /// application answers.
     handed_back: bool,
+    /// Outcomes of requests that report them, held until every completing
+    /// request is done: the application gets all of an IO's in one
+    /// hand-over (a mirrored write's copies), and then knows it is done.
+    reports: Vec<(u32, i32)>,
     cancelled: bool,
 }
 
@@ -414,6 +460,7 @@ impl<'q, 'b, 'io> Serving<'q, 'b, 'io> {
             completing: 0,
             completing_error: None,
             handed_back: false,
+            reports: Vec::new(),
             cancelled: false,
         }
     }
@@ -450,14 +497,17 @@ impl<'q, 'b, 'io> Serving<'q, 'b, 'io> {
     /// complete the IO fails the IO with it, unless its failures go back to
     /// the application.
     fn refuse(&mut self, id: u32, completes_io: bool, report_failure: bool, errno: i32) {
-        self.queue.answer(id, -errno);
-        if completes_io {
-            self.taken_over = true;
-            if report_failure {
-                self.handed_back = true;
-            } else {
-                self.completing_error.get_or_insert(-errno);
-            }
+        if !completes_io {
+            self.queue.answer(id, -errno);
+            return;
+        }
+        self.taken_over = true;
+        if report_failure {
+            self.handed_back = true;
+            self.reports.push((id, -errno));
+        } else {
+            self.queue.answer(id, -errno);
+            self.completing_error.get_or_insert(-errno);
         }
     }
 
@@ -479,15 +529,16 @@ impl<'q, 'b, 'io> Serving<'q, 'b, 'io> {
         } else {
             result == length as i32
         };
-        if ok {
-            return;
-        }
-        let error = if result < 0 { result } else { -libc::EIO };
+        let outcome = match (ok, result) {
+            (true, _) => length as i32,
+            (false, error) if error < 0 => error,
+            (false, _) => -libc::EIO,
+        };
         if report_failure {
-            self.handed_back = true;
-            self.queue.answer(run.id, error);
-        } else {
-            self.completing_error.get_or_insert(error);
+            self.handed_back |= outcome < 0;
+            self.reports.push((run.id, outcome));
+        } else if outcome < 0 {
+            self.completing_error.get_or_insert(outcome);
         }
     }
 
@@ -544,6 +595,11 @@ impl Future for Serving<'_, '_, '_> {
                     this.on_done(run, result);
                 }
                 Poll::Pending => i += 1,
+            }
+        }
+        if this.completing == 0 {
+            for (id, outcome) in this.reports.drain(..) {
+                this.queue.answer(id, outcome);
             }
         }
         if this.running.is_empty() {

@@ -1,13 +1,14 @@
-//! Reads the queue threads serve without the application.
+//! Reads and writes the queue threads serve without the application.
 //!
 //! The application names backing files and how device offsets map onto
 //! them; from then on a read is sent straight to one of those files from
 //! the queue thread, and the IO completes when the read does, with no trip
-//! through the application. A read that fails there is handed to the
-//! application like any other IO, with the failure attached, so it can be
-//! served from elsewhere. Mirrors and loop-like targets get reads at the
-//! speed of a Rust target this way, and keep their policy in the
-//! application: it changes or removes the route whenever its state changes.
+//! through the application. A write route does the same for writes, to
+//! one file. An IO that fails there is handed to the application like any
+//! other IO, with the failure attached, so it can be served from elsewhere
+//! or failed. Mirrors and loop-like targets get the speed of a Rust target
+//! this way, and keep their policy in the application: it changes or
+//! removes a route whenever its state changes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,22 @@ pub struct ReadRoute {
     pub stripe_bytes: u64,
 }
 
+/// How writes map onto a backing file: every write goes to `file` at
+/// `file_offset` plus the device offset. Not for a target with batch
+/// hooks, which must see every write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteRoute {
+    /// A handle from [`BackingFiles::open`].
+    pub file: u32,
+    pub file_offset: u64,
+}
+
+/// A checked write route, holding its file open.
+pub(crate) struct ResolvedWrite {
+    pub file: (u32, Arc<BackingFile>),
+    pub file_offset: u64,
+}
+
 /// A checked route, holding its files open.
 pub(crate) struct ResolvedRoute {
     files: Vec<(u32, Arc<BackingFile>)>,
@@ -46,52 +63,105 @@ impl ResolvedRoute {
     }
 }
 
-/// The route every queue of a device reads, and how many reads it served.
-#[derive(Default)]
-pub(crate) struct RouteTable {
-    /// Bumped by every change, so queue threads re-read the route only
-    /// when it changed.
-    generation: AtomicU64,
-    current: Mutex<Option<Arc<ResolvedRoute>>>,
-    served: AtomicU64,
+/// The routes in force.
+#[derive(Default, Clone)]
+pub(crate) struct Routes {
+    pub read: Option<Arc<ResolvedRoute>>,
+    pub write: Option<Arc<ResolvedWrite>>,
 }
 
-/// A queue thread's copy of the route.
+/// The routes every queue of a device uses, and how many IOs they served.
+#[derive(Default)]
+pub(crate) struct RouteTable {
+    /// Bumped by every change, so queue threads re-read the routes only
+    /// when they changed.
+    generation: AtomicU64,
+    current: Mutex<Routes>,
+    reads: AtomicU64,
+    writes: AtomicU64,
+}
+
+/// A queue thread's copy of the routes.
 #[derive(Default)]
 pub(crate) struct RouteCache {
     generation: u64,
-    route: Option<Arc<ResolvedRoute>>,
+    routes: Routes,
 }
 
 impl RouteTable {
-    /// Replaces the route (`None` sends every read to the application).
-    /// Reads that reach a queue after this returns use the new route.
+    /// Replaces the read route (`None` sends every read to the
+    /// application). Reads that reach a queue after this returns use the
+    /// new route.
     pub fn set(&self, files: &BackingFiles, route: Option<ReadRoute>) -> Result<()> {
         let resolved = route.map(|r| resolve(files, r)).transpose()?;
-        let mut current = self.current.lock().unwrap();
-        *current = resolved.map(Arc::new);
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.change(|routes| routes.read = resolved.map(Arc::new));
         Ok(())
     }
 
-    /// The route as of now, through `cache`.
-    pub fn load<'a>(&self, cache: &'a mut RouteCache) -> Option<&'a Arc<ResolvedRoute>> {
-        let generation = self.generation.load(Ordering::SeqCst);
-        if generation != cache.generation {
-            cache.route = self.current.lock().unwrap().clone();
-            cache.generation = generation;
-        }
-        cache.route.as_ref()
+    /// Replaces the write route (`None` sends every write to the
+    /// application), as [`RouteTable::set`] does the read route.
+    pub fn set_write(&self, files: &BackingFiles, route: Option<WriteRoute>) -> Result<()> {
+        let resolved = route.map(|r| resolve_write(files, r)).transpose()?;
+        self.change(|routes| routes.write = resolved.map(Arc::new));
+        Ok(())
     }
 
-    pub fn count_served(&self) {
-        self.served.fetch_add(1, Ordering::Relaxed);
+    fn change(&self, apply: impl FnOnce(&mut Routes)) {
+        let mut current = self.current.lock().unwrap();
+        apply(&mut current);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The routes as of now, through `cache`.
+    pub fn load<'a>(&self, cache: &'a mut RouteCache) -> &'a Routes {
+        let generation = self.generation.load(Ordering::SeqCst);
+        if generation != cache.generation {
+            cache.routes = self.current.lock().unwrap().clone();
+            cache.generation = generation;
+        }
+        &cache.routes
+    }
+
+    pub fn count_read(&self) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_write(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Reads served by a route so far, on all queues.
     pub fn served(&self) -> u64 {
-        self.served.load(Ordering::Relaxed)
+        self.reads.load(Ordering::Relaxed)
     }
+
+    /// Writes served by a route so far, on all queues.
+    pub fn served_writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+}
+
+fn resolve_write(files: &BackingFiles, route: WriteRoute) -> Result<ResolvedWrite> {
+    check_file_offset(route.file_offset, "write")?;
+    let file = files.get(route.file).ok_or_else(|| {
+        Error::new(
+            libc::EBADF,
+            format!("write route: no open backing file {}", route.file),
+        )
+    })?;
+    Ok(ResolvedWrite {
+        file: (route.file, file),
+        file_offset: route.file_offset,
+    })
+}
+
+fn check_file_offset(file_offset: u64, what: &str) -> Result<()> {
+    if file_offset % 512 != 0 || file_offset > i64::MAX as u64 / 2 {
+        return Err(Error::invalid(format!(
+            "a {what} route's file offset must be a multiple of 512 below 2^62, got {file_offset}"
+        )));
+    }
+    Ok(())
 }
 
 fn resolve(files: &BackingFiles, route: ReadRoute) -> Result<ResolvedRoute> {
@@ -107,12 +177,7 @@ fn resolve(files: &BackingFiles, route: ReadRoute) -> Result<ResolvedRoute> {
             route.stripe_bytes
         )));
     }
-    if route.file_offset % 512 != 0 || route.file_offset > i64::MAX as u64 / 2 {
-        return Err(Error::invalid(format!(
-            "a read route's file offset must be a multiple of 512 below 2^62, got {}",
-            route.file_offset
-        )));
-    }
+    check_file_offset(route.file_offset, "read")?;
     let resolved = route
         .files
         .iter()
@@ -159,21 +224,68 @@ mod tests {
         let (files, indexes, _scratch) = table_with_files(2);
         let table = RouteTable::default();
         let mut cache = RouteCache::default();
-        assert!(table.load(&mut cache).is_none());
+        assert!(table.load(&mut cache).read.is_none());
         let route = ReadRoute {
             files: indexes.clone(),
             file_offset: 1 << 20,
             stripe_bytes: 1 << 20,
         };
         table.set(&files, Some(route)).unwrap();
-        let r = table.load(&mut cache).unwrap().clone();
+        let r = table.load(&mut cache).read.clone().unwrap();
         assert_eq!(r.pick(0).0, indexes[0]);
         assert_eq!(r.pick((1 << 20) - 4096).0, indexes[0]);
         assert_eq!(r.pick(1 << 20).0, indexes[1]);
         assert_eq!(r.pick(2 << 20).0, indexes[0]);
         assert_eq!(r.file_offset, 1 << 20);
         table.set(&files, None).unwrap();
-        assert!(table.load(&mut cache).is_none());
+        assert!(table.load(&mut cache).read.is_none());
+    }
+
+    #[test]
+    fn a_write_route_is_checked_and_kept_beside_the_read_route() {
+        let (files, indexes, _scratch) = table_with_files(1);
+        let table = RouteTable::default();
+        let mut cache = RouteCache::default();
+        let read = ReadRoute {
+            files: indexes.clone(),
+            file_offset: 0,
+            stripe_bytes: 4096,
+        };
+        table.set(&files, Some(read)).unwrap();
+        let write = WriteRoute {
+            file: indexes[0],
+            file_offset: 4096,
+        };
+        table.set_write(&files, Some(write.clone())).unwrap();
+        let routes = table.load(&mut cache);
+        assert!(routes.read.is_some());
+        let w = routes.write.clone().unwrap();
+        assert_eq!((w.file.0, w.file_offset), (indexes[0], 4096));
+        for (bad, code) in [
+            (
+                WriteRoute {
+                    file: indexes[0] + 7,
+                    ..write.clone()
+                },
+                "EBADF",
+            ),
+            (
+                WriteRoute {
+                    file_offset: 1000,
+                    ..write.clone()
+                },
+                "EINVAL",
+            ),
+        ] {
+            assert_eq!(table.set_write(&files, Some(bad)).unwrap_err().code(), code);
+        }
+        assert!(
+            table.load(&mut cache).write.is_some(),
+            "the good route stays"
+        );
+        table.set_write(&files, None).unwrap();
+        let routes = table.load(&mut cache);
+        assert!(routes.write.is_none() && routes.read.is_some());
     }
 
     #[test]
@@ -234,6 +346,9 @@ mod tests {
             assert_eq!(table.set(&files, Some(route)).unwrap_err().code(), code);
         }
         let mut cache = RouteCache::default();
-        assert!(table.load(&mut cache).is_some(), "the good route stays");
+        assert!(
+            table.load(&mut cache).read.is_some(),
+            "the good route stays"
+        );
     }
 }

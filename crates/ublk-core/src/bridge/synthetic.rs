@@ -37,7 +37,7 @@ pub fn run(
                 offset: (issued % 1024) * 4096,
                 length: 4096,
                 batch: None,
-                failed_read: None,
+                route_failure: None,
             });
             issued += 1;
             if batch.ios.len() == batch_max {

@@ -38,8 +38,10 @@ pub const KIND_FALLOCATE: u32 = 4;
 pub const KIND_SLEEP: u32 = 5;
 /// Bit in `kind`: the request completes its IO when done (a passthrough).
 pub const COMPLETES_IO: u32 = 0x100;
-/// Bit in `kind`, with [`COMPLETES_IO`]: a read that fails is reported to
-/// the application, which keeps the IO.
+/// Bit in `kind`, with [`COMPLETES_IO`]: the request's outcome is
+/// answered (its bytes, or the errno), once every completing request of
+/// its IO is done; if one failed, the application keeps the IO and answers
+/// it.
 pub const REPORT_FAILURE: u32 = 0x200;
 /// Bit in `kind`: `tag` names a staging buffer.
 pub const STAGING: u32 = 0x400;
@@ -69,13 +71,13 @@ pub struct IoRequest {
     pub length: u32,
     /// The write batch the IO is part of.
     pub batch: Option<u64>,
-    /// A read the read route sent to a file failed there.
-    pub failed_read: Option<FailedRead>,
+    /// A read or write a route sent to a file failed there.
+    pub route_failure: Option<RouteFailure>,
 }
 
-/// Where and how a routed read failed.
+/// Where and how a routed read or write failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FailedRead {
+pub struct RouteFailure {
     /// The backing file's handle.
     pub file: u32,
     /// Negative errno.
@@ -144,7 +146,8 @@ pub struct BackendRequest {
     pub file_offset: u64,
     /// The IO is completed by the queue thread when this request finishes.
     pub completes_io: bool,
-    /// With `completes_io`: a failed read goes back to the application.
+    /// With `completes_io`: its outcome is answered, and a failure leaves
+    /// the IO to the application.
     pub report_failure: bool,
     /// `RWF_DSYNC` or `RWF_SYNC` for a read or write.
     pub rw_flags: i32,
@@ -173,8 +176,8 @@ pub fn encode_ios(ios: &[IoRequest], table: &mut Vec<f64>) {
             io.offset as f64,
             io.length as f64,
             io.batch.map_or(NO_BATCH, |b| b as f64),
-            io.failed_read.map_or(0.0, |f| f.file as f64),
-            io.failed_read.map_or(0.0, |f| f.error as f64),
+            io.route_failure.map_or(0.0, |f| f.file as f64),
+            io.route_failure.map_or(0.0, |f| f.error as f64),
         ]);
     }
 }
@@ -343,7 +346,7 @@ pub fn typescript() -> String {
         ("KIND_FALLOCATE", KIND_FALLOCATE as f64, "Backend request: fallocate with mode."),
         ("KIND_SLEEP", KIND_SLEEP as f64, "Backend request: an io_uring timeout of length microseconds."),
         ("COMPLETES_IO", COMPLETES_IO as f64, "Kind bit: the queue thread completes the IO when the request ends."),
-        ("REPORT_FAILURE", REPORT_FAILURE as f64, "Kind bit: a failed completing read goes back to the application."),
+        ("REPORT_FAILURE", REPORT_FAILURE as f64, "Kind bit: a completing request's outcome is answered once all of its IO's are done; a failure leaves the IO to the application."),
         ("STAGING", STAGING as f64, "Kind bit: the tag field is a staging buffer's handle."),
         ("FOR_IO", FOR_IO as f64, "Kind bit: tag and seq name the request's IO."),
         ("EVENT_BATCH_OPEN", EVENT_BATCH_OPEN as f64, "Event: a write batch's IOs are handed over."),
@@ -397,12 +400,12 @@ mod tests {
             offset: 1 << 40,
             length: 4096,
             batch: Some(5),
-            failed_read: None,
+            route_failure: None,
         };
         let failed = IoRequest {
             op: IoOp::Read,
             batch: None,
-            failed_read: Some(FailedRead {
+            route_failure: Some(RouteFailure {
                 file: 17,
                 error: -libc::EIO,
             }),
