@@ -1,4 +1,5 @@
 // What a block device written in TypeScript implements.
+import { UblkError } from './errors.js'
 
 /** The IO operations a target can receive. */
 export type IoOp = 'read' | 'write' | 'flush' | 'discard' | 'writeZeroes'
@@ -109,6 +110,19 @@ export interface Io {
 
 /** Most files one write is mirrored to (`Io.mirror`). */
 export const MAX_MIRROR_FILES = 64
+
+/** What `Io.passthrough` refuses whoever serves the IO: an IO that is not a read or write (EINVAL). */
+export function checkPassthrough(op: IoOp): void {
+  if (op !== 'read' && op !== 'write') throw new UblkError('EINVAL', `passthrough of a ${op}: only reads and writes can be handed over`)
+}
+
+/** What `Io.mirror` refuses whoever serves the IO: not a write, no files or too many (EINVAL). */
+export function checkMirror(op: IoOp, files: readonly BackingFile[]): void {
+  if (op !== 'write') throw new UblkError('EINVAL', `mirror of a ${op}: only writes are mirrored`)
+  if (!Array.isArray(files) || files.length === 0 || files.length > MAX_MIRROR_FILES) {
+    throw new UblkError('EINVAL', `mirror needs 1 to ${MAX_MIRROR_FILES} files`)
+  }
+}
 
 /** Where and how a read or write failed. */
 export interface FailedTransfer {

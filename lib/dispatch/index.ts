@@ -3,7 +3,7 @@
 // back in one native call per tick (see ./outbox.ts).
 import { backendError, errnoNumber, errnoOf, UblkError } from '../errors.js'
 import type { Handles } from '../handles.js'
-import { MAX_MIRROR_FILES, type BackingFile, type FailedTransfer, type Io, type IoOp, type ReadErrorHandler, type Target, type WriteErrorHandler } from '../target.js'
+import { checkMirror, checkPassthrough, type BackingFile, type FailedTransfer, type Io, type IoOp, type ReadErrorHandler, type Target, type WriteErrorHandler } from '../target.js'
 import {
   BACKEND_RESULT_FIELDS,
   COMPLETES_IO,
@@ -218,16 +218,13 @@ export class Dispatcher implements IoHost {
   }
 
   passthrough(io: IoRequest, file: BackingFile, fileOffset: number, onReadError?: ReadErrorHandler): void {
-    if (io.op !== 'read' && io.op !== 'write') throw new UblkError('EINVAL', `passthrough of a ${io.op}: only reads and writes can be handed over`)
+    checkPassthrough(io.op)
     if (onReadError && io.op !== 'read') throw new UblkError('EINVAL', 'onReadError is for reads')
     this.#handOver(io, 'passthrough', [file], fileOffset, onReadError && ((failures) => onReadError(failures[0]!.error)))
   }
 
   mirror(io: IoRequest, files: readonly BackingFile[], fileOffset: number, onWriteError?: WriteErrorHandler): void {
-    if (io.op !== 'write') throw new UblkError('EINVAL', `mirror of a ${io.op}: only writes are mirrored`)
-    if (!Array.isArray(files) || files.length === 0 || files.length > MAX_MIRROR_FILES) {
-      throw new UblkError('EINVAL', `mirror needs 1 to ${MAX_MIRROR_FILES} files`)
-    }
+    checkMirror(io.op, files)
     this.#handOver(io, 'mirror', files, fileOffset, onWriteError)
   }
 

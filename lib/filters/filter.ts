@@ -2,7 +2,7 @@
 // forwarding to the target below, and an IO whose passthrough the filter
 // can wait on.
 import { UblkError } from '../errors.js'
-import { MAX_MIRROR_FILES, type BackingFile, type Io, type IoOp, type ReadErrorHandler, type Target, type TargetContext, type WriteErrorHandler } from '../target.js'
+import { checkMirror, checkPassthrough, type BackingFile, type Io, type IoOp, type ReadErrorHandler, type Target, type TargetContext, type WriteErrorHandler } from '../target.js'
 
 /**
  * A layer between the device and a target (nbdkit's filters): it sees
@@ -187,9 +187,7 @@ export class AwaitableIo implements Io {
   }
 
   passthrough(file: BackingFile, fileOffset: number, onReadError?: ReadErrorHandler): void {
-    if (this.op !== 'read' && this.op !== 'write') {
-      throw new UblkError('EINVAL', `passthrough of a ${this.op}: only reads and writes can be handed over`)
-    }
+    checkPassthrough(this.op)
     if (this.handedOver) throw new UblkError('EINVAL', 'passthrough needs a read or write that is still outstanding')
     this.handedOver = true
     this.pending = this.op === 'read' ? this.#read(file, fileOffset, onReadError) : this.#write(file, fileOffset)
@@ -224,11 +222,8 @@ export class AwaitableIo implements Io {
   }
 
   mirror(files: readonly BackingFile[], fileOffset: number, onWriteError?: WriteErrorHandler): void {
-    if (this.op !== 'write') throw new UblkError('EINVAL', `mirror of a ${this.op}: only writes are mirrored`)
+    checkMirror(this.op, files)
     if (this.handedOver) throw new UblkError('EINVAL', 'mirror needs a write that is still outstanding')
-    if (!Array.isArray(files) || files.length === 0 || files.length > MAX_MIRROR_FILES) {
-      throw new UblkError('EINVAL', `mirror needs 1 to ${MAX_MIRROR_FILES} files`)
-    }
     this.handedOver = true
     this.pending = this.#mirror(files, fileOffset, onWriteError)
     this.pending.catch(() => undefined)

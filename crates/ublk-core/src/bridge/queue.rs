@@ -20,7 +20,7 @@ use super::wire::{
 use super::{Batch, DeviceShared, QueueShared};
 use crate::error::{Error, Result};
 use crate::runtime::ops::{self, Op};
-use crate::runtime::{io_flags, Io, IoOp, QueueContext, Spawner};
+use crate::runtime::{Io, IoOp, QueueContext, Spawner};
 
 /// What the application sent for one IO.
 enum Message {
@@ -190,11 +190,7 @@ impl BridgeQueue {
             let Some(file_offset) = route.file_offset.checked_add(io.offset) else {
                 return Routed::Elsewhere;
             };
-            let rw_flags = if io.desc().flags & io_flags::FUA != 0 {
-                libc::RWF_DSYNC
-            } else {
-                0
-            };
+            let rw_flags = if io.fua { libc::RWF_DSYNC } else { 0 };
             match io.write_from(file, file_offset, 0, io.len, rw_flags) {
                 Ok(write) => (*handle, write),
                 // Refused before it ran (a read-only file): failed there.
