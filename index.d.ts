@@ -91,6 +91,16 @@ export declare class NativeDevice {
    */
   stop(): Promise<void>
   /**
+   * A live upgrade by a process that lives on: the kernel quiesces the
+   * device, what the target holds is answered, and the device waits for
+   * its next server; no other process may take it over until
+   * `finishHandOver()`. Recovery devices on Linux 6.16+ only
+   * (EOPNOTSUPP elsewhere: abandon and exit instead).
+   */
+  handOver(): Promise<void>
+  /** Lets the next server take a handed-over device. */
+  finishHandOver(): void
+  /**
    * For a process about to exit: leaves the device to the kernel, not
    * stopped or deleted by this process (a recovery device then waits
    * for its next server, as after a crash).

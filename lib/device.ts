@@ -4,7 +4,7 @@ import binding = require('./binding.js')
 import type { Dispatcher } from './dispatch/index.js'
 import { native, UblkError } from './errors.js'
 import { serve } from './served.js'
-import type { Target } from './target.js'
+import type { CloseReason, Target } from './target.js'
 import type { DeviceStats } from './metrics/stats.js'
 
 import type { DeviceInfo, KernelFeatures, NativeDevice, NativeRecoveryClaim } from '../index.js'
@@ -94,8 +94,12 @@ interface Served {
 
 /** What a `Device` emits. */
 export interface DeviceEvents {
-  /** The device stopped (by `stop()`, or deleted by another process), or was handed over (`abandon()`). */
-  state: [state: 'stopped' | 'abandoned']
+  /**
+   * The device stopped (by `stop()`, or deleted by another process), was
+   * handed over to another process (`handOver()`), or left to the kernel
+   * for one (`abandon()`).
+   */
+  state: [state: 'stopped' | 'handed-over' | 'abandoned']
   /**
    * An error the native core reports for this device (EIO, with the
    * `queue` it happened on, -1 for the device). Without a listener it is a
@@ -114,6 +118,7 @@ export class Device extends EventEmitter<DeviceEvents> {
   readonly #served: Served | undefined
   #stopping: Promise<void> | undefined
   #closed: Promise<void> | undefined
+  #closeReason: CloseReason = 'stopped'
   /**
    * Keeps the process alive while the device runs, as a listening server
    * does, and notices a device stopped elsewhere (by `deleteDevice(id)`, or
@@ -216,6 +221,44 @@ export class Device extends EventEmitter<DeviceEvents> {
   }
 
   /**
+   * A live upgrade by a process that lives on: stops serving the device
+   * without stopping it, so that a process waiting for it
+   * (`recoverDevice(id, { standby: true })`, `ublk-ts upgrade`) takes it
+   * over. The kernel quiesces the device: it sends no new IO, the IOs the
+   * target holds are answered as usual, and what arrives meanwhile waits
+   * in the kernel for the next server, so no IO fails. The target is
+   * closed with `'handed-over'` before the next server may take over.
+   * Afterwards this object is stopped.
+   *
+   * Only for a device created with `recovery: 'reissue'` (EINVAL
+   * otherwise), and on Linux 6.16 or newer (`UBLK_F_QUIESCE`); elsewhere
+   * EOPNOTSUPP, and the device is served on: `abandon()` and exit instead.
+   */
+  handOver(): Promise<void> {
+    if (this.#stopping) return Promise.reject(new UblkError('EALREADY', `ublk device ${this.id} is already stopping`))
+    const handing = (async () => {
+      this.#closeReason = 'handed-over'
+      try {
+        await native(() => this.#native.handOver())
+      } catch (err) {
+        this.#closeReason = 'stopped'
+        throw err
+      }
+      try {
+        await this.afterStop()
+      } finally {
+        this.#native.finishHandOver()
+      }
+    })()
+    // A refused hand-over leaves the device served, and stoppable.
+    this.#stopping = handing.catch(() => {})
+    handing.catch(() => {
+      if (!this.#native.stopped) this.#stopping = undefined
+    })
+    return handing
+  }
+
+  /**
    * For a process about to exit (`process.exit()` right after): leaves the
    * device to the kernel, neither stopped nor deleted by this process. A
    * device created with `recovery: 'reissue'` then waits for its next
@@ -229,7 +272,7 @@ export class Device extends EventEmitter<DeviceEvents> {
   }
 
   /** A listener that throws must not fail the stop: it becomes a process warning. */
-  #emitState(state: 'stopped' | 'abandoned'): void {
+  #emitState(state: 'stopped' | 'handed-over' | 'abandoned'): void {
     try {
       this.emit('state', state)
     } catch (err) {
@@ -246,11 +289,11 @@ export class Device extends EventEmitter<DeviceEvents> {
     this.#closed ??= (async () => {
       clearInterval(this.#keepAlive)
       this.#served?.dispatcher.shutdown()
-      await this.#served?.target.close?.()
+      await this.#served?.target.close?.(this.#closeReason)
     })().finally(() => {
       if (served.get(this.id)?.deref() === this) served.delete(this.id)
       this.#markStopped()
-      this.#emitState('stopped')
+      this.#emitState(this.#closeReason)
     })
     return this.#closed
   }

@@ -4,14 +4,22 @@ import { deviceInfo, type Device } from './device.js'
 import { UblkError } from './errors.js'
 
 /**
- * Hands `device` over to the process that asked for it: leaves it to the
- * kernel and exits at once, as a crash would, but on purpose. The kernel
- * keeps the IOs in flight for the next server.
+ * Hands `device` over to the process that asked for it: in place where
+ * the kernel can quiesce it (`handOver`, Linux 6.16+: the IOs this
+ * process holds are answered first), else by leaving it to the kernel and
+ * exiting at once, as a crash would, but on purpose (the kernel keeps the
+ * IOs in flight for the next server).
  */
-export function handOverAndExit(device: Device, say: (line: string) => void): never {
-  device.abandon()
-  say(`${device.path} handed over; this process exits`)
-  process.exit(0)
+export async function handOverOrExit(device: Device, say: (line: string) => void, handOver = () => device.handOver()): Promise<void> {
+  try {
+    await handOver()
+  } catch (err) {
+    if ((err as UblkError).code !== 'EOPNOTSUPP') throw err
+    device.abandon()
+    say(`${device.path} handed over; this process exits`)
+    process.exit(0)
+  }
+  say(`${device.path} handed over (quiesced)`)
 }
 
 /**

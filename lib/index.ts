@@ -14,6 +14,7 @@ export { UblkError } from './errors.js'
 export { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE } from './target.js'
 export type {
   BackingFile,
+  CloseReason,
   FailedRead,
   FailedTransfer,
   Io,

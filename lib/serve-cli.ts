@@ -6,7 +6,7 @@ import type { Command } from 'commander'
 import { createDevice, type Device, type Recovery } from './device.js'
 import { UblkError } from './errors.js'
 import { parseFilter, withFilters, type Filter } from './filters/index.js'
-import { handOverAndExit, untilStopOrHandOver } from './handover.js'
+import { handOverOrExit, untilStopOrHandOver } from './handover.js'
 import { metricsPortOption, serveMetrics } from './metrics/cli.js'
 import { loadTarget, parseTargetArgs } from './target-module.js'
 
@@ -17,7 +17,7 @@ export async function serveUntilSignal(dev: Device, what: string): Promise<void>
   const recovery = info.recovery === 'none' ? '' : `, recovery ${info.recovery}`
   console.log(`serving ${dev.path} (${what}, ${path}${recovery}); Ctrl-C or SIGTERM to stop`)
   const how = await untilStopOrHandOver(dev)
-  if (how === 'hand-over') handOverAndExit(dev, console.log)
+  if (how === 'hand-over') return handOverOrExit(dev, console.log)
   await dev.stop()
   console.log(how === 'gone' ? `${dev.path} was deleted by another process; nothing left to serve` : `${dev.path} removed`)
 }

@@ -265,6 +265,15 @@ export interface Target {
    * `DeviceOptions.zeroCopy`).
    */
   readonly zeroCopy?: boolean
-  /** Called after the device stopped. */
-  close?(): Promise<void> | void
+  /**
+   * Called after the device stopped, or after it was handed over to
+   * another process (`device.handOver()`, `how: 'handed-over'`): then the
+   * device lives on, and the target leaves its state for the next server
+   * as it is (a RAID1 does not record a clean stop). No other process
+   * takes the device over before this returns.
+   */
+  close?(how?: CloseReason): Promise<void> | void
 }
+
+/** Why a target is closed: its device stopped, or went to another process. */
+export type CloseReason = 'stopped' | 'handed-over'

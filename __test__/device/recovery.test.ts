@@ -7,7 +7,7 @@ import { join } from 'node:path'
 
 import test, { type ExecutionContext } from 'ava'
 
-import { assembleRaid1, createDevice, createRaid1, deviceInfo, loopTarget, recoverDevice, type Raid1Status } from '../../lib/index.ts'
+import { assembleRaid1, createDevice, createRaid1, deviceInfo, kernelFeatures, loopTarget, recoverDevice, type Raid1Status } from '../../lib/index.ts'
 
 import { serve, ublkTs, type Server } from '../helpers/cli.ts'
 import { rejectsWithCode } from '../helpers/errors.ts'
@@ -271,12 +271,15 @@ for (const [name, add, upgrade] of [
       '--rate_iops=1000', '--size=16M', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--output-format=json',
     ], 300_000)
     const stalls: string[] = []
+    // Where the kernel can quiesce a device, the server hands it over in
+    // place and answers what it holds first; elsewhere it exits for it.
+    const quiesce = (await kernelFeatures()).names.includes('quiesce')
     await until(() => inFlight(dev) > 0, 'fio has IO in flight', 60_000)
     for (let i = 0; i < UPGRADES; i++) {
       const next = serve(...upgrade(id, files))
       t.is(await next.path, dev)
       t.is(await server.exited, 0, server.output())
-      t.regex(server.output(), /handed over/)
+      t.regex(server.output(), quiesce ? /handed over \(quiesced\)/ : /handed over; this process exits/)
       stalls.push(/waited at most (\d+ ms)/.exec(next.output())?.[1] ?? '?')
       server = next
     }
@@ -292,3 +295,44 @@ for (const [name, add, upgrade] of [
     for (const f of files) unlinkSync(f)
   })
 }
+
+test.serial('handOver() in a process that lives on: quiesced under fio verify, a standby takes over, no IO error; EOPNOTSUPP where the kernel cannot quiesce', async (t) => {
+  const file = scratchFile('hand-over-in-place', 32 * MiB)
+  const dev = await createDevice({ target: loopTarget(file), size: 32 * MiB, recovery: 'reissue' })
+  const states: string[] = []
+  dev.on('state', (state) => states.push(state))
+  const job = fio(dev.path, { rw: 'randwrite', bs: '4k', iodepth: 16, size: '8M', verify: 'crc32c', extra: ['--rate_iops=1000'] })
+  const standby = serve('recover', String(dev.id), 'loop', '--ts', '--path', file, '--standby')
+  let server: Server | undefined
+  try {
+    await until(() => /standing by/.test(standby.output()), 'the standby is up', 60_000)
+    await until(() => inFlight(dev.path) > 0, 'fio has IO in flight', 60_000)
+    if (!(await kernelFeatures()).names.includes('quiesce')) {
+      await rejectsWithCode(t, dev.handOver(), 'EOPNOTSUPP', /quiesce/)
+      t.false(dev.stopped, 'a refused hand-over leaves the device served')
+      t.is((await job).errors, 0)
+      t.is((await deviceInfo(dev.id)).serverPid, process.pid)
+      return
+    }
+    const { zeroCopy } = await dev.info()
+    const asked = Date.now()
+    await dev.handOver()
+    t.true(dev.stopped)
+    t.deepEqual(states, ['handed-over'])
+    t.is(await standby.path, dev.path)
+    server = standby
+    t.log(`handed over in place (${zeroCopy ? 'zero copy' : 'copy path'}); the standby served ${Date.now() - asked} ms after handOver() was called`)
+    const r = await job
+    t.is(r.errors, 0, 'no IO error reached fio, and every block verified')
+    const info = await deviceInfo(dev.id)
+    t.is(info.state, 'live')
+    t.not(info.serverPid, process.pid, 'this process no longer serves the device, and lives on')
+  } finally {
+    if (!server) {
+      standby.child.kill('SIGKILL')
+      await dev.stop()
+    }
+  }
+  await stopLastServer(t, server, dev.id)
+  unlinkSync(file)
+})

@@ -252,6 +252,18 @@ export class Raid1Array extends EventEmitter<Raid1Events> {
     return this.#stopping
   }
 
+  /**
+   * A live upgrade by a process that lives on: stops serving the array
+   * without stopping its device, for a process assembling it with
+   * `recover` (and `standby`) to take it over; see `Device.handOver`.
+   * Nothing is recorded on the members: the next server assembles the
+   * array as after a crash, from the bitmap this one kept.
+   */
+  handOver(): Promise<void> {
+    this.#stopping ??= this.#device.handOver()
+    return this.#stopping
+  }
+
   async [Symbol.asyncDispose](): Promise<void> {
     await this.stop()
   }

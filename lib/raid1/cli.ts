@@ -6,7 +6,7 @@ import type { Recovery } from '../device.js'
 import { UblkError } from '../errors.js'
 import { formatSize } from '../size.js'
 import type { Raid1Array, Raid1Status } from './array.js'
-import { askForHandOver, handOverAndExit, untilStopOrHandOver } from '../handover.js'
+import { askForHandOver, handOverOrExit, untilStopOrHandOver } from '../handover.js'
 import { request, serveControl } from './control.js'
 import { metricsPortOption, serveMetrics } from '../metrics/cli.js'
 import type { StatsSource } from '../metrics/prometheus.js'
@@ -92,7 +92,7 @@ async function serve(md: Raid1Array, exposed?: StatsSource[]): Promise<void> {
   finished = true
   await progress
   control.close()
-  if (handOver) handOverAndExit(md.device, console.log)
+  if (handOver) return handOverOrExit(md.device, console.log, () => md.handOver())
   await md.stop()
   console.log(`${md.path} stopped cleanly`)
 }

@@ -7,6 +7,7 @@ import {
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
   type BackingFile,
+  type CloseReason,
   type Io,
   type StagingBuffer,
   type Target,
@@ -195,13 +196,15 @@ export class Mirror implements Target {
     this.#bitmap.unmark(extents)
   }
 
-  async close(): Promise<void> {
+  async close(how: CloseReason = 'stopped'): Promise<void> {
     this.#closing = true
     this.#route()
     this.#resync?.abort()
     if (this.#sweeper) clearInterval(this.#sweeper)
     await this.#resyncRunning
-    await this.#afterStop?.(this)
+    // Handed over, the array lives on in the next server, which assembles
+    // it from the members as this one left them: nothing is recorded.
+    if (how === 'stopped') await this.#afterStop?.(this)
   }
 
   // --- State ------------------------------------------------------------------

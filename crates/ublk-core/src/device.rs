@@ -237,6 +237,23 @@ impl Device {
         self.inner.stop()
     }
 
+    /// A live upgrade by a server that lives on: stops serving the device
+    /// without stopping it, for another process to take over
+    /// ([`Device::recover`], or a standby). The kernel quiesces the device:
+    /// it sends no new IO, the IOs this process holds are answered, and
+    /// the kernel keeps what arrives meanwhile for the next server, so no
+    /// IO fails. Until the returned [`HandedOver`] is dropped, no other
+    /// process may take the device over: the target puts its state in
+    /// order for the next server first. Afterwards this handle is stopped.
+    ///
+    /// Only for a device added with recovery (EINVAL otherwise) on Linux
+    /// 6.16 or newer, whose driver can quiesce a device (`UBLK_F_QUIESCE`);
+    /// elsewhere EOPNOTSUPP, and [`Device::abandon`] then exiting the
+    /// process hands the device over instead.
+    pub fn hand_over(&self) -> Result<HandedOver> {
+        self.inner.hand_over()
+    }
+
     /// For a process about to exit: leaves the device to the kernel as it
     /// is, still served until the process ends, and neither stopped nor
     /// deleted by it. A recovery device then waits for a new server, as
@@ -250,7 +267,96 @@ impl Device {
     }
 }
 
+/// A device handed over by [`Device::hand_over`]: holds off every other
+/// process's recovery of it until dropped.
+pub struct HandedOver {
+    _claim: std::fs::File,
+}
+
+/// How long the kernel may take to find an idle command on every queue
+/// when it quiesces a device: IOs the target holds longer stall it.
+const QUIESCE_TIMEOUT_MS: u64 = 30_000;
+/// How long the kernel may take to record a handed-over device as quiesced.
+const QUIESCED_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Inner {
+    fn hand_over(&self) -> Result<HandedOver> {
+        ensure_control_ring()?;
+        let mut running = self.running.lock().unwrap();
+        let Some(run) = running.as_ref() else {
+            return Err(Error::new(
+                libc::ENODEV,
+                format!("ublk device {} was stopped", self.id),
+            ));
+        };
+        let flags = run.ctrl.dev_info().flags;
+        if crate::Recovery::of_flags(flags) == crate::Recovery::None {
+            return Err(Error::invalid(format!(
+                "ublk device {} was added without recovery: no other process could take it over",
+                self.id
+            )));
+        }
+        if flags & libublk::sys::UBLK_F_QUIESCE as u64 == 0 {
+            return Err(Error::new(
+                libc::EOPNOTSUPP,
+                format!(
+                    "ublk device {} cannot be handed over by a process that lives on: its kernel cannot quiesce it (UBLK_F_QUIESCE, Linux 6.16); abandon it and exit instead",
+                    self.id
+                ),
+            ));
+        }
+        let claim = recovery::hold_for_hand_over(self.id)?;
+        for control in &run.controls {
+            control.quiescing();
+        }
+        if let Err(e) = run.ctrl.quiesce_dev(QUIESCE_TIMEOUT_MS) {
+            // The driver does not undo the quiesce it began.
+            return Err(Error::from_ublk(
+                format!(
+                    "quiesce ublk device {} (it takes no new IO now: stop it)",
+                    self.id
+                ),
+                e,
+            ));
+        }
+        let run = running.take().expect("checked above");
+        self.stopping.store(true, Ordering::SeqCst);
+        self.unregister();
+        // Dropping the control must not delete the device it hands over.
+        run.ctrl.disown();
+        for control in &run.controls {
+            control.quiesced();
+        }
+        for handle in run.queues {
+            let _ = handle.join();
+        }
+        run.stats.unpublish();
+        run.runtime.stopped();
+        if let Some(e) = run.queue_error.lock().unwrap().take() {
+            return Err(e.context(format!("ublk device {} queue", self.id)));
+        }
+        // The last queue closed the char device: the kernel now holds the
+        // device for its next server.
+        let deadline = std::time::Instant::now() + QUIESCED_WAIT;
+        loop {
+            let info = crate::control::device_info(self.id)?;
+            if info.state == crate::DeviceState::Quiesced && !info.server_alive {
+                return Ok(HandedOver { _claim: claim });
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::new(
+                    libc::ETIMEDOUT,
+                    format!(
+                        "ublk device {} is {} after its hand-over, not quiesced",
+                        self.id,
+                        info.state.name()
+                    ),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     fn unregister(&self) {
         let mut served = SERVED.lock().unwrap();
         let ours = served

@@ -25,7 +25,7 @@ pub mod stats;
 pub mod targets;
 
 pub use control::{DeviceInfo, DeviceState, KernelFeatures};
-pub use device::{queue_of_thread, stop_all_served, stop_served, Device};
+pub use device::{queue_of_thread, stop_all_served, stop_served, Device, HandedOver};
 pub use error::{errno_name, Error, Result};
 pub use features::{feature_names, FEATURE_NAMES};
 pub use options::{

@@ -25,6 +25,14 @@ const POLL: Duration = Duration::from_millis(20);
 /// (its `GET_FEATURES` mask, when it answers) or libublk cannot give it.
 pub(crate) fn ctrl_flags(mode: Recovery, kernel_mask: Option<u64>) -> Result<u64> {
     let flags = mode.ctrl_flags();
+    // A device that outlives its server may also be handed over by a
+    // server that lives on, where the kernel can quiesce it (6.16+).
+    let quiesce = sys::UBLK_F_QUIESCE as u64;
+    let quiesce = if mode != Recovery::None && kernel_mask.is_some_and(|m| m & quiesce != 0) {
+        quiesce
+    } else {
+        0
+    };
     let missing = flags & !kernel_mask.unwrap_or(u64::MAX);
     if missing != 0 {
         return Err(Error::new(
@@ -36,6 +44,7 @@ pub(crate) fn ctrl_flags(mode: Recovery, kernel_mask: Option<u64>) -> Result<u64
             ),
         ));
     }
+    let flags = flags | quiesce;
     if mode == Recovery::FailIo {
         // libublk 0.4 refuses every flag it does not know when it adds a
         // device, and it does not know this one.
@@ -143,6 +152,26 @@ fn unlock(lock: &File) {
     unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_UN) };
 }
 
+/// The recovery lock of device `id`, for a server handing it over: held
+/// while the server quiesces the device and its target puts its state in
+/// order, so that no recoverer looks at the device (or a RAID1 recoverer
+/// at its members) before. Waits while another process holds it (a
+/// recoverer that looked and found the device served lets go at once).
+pub(crate) fn hold_for_hand_over(id: u32) -> Result<File> {
+    let lock = lock_file(id)?;
+    let deadline = Instant::now() + TAKE_OVER_TIMEOUT;
+    while !try_lock(&lock, id)? {
+        if Instant::now() >= deadline {
+            return Err(Error::new(
+                libc::ETIMEDOUT,
+                format!("ublk device {id}: another process held its recovery lock for longer than {TAKE_OVER_TIMEOUT:?}"),
+            ));
+        }
+        std::thread::sleep(POLL);
+    }
+    Ok(lock)
+}
+
 /// Checks that `opts` and the target describe the claimed device as the
 /// kernel has it, and starts the recovery: the returned control then
 /// serves it as a new device's would. Nothing is changed in the kernel
@@ -163,7 +192,8 @@ pub(crate) fn take_over(
     check_same_device(info, opts)?;
     let known = (sys::UBLK_F_USER_RECOVERY
         | sys::UBLK_F_USER_RECOVERY_REISSUE
-        | sys::UBLK_F_AUTO_BUF_REG) as u64;
+        | sys::UBLK_F_AUTO_BUF_REG
+        | sys::UBLK_F_QUIESCE) as u64;
     let ctrl = UblkCtrlBuilder::default()
         .name(runtime.kind())
         .id(id as i32)
@@ -390,10 +420,18 @@ mod tests {
         let all = Some(u64::MAX);
         let none = Some(0);
         assert_eq!(ctrl_flags(Recovery::None, none).unwrap(), 0);
+        let quiesce = sys::UBLK_F_QUIESCE as u64;
+        // With QUIESCE where the kernel has it, for an in-place hand-over.
         assert_eq!(
             ctrl_flags(Recovery::Reissue, all).unwrap(),
+            Recovery::Reissue.ctrl_flags() | quiesce
+        );
+        let without_quiesce = Some(Recovery::Reissue.ctrl_flags());
+        assert_eq!(
+            ctrl_flags(Recovery::Reissue, without_quiesce).unwrap(),
             Recovery::Reissue.ctrl_flags()
         );
+        assert_eq!(ctrl_flags(Recovery::None, all).unwrap(), 0);
         let err = ctrl_flags(Recovery::Reissue, none).unwrap_err();
         assert_eq!(err.code(), "EOPNOTSUPP");
         assert!(err.message().contains("user_recovery"), "{}", err.message());

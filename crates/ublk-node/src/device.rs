@@ -4,12 +4,13 @@
 //! JavaScript environment that created it shuts down.
 
 use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
 
 use napi::bindgen_prelude::AsyncTask;
 use napi::{Env, Task};
 use napi_derive::napi;
 use ublk_core::js_numbers::{integer, u16_arg, u32_arg};
-use ublk_core::Device;
+use ublk_core::{Device, HandedOver};
 
 use crate::errors::{guard, to_napi};
 use crate::info::DeviceInfo;
@@ -128,7 +129,7 @@ impl Task for CreateDevice {
                 devices.push(device.clone());
             }
         });
-        Ok(NativeDevice { device })
+        Ok(NativeDevice::new(device))
     }
 }
 
@@ -196,6 +197,17 @@ pub fn register_env_cleanup(env: &Env) {
 #[napi]
 pub struct NativeDevice {
     device: Device,
+    /// Held from a hand-over until the target has closed.
+    handed_over: Arc<Mutex<Option<HandedOver>>>,
+}
+
+impl NativeDevice {
+    pub(crate) fn new(device: Device) -> NativeDevice {
+        NativeDevice {
+            device,
+            handed_over: Arc::default(),
+        }
+    }
 }
 
 #[napi]
@@ -255,6 +267,25 @@ impl NativeDevice {
         AsyncTask::new(StopDevice(self.device.clone()))
     }
 
+    /// A live upgrade by a process that lives on: the kernel quiesces the
+    /// device, what the target holds is answered, and the device waits for
+    /// its next server; no other process may take it over until
+    /// `finishHandOver()`. Recovery devices on Linux 6.16+ only
+    /// (EOPNOTSUPP elsewhere: abandon and exit instead).
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn hand_over(&self) -> AsyncTask<HandOverDevice> {
+        AsyncTask::new(HandOverDevice(
+            self.device.clone(),
+            self.handed_over.clone(),
+        ))
+    }
+
+    /// Lets the next server take a handed-over device.
+    #[napi]
+    pub fn finish_hand_over(&self) {
+        self.handed_over.lock().unwrap().take();
+    }
+
     /// For a process about to exit: leaves the device to the kernel, not
     /// stopped or deleted by this process (a recovery device then waits
     /// for its next server, as after a crash).
@@ -287,6 +318,25 @@ impl Task for StopDevice {
 
     fn compute(&mut self) -> napi::Result<()> {
         guard("stop device", || self.0.stop().map_err(to_napi))
+    }
+
+    fn resolve(&mut self, _: Env, _: ()) -> napi::Result<()> {
+        Ok(())
+    }
+}
+
+pub struct HandOverDevice(Device, Arc<Mutex<Option<HandedOver>>>);
+
+impl Task for HandOverDevice {
+    type Output = ();
+    type JsValue = ();
+
+    fn compute(&mut self) -> napi::Result<()> {
+        guard("hand over device", || {
+            let handed = self.0.hand_over().map_err(to_napi)?;
+            *self.1.lock().unwrap() = Some(handed);
+            Ok(())
+        })
     }
 
     fn resolve(&mut self, _: Env, _: ()) -> napi::Result<()> {

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use io_uring::{squeue, types};
 use libublk::io::UblkQueue;
-use libublk::uring_async::{ublk_reap_io_events_with_update_queue, ublk_wake_task};
+use libublk::uring_async::{
+    ublk_reap_events_with_handler, ublk_reap_io_events_with_update_queue, ublk_wake_task,
+};
 use libublk::{sys, BufDesc, UblkError};
 use smol::LocalExecutor;
 
@@ -37,6 +39,12 @@ pub(crate) struct QueueControl {
     /// The queue's fetch commands have reached the kernel (or the queue
     /// thread has ended).
     fetched: AtomicBool,
+    /// A hand-over is quiescing the device: the kernel may abort fetch
+    /// commands while IOs are still being served.
+    quiescing: AtomicBool,
+    /// The kernel quiesced the device (`QUIESCE_DEV` returned): the queue
+    /// leaves once every IO it holds is committed.
+    quiesced: AtomicBool,
 }
 
 impl QueueControl {
@@ -46,7 +54,34 @@ impl QueueControl {
             abort: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             fetched: AtomicBool::new(false),
+            quiescing: AtomicBool::new(false),
+            quiesced: AtomicBool::new(false),
         }))
+    }
+
+    /// A hand-over is about to quiesce the device. From here on an aborted
+    /// fetch command ends only its own tag: libublk would take it for the
+    /// whole queue going down and drop the commits of the IOs still being
+    /// served, which then would never be answered.
+    pub fn quiescing(&self) {
+        self.quiescing.store(true, Ordering::SeqCst);
+    }
+
+    fn is_quiescing(&self) -> bool {
+        self.quiescing.load(Ordering::SeqCst)
+    }
+
+    /// The kernel has quiesced the device: it aborted the fetch commands
+    /// it held and sends no new IO. The queue answers what it still
+    /// serves, then leaves without waiting for the fetch commands those
+    /// commits queued, which the kernel completes only when the ring goes.
+    pub fn quiesced(&self) {
+        self.quiesced.store(true, Ordering::SeqCst);
+        self.eventfd.wake();
+    }
+
+    fn is_quiesced(&self) -> bool {
+        self.quiesced.load(Ordering::SeqCst)
     }
 
     /// Makes the queue thread leave at once, whatever its IOs are doing.
@@ -83,6 +118,8 @@ struct QueueRun<'a, T: Target> {
     stats: &'a QueueCounters,
     /// When each tag's IO arrived: the reap that brought it.
     arrivals: Vec<Cell<Instant>>,
+    /// Per tag: its IO is committed and the tag waits for the next one.
+    committed: Vec<Cell<bool>>,
 }
 
 pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
@@ -125,6 +162,7 @@ pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
         arrivals: (0..buffers.depth())
             .map(|_| Cell::new(Instant::now()))
             .collect(),
+        committed: (0..buffers.depth()).map(|_| Cell::new(false)).collect(),
     };
     // One clock read per reap: the arrival time of every IO it brings.
     let reaped_at = Cell::new(Instant::now());
@@ -170,6 +208,17 @@ pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
         ublk_wake_task(user_data, cqe);
     };
     let aborted = Cell::new(false);
+    // Quiesced, a tag is done once its task ended (its fetch command was
+    // aborted) or it committed its IO: the fetch command that commit
+    // queued arrived after the kernel's abort, and stays until the ring
+    // goes. No IO is left to this process then.
+    let quiesce_done = || {
+        control.is_quiesced()
+            && tasks
+                .iter()
+                .zip(&run.committed)
+                .all(|(t, committed)| t.is_finished() || committed.get())
+    };
     let poll = || async {
         if !control.fetched() {
             // The first turn queued every tag's fetch command: hand them to
@@ -182,17 +231,30 @@ pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
             aborted.set(true);
             return Err(UblkError::QueueIsDown);
         }
+        if quiesce_done() {
+            return Err(UblkError::QueueIsDown);
+        }
         let idle = types::Timespec::from(IDLE);
         libublk::uring_poll_io_fn::<squeue::Entry>(&queue, Some(idle), 1)
     };
     let reap = |timed_out| {
         reaped_at.set(Instant::now());
+        if control.is_quiescing() {
+            // Reaped without libublk's queue state (see `quiescing`).
+            return libublk::io::with_task_io_ring_mut(|ring| {
+                ublk_reap_events_with_handler(ring, on_cqe)
+            });
+        }
         ublk_reap_io_events_with_update_queue(&queue, timed_out, None, on_cqe)
     };
-    let done = || aborted.get() || tasks.iter().all(|t| t.is_finished());
+    let done = || aborted.get() || tasks.iter().all(|t| t.is_finished()) || quiesce_done();
     let outcome = smol::block_on(exe.run(libublk::run_uring_tasks(poll, reap, tick, done)));
+    if control.is_quiescing() {
+        // The last commits must reach the kernel before the ring goes.
+        let _ = libublk::io::with_task_io_ring_mut(|ring| ring.submit());
+    }
 
-    if !aborted.get() && !control.stopping.load(Ordering::SeqCst) {
+    if !aborted.get() && !control.stopping.load(Ordering::SeqCst) && !control.is_quiescing() {
         log::warn!(
             "queue {qid} stopped serving: the kernel stopped the device without this process (deleted by another one?)"
         );
@@ -264,7 +326,11 @@ async fn io_task<T: Target>(run: &QueueRun<'_, T>, tag: u16) {
         let arrival = run.arrivals[tag as usize].get();
         run.stats
             .record(desc.op, desc.len, result, arrival.elapsed());
-        if let Err(e) = q.submit_io_commit_cmd(tag, buf(), result).await {
+        let committed = &run.committed[tag as usize];
+        committed.set(true);
+        let next = q.submit_io_commit_cmd(tag, buf(), result).await;
+        committed.set(false);
+        if let Err(e) = next {
             return log_task_end(q.get_qid(), tag, e);
         }
     }
