@@ -57,7 +57,7 @@ function ext4UnderFio(dev: string, stopFlag: string, startedFlag: string): Promi
 
 /**
  * Kills `server` with -9 once the block layer has IO in flight on `dev`
- * (or after 3 s without any), and lets a new server take the device over:
+ * (or after 1 s without any: fio is between runs), and lets a new server take the device over:
  * one of `standbys` if any is waiting (they race; the others stand by for
  * the winner), else a process started after the kill with `recover`.
  * Resolves with the new server, whether IO was in flight at the kill, and
@@ -65,7 +65,7 @@ function ext4UnderFio(dev: string, stopFlag: string, startedFlag: string): Promi
  */
 async function killAndRecover(server: Server, dev: string, recover: string[], standbys: Server[]) {
   if (standbys.length > 0) await until(() => standbys.some((s) => /standing by/.test(s.output())), 'a standby is up', 60_000)
-  for (const deadline = Date.now() + 3000; inFlight(dev) === 0 && Date.now() < deadline; ) {
+  for (const deadline = Date.now() + 1000; inFlight(dev) === 0 && Date.now() < deadline; ) {
     await new Promise((resolve) => setTimeout(resolve, 2))
   }
   const withIo = inFlight(dev) > 0
