@@ -15,12 +15,12 @@ import {
   type Recovery,
 } from './device.js'
 import { toUblkError, UblkError } from './errors.js'
-import { withFilters, type Filter } from './filters/index.js'
+import type { Filter } from './filters/index.js'
 import { askForHandOver } from './handover.js'
 import { addStatsCommand, metricsPortOption, serveMetrics } from './metrics/cli.js'
 import { addRaid1Commands } from './raid1/cli.js'
 import { loadTarget, parseTargetArgs } from './target-module.js'
-import { addServeCommand, collectFilter, refuseFiltersWithout, refuseProcessBoundFilters, serveUntilSignal } from './serve-cli.js'
+import { addServeCommand, collectFilter, refuseFiltersWithout, refuseProcessBoundFilters, serveUntilSignal, stackFilters } from './serve-cli.js'
 import { parseSize as parseSizeOf } from './size.js'
 import { loopTarget, nullTarget } from './targets/index.js'
 
@@ -72,7 +72,7 @@ function targetOf(kind: string, opts: { path?: string; ts?: boolean; filter: Fil
   if (kind === 'loop' && !opts.path) throw new UblkError('EINVAL', 'the loop target needs --path FILE')
   refuseFiltersWithout(opts.filter, opts.ts)
   if (!opts.ts) return kind === 'null' ? { target: 'null' } : { target: 'loop', path: opts.path }
-  return { target: withFilters(kind === 'null' ? nullTarget() : loopTarget(opts.path!), opts.filter) }
+  return { target: stackFilters(kind === 'null' ? nullTarget() : loopTarget(opts.path!), opts.filter) }
 }
 
 async function add(kind: string, opts: AddOptions): Promise<void> {
@@ -111,7 +111,7 @@ async function recover(id: number, kind: string, words: string[], opts: RecoverC
     // The module's new version, made for the device as it is.
     const info = await deviceInfo(id)
     const geometry = { size: info.size, queues: info.queues, depth: info.depth, logicalBlockSize: info.logicalBlockSize }
-    target = { target: withFilters(await loadTarget(kind, parseTargetArgs(words), geometry), opts.filter) }
+    target = { target: stackFilters(await loadTarget(kind, parseTargetArgs(words), geometry), opts.filter) }
     what = kind
   } else {
     if (words.length > 0) throw new UblkError('EINVAL', `target options are for a target module, not ${kind}`)

@@ -5,10 +5,11 @@ import type { Command } from 'commander'
 
 import { createDevice, type Device, type Recovery } from './device.js'
 import { UblkError } from './errors.js'
-import { parseFilter, withFilters, type Filter } from './filters/index.js'
+import type { Filter } from './filters/index.js'
 import { handOverOrExit, untilStopOrHandOver } from './handover.js'
 import { metricsPortOption, serveMetrics } from './metrics/cli.js'
 import { loadTarget, parseTargetArgs } from './target-module.js'
+import type { Target } from './target.js'
 
 /** Serves `dev` until Ctrl-C, SIGTERM, a hand-over or its deletion elsewhere, then stops it. */
 export async function serveUntilSignal(dev: Device, what: string): Promise<void> {
@@ -22,9 +23,26 @@ export async function serveUntilSignal(dev: Device, what: string): Promise<void>
   console.log(how === 'gone' ? `${dev.path} was deleted by another process; nothing left to serve` : `${dev.path} removed`)
 }
 
+type FiltersModule = typeof import('./filters/index.js')
+
+/**
+ * The filters, loaded only for a command line that names one: their
+ * modules are a tenth of a serving command's start-up, and a standby or a
+ * plain `add` has none.
+ */
+function filtersModule(): FiltersModule {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded on first use, see above
+  return require('./filters/index.js') as FiltersModule
+}
+
 /** Collects repeated `--filter` options, each checked as it is read. */
 export function collectFilter(text: string, earlier: Filter[] = []): Filter[] {
-  return [...earlier, parseFilter(text)]
+  return [...earlier, filtersModule().parseFilter(text)]
+}
+
+/** `target` under `filters`, the first outermost. */
+export function stackFilters(target: Target, filters: readonly Filter[]): Target {
+  return filters.length === 0 ? target : filtersModule().withFilters(target, filters)
 }
 
 interface ServeOptions {
@@ -49,7 +67,7 @@ interface Parsers {
 async function serveModule(file: string, words: string[], opts: ServeOptions): Promise<void> {
   if (opts.recovery !== 'none') refuseProcessBoundFilters(opts.filter, 'with --recovery')
   const geometry = { size: opts.size, queues: opts.queues, depth: opts.depth, logicalBlockSize: opts.blockSize }
-  const target = withFilters(await loadTarget(file, parseTargetArgs(words), geometry), opts.filter)
+  const target = stackFilters(await loadTarget(file, parseTargetArgs(words), geometry), opts.filter)
   const devices: Device[] = []
   const metrics = await serveMetrics(opts.metrics, devices)
   const dev = await createDevice({
