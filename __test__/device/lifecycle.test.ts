@@ -15,6 +15,8 @@ import { until } from '../helpers/poll.ts'
 
 // In this file's process (one test process fewer, ~6 s of start-up each in the VM): what crosses the napi boundary is checked request by request.
 import './parts/boundary.ts'
+// The Rust core's batch hook, through the journaled loop example.
+import './parts/rust-batch-hook.ts'
 
 const MiB = 1 << 20
 const GiB = 1 << 30

@@ -18,6 +18,9 @@ import { digestRange } from '../helpers/raid1.ts'
 import { until } from '../helpers/poll.ts'
 import { sh } from '../helpers/shell.ts'
 
+// In this file's process (one test process fewer in the VM): what a server must survive, after the kernel's selftests.
+import './parts/stress.ts'
+
 const MiB = 1 << 20
 const CYCLES = 20
 /** Standbys waiting at once in the kill cycles: they race for each dead server. */

@@ -13,6 +13,9 @@ import { fio, verifyAgainstFile } from '../helpers/fio.ts'
 import { deviceGone, requireUblk, sysfsBlock } from '../helpers/kernel.ts'
 import { ddRead, sh } from '../helpers/shell.ts'
 
+// In this file's process (one test process fewer in the VM): every filter over a TypeScript target.
+import './parts/filters.ts'
+
 const MiB = 1 << 20
 
 test.before(() => requireUblk())

@@ -9,14 +9,14 @@ import { promisify } from 'node:util'
 
 import test from 'ava'
 
-import { deleteDevice, deviceInfo, listDevices } from '../../lib/index.ts'
+import { deleteDevice, deviceInfo, listDevices } from '../../../lib/index.ts'
 
-import { fixture } from '../helpers/child.ts'
-import { serve, ublkTs } from '../helpers/cli.ts'
-import { scratchFile } from '../helpers/files.ts'
-import { deviceGone, inFlight, requireUblk } from '../helpers/kernel.ts'
-import { until } from '../helpers/poll.ts'
-import { sh } from '../helpers/shell.ts'
+import { fixture } from '../../helpers/child.ts'
+import { serve, ublkTs } from '../../helpers/cli.ts'
+import { scratchFile } from '../../helpers/files.ts'
+import { deviceGone, inFlight, requireUblk } from '../../helpers/kernel.ts'
+import { until } from '../../helpers/poll.ts'
+import { sh } from '../../helpers/shell.ts'
 
 const run = promisify(execFile)
 const MiB = 1 << 20

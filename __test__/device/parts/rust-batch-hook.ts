@@ -12,24 +12,27 @@ import type { Readable, Writable } from 'node:stream'
 
 import test from 'ava'
 
-import { deleteDevice } from '../../lib/index.ts'
+import { deleteDevice } from '../../../lib/index.ts'
 
-import { deviceAndFileDigests, scratchFile } from '../helpers/files.ts'
-import { fio } from '../helpers/fio.ts'
-import { deviceGone, requireUblk } from '../helpers/kernel.ts'
-import { until } from '../helpers/poll.ts'
+import { deviceAndFileDigests, scratchFile } from '../../helpers/files.ts'
+import { fio } from '../../helpers/fio.ts'
+import { deviceGone, requireUblk } from '../../helpers/kernel.ts'
+import { until } from '../../helpers/poll.ts'
 
 const MiB = 1 << 20
-const BINARY = join(__dirname, '..', '..', 'target', 'debug', 'examples', 'journaled_loop')
+const BINARY = join(__dirname, '..', '..', '..', 'target', 'debug', 'examples', 'journaled_loop')
 
-test.before(() => {
-  requireUblk()
+test.before(() => requireUblk())
+
+/** The example's binary; its absence fails only the tests that need it, not the file that imports them. */
+function requireBinary(): void {
   if (!existsSync(BINARY)) throw new Error(`${BINARY} is missing: run \`cargo build -p ublk-core --example journaled_loop\``)
-})
+}
 
 type Server = ChildProcessByStdio<Writable, Readable, null>
 
 async function serve(data: string, journal: string, ioDelayUs: number): Promise<{ child: Server; id: number; path: string }> {
+  requireBinary()
   const child = spawn(BINARY, [data, journal, '--io-delay-us', String(ioDelayUs), '--depth', '64'], {
     stdio: ['pipe', 'pipe', 'inherit'],
   })

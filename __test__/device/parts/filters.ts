@@ -5,13 +5,13 @@ import { readFileSync, unlinkSync, writeFileSync } from 'node:fs'
 
 import test from 'ava'
 
-import { cow, createDevice, delay, error, log, loopTarget, offset, ramdiskTarget, rate, readonly, stats, withFilters } from '../../lib/index.ts'
-import type { Filter, Target } from '../../lib/index.ts'
+import { cow, createDevice, delay, error, log, loopTarget, offset, ramdiskTarget, rate, readonly, stats, withFilters } from '../../../lib/index.ts'
+import type { Filter, Target } from '../../../lib/index.ts'
 
-import { scratchFile } from '../helpers/files.ts'
-import { fio } from '../helpers/fio.ts'
-import { requireUblk, sysfsBlock } from '../helpers/kernel.ts'
-import { sh, type Outcome } from '../helpers/shell.ts'
+import { scratchFile } from '../../helpers/files.ts'
+import { fio } from '../../helpers/fio.ts'
+import { requireUblk, sysfsBlock } from '../../helpers/kernel.ts'
+import { sh, type Outcome } from '../../helpers/shell.ts'
 
 const MiB = 1 << 20
 const SIZE = 16 * MiB
@@ -44,7 +44,7 @@ function randomFile(name: string, bytes: number): string {
   return file
 }
 
-test.serial('delay: each read waits the delay on the queue ring, writes do not; data intact', async (t) => {
+test.serial('filter delay: each read waits the delay on the queue ring, writes do not; data intact', async (t) => {
   const data = randomFile('delay', 16 * 1024)
   try {
     await withDevice(ramdiskTarget(), [delay({ read: 150 })], async (path) => {
@@ -62,7 +62,7 @@ test.serial('delay: each read waits the delay on the queue ring, writes do not; 
   }
 })
 
-test.serial('error: writes into a range fail with the errno named; writes elsewhere and reads succeed', async (t) => {
+test.serial('filter error: writes into a range fail with the errno named; writes elsewhere and reads succeed', async (t) => {
   await withDevice(ramdiskTarget(), [error({ errno: 'ENOSPC', ops: ['write'], offset: MiB, length: MiB })], async (path) => {
     const outside = await dd(['if=/dev/urandom', `of=${path}`, 'bs=64k', 'count=16', 'oflag=direct'])
     t.is(outside.code, 0, outside.stderr)
@@ -74,7 +74,7 @@ test.serial('error: writes into a range fail with the errno named; writes elsewh
   })
 })
 
-test.serial('error: a rate of 1 on reads fails every read with EIO; rate 0 fails none', async (t) => {
+test.serial('filter error: a rate of 1 on reads fails every read with EIO; rate 0 fails none', async (t) => {
   await withDevice(ramdiskTarget(), [error({ ops: ['read'], rate: 1 }), error({ ops: ['write'], rate: 0 })], async (path) => {
     t.is((await dd(['if=/dev/zero', `of=${path}`, 'bs=4k', 'count=8', 'oflag=direct'])).code, 0)
     const read = await dd([`if=${path}`, 'of=/dev/null', 'bs=4k', 'count=1', 'iflag=direct'])
@@ -83,7 +83,7 @@ test.serial('error: a rate of 1 on reads fails every read with EIO; rate 0 fails
   })
 })
 
-test.serial('rate: 4 MiB at 8 MiB/s takes about half a second; the data is intact', async (t) => {
+test.serial('filter rate: 4 MiB at 8 MiB/s takes about half a second; the data is intact', async (t) => {
   const data = randomFile('rate', 4 * MiB)
   try {
     await withDevice(ramdiskTarget(), [rate({ bytesPerSecond: 8 * MiB })], async (path) => {
@@ -100,7 +100,7 @@ test.serial('rate: 4 MiB at 8 MiB/s takes about half a second; the data is intac
   }
 })
 
-test.serial('log: a line per IO with its range and outcome, in the log file', async (t) => {
+test.serial('filter log: a line per IO with its range and outcome, in the log file', async (t) => {
   const file = `/tmp/ublk-filter-log-${process.pid}.log`
   try {
     await withDevice(ramdiskTarget(), [log({ file }), error({ errno: 'EIO', ops: ['write'], offset: 8 * MiB, length: 4096 })], async (path) => {
@@ -120,7 +120,7 @@ test.serial('log: a line per IO with its range and outcome, in the log file', as
   }
 })
 
-test.serial('stats: exact counts of writes and their bytes, reads, errors by errno, printed at stop', async (t) => {
+test.serial('filter stats: exact counts of writes and their bytes, reads, errors by errno, printed at stop', async (t) => {
   const lines: string[] = []
   const counter = stats({ write: (line) => lines.push(line) })
   // Over the loop target, whose passthroughs the filter waits for.
@@ -143,7 +143,7 @@ test.serial('stats: exact counts of writes and their bytes, reads, errors by err
   t.true(lines.some((l) => /^stats at stop: write: \d+ IOs, .*errors ENOSPC 1$/.test(l)), lines.join('\n'))
 })
 
-test.serial('readonly: the kernel sees a read-only device and refuses writes; reads come through', async (t) => {
+test.serial('filter readonly: the kernel sees a read-only device and refuses writes; reads come through', async (t) => {
   const file = scratchFile('filter-ro', SIZE, 'read me back')
   try {
     await withDevice(loopTarget(file), [readonly()], async (path) => {
@@ -159,7 +159,7 @@ test.serial('readonly: the kernel sees a read-only device and refuses writes; re
   }
 })
 
-test.serial('offset: the device is a window of the file; reads and writes land inside it, nothing outside changes', async (t) => {
+test.serial('filter offset: the device is a window of the file; reads and writes land inside it, nothing outside changes', async (t) => {
   const file = randomFile('offset', 12 * MiB)
   const whole = readFileSync(file)
   try {
@@ -185,7 +185,7 @@ test.serial('offset: the device is a window of the file; reads and writes land i
   }
 })
 
-test.serial('cow: writes go to the overlay, the base file never changes; reads mix both sector by sector', async (t) => {
+test.serial('filter cow: writes go to the overlay, the base file never changes; reads mix both sector by sector', async (t) => {
   const base = randomFile('cow-base', 8 * MiB)
   const overlay = `/tmp/ublk-filter-cow-${process.pid}.overlay`
   const before = md5(readFileSync(base))
