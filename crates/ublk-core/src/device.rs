@@ -332,29 +332,39 @@ impl Inner {
         }
         run.stats.unpublish();
         run.runtime.stopped();
+        // From here the device is the next server's whatever happened: the
+        // claim goes back to the caller, so the target still closes first.
         if let Some(e) = run.queue_error.lock().unwrap().take() {
-            return Err(e.context(format!("ublk device {} queue", self.id)));
+            // What that queue left unanswered, the kernel reissues.
+            log::error!(
+                "ublk device {}: a queue ended with an error while handing over: {e}",
+                self.id
+            );
         }
         // The last queue closed the char device: the kernel now holds the
         // device for its next server.
         let deadline = std::time::Instant::now() + QUIESCED_WAIT;
         loop {
-            let info = crate::control::device_info(self.id)?;
-            if info.state == crate::DeviceState::Quiesced && !info.server_alive {
-                return Ok(HandedOver { _claim: claim });
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(Error::new(
-                    libc::ETIMEDOUT,
-                    format!(
-                        "ublk device {} is {} after its hand-over, not quiesced",
+            match crate::control::device_info(self.id) {
+                Ok(info) if info.state == crate::DeviceState::Quiesced && !info.server_alive => {
+                    break
+                }
+                Ok(info) if std::time::Instant::now() >= deadline => {
+                    log::warn!(
+                        "ublk device {} is {} {QUIESCED_WAIT:?} after its hand-over, not quiesced",
                         self.id,
                         info.state.name()
-                    ),
-                ));
+                    );
+                    break;
+                }
+                Ok(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                Err(e) => {
+                    log::warn!("ublk device {} after its hand-over: {e}", self.id);
+                    break;
+                }
             }
-            std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        Ok(HandedOver { _claim: claim })
     }
 
     fn unregister(&self) {
