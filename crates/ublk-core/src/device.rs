@@ -342,27 +342,9 @@ impl Inner {
             );
         }
         // The last queue closed the char device: the kernel now holds the
-        // device for its next server.
-        let deadline = std::time::Instant::now() + QUIESCED_WAIT;
-        loop {
-            match crate::control::device_info(self.id) {
-                Ok(info) if info.state == crate::DeviceState::Quiesced && !info.server_alive => {
-                    break
-                }
-                Ok(info) if std::time::Instant::now() >= deadline => {
-                    log::warn!(
-                        "ublk device {} is {} {QUIESCED_WAIT:?} after its hand-over, not quiesced",
-                        self.id,
-                        info.state.name()
-                    );
-                    break;
-                }
-                Ok(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
-                Err(e) => {
-                    log::warn!("ublk device {} after its hand-over: {e}", self.id);
-                    break;
-                }
-            }
+        // device for its next server, as after a crash.
+        if let Err(e) = recovery::wait_recoverable(self.id, Some(QUIESCED_WAIT)) {
+            log::warn!("ublk device {} after its hand-over: {e}", self.id);
         }
         Ok(HandedOver { _claim: claim })
     }
