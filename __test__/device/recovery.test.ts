@@ -315,6 +315,8 @@ test.serial('handOver() in a process that lives on: quiesced under fio verify, a
       t.false(dev.stopped, 'a refused hand-over leaves the device served')
       t.is((await job).errors, 0)
       t.is((await deviceInfo(dev.id)).serverPid, process.pid)
+      await dev.stop()
+      unlinkSync(file)
       return
     }
     const { zeroCopy } = await dev.info()

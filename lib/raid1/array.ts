@@ -260,8 +260,9 @@ export class Raid1Array extends EventEmitter<Raid1Events> {
    * array as after a crash, from the bitmap this one kept.
    */
   handOver(): Promise<void> {
-    this.#stopping ??= this.#device.handOver()
-    return this.#stopping
+    // Not kept as the stop: a refused hand-over leaves the array served,
+    // and stoppable.
+    return this.#device.handOver()
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
