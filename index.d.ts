@@ -46,14 +46,20 @@ export declare class NativeBridge {
   /** Reads the read route served without JavaScript so far. */
   routedReads(): number
   /**
-   * Serves writes straight to a backing file on the queue threads:
-   * each write goes to `file` at `fileOffset` plus the device offset. A
-   * write that fails there reaches JavaScript with the failure attached.
-   * `null` sends every write to JavaScript again. EINVAL for a target
-   * with batch hooks. Takes effect for writes that arrive after it
-   * returns.
+   * Serves writes on the queue threads: each write goes to every one of
+   * `files` at `fileOffset` plus the device offset, and completes when
+   * all copies landed. A write that fails there reaches JavaScript with
+   * the failure attached. `gated`: only writes to chunks open in the
+   * device's write gate. `null` sends every write to JavaScript again.
+   * EINVAL for an ungated route on a target with batch hooks. Takes
+   * effect for writes that arrive after it returns.
    */
-  setWriteRoute(file: number | null, fileOffset: number): void
+  setWriteRoute(files: Array<number> | null, fileOffset: number, gated: boolean): void
+  /**
+   * Gives the device its write gate: chunks of `chunkBytes` over the
+   * device, all closed. Once per device (EBUSY after that).
+   */
+  createWriteGate(chunkBytes: number): NativeWriteGate
   /** Writes the write route served without JavaScript so far. */
   routedWrites(): number
   /**
@@ -117,6 +123,30 @@ export declare class NativeRecoveryClaim {
   get info(): DeviceInfo
   /** Ends the claim without recovering. Calling it again is a no-op. */
   release(): void
+}
+
+/**
+ * The chunks of a device the queue threads may write on their own (see
+ * `NativeBridge.createWriteGate`).
+ */
+export declare class NativeWriteGate {
+  get chunkBytes(): number
+  get chunks(): number
+  /** Lets the gated write route write chunks `first` to `last`. */
+  open(first: number, last: number): void
+  /** Holds routed writes off a chunk; returns how many are in flight. */
+  close(chunk: number): number
+  /** Routed writes in flight in a chunk. */
+  inFlight(chunk: number): number
+  /**
+   * Closes a chunk no routed write entered since the last
+   * `takeTouched` and none is in; says whether it is closed.
+   */
+  closeIfIdle(chunk: number): boolean
+  /** The chunks routed writes entered since the last call, ascending. */
+  takeTouched(): Uint32Array
+  /** Routed writes that failed on some file so far. */
+  failures(): number
 }
 
 /**

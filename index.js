@@ -838,6 +838,7 @@ module.exports = nativeBinding
 module.exports.NativeBridge = nativeBinding.NativeBridge
 module.exports.NativeDevice = nativeBinding.NativeDevice
 module.exports.NativeRecoveryClaim = nativeBinding.NativeRecoveryClaim
+module.exports.NativeWriteGate = nativeBinding.NativeWriteGate
 module.exports.claimRecovery = nativeBinding.claimRecovery
 module.exports.createBridge = nativeBinding.createBridge
 module.exports.createDevice = nativeBinding.createDevice

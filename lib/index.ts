@@ -26,6 +26,8 @@ export type {
   Target,
   TargetContext,
   WriteErrorHandler,
+  WriteGate,
+  WriteRoute,
 } from './target.js'
 export { loopTarget, nullTarget, ramdiskTarget, withIoDelay } from './targets/index.js'
 export { assembleRaid1, createRaid1, Raid1Array } from './raid1/index.js'

@@ -5,10 +5,10 @@ import binding = require('./binding.js')
 import { Dispatcher, hasBatchHooks } from './dispatch/index.js'
 import { native, nativeSync, toUblkError, UblkError } from './errors.js'
 import { Handles } from './handles.js'
-import type { BackingFile, StagingBuffer, Target, TargetContext } from './target.js'
+import type { BackingFile, StagingBuffer, Target, TargetContext, WriteGate } from './target.js'
 import { KIND_FDATASYNC, KIND_READ, KIND_SLEEP, KIND_WRITE, RWF_DSYNC, STAGING } from './wire.js'
 
-import type { NativeBridge, NativeDevice, NativeDeviceOptions, NativeRecoveryClaim } from '../index.js'
+import type { NativeBridge, NativeDevice, NativeDeviceOptions, NativeRecoveryClaim, NativeWriteGate } from '../index.js'
 
 export interface ServedDevice {
   native: NativeDevice
@@ -124,12 +124,32 @@ function contextFor(bridge: NativeBridge, dispatcher: Dispatcher, handles: Handl
       return bridge.routedReads()
     },
     routeWrites(route) {
-      if (route === undefined) return nativeSync(() => bridge.setWriteRoute(null, 0))
-      const file = handles.handleOf(route.file, 'write route')
-      nativeSync(() => bridge.setWriteRoute(file, route.fileOffset ?? 0))
+      if (route === undefined) return nativeSync(() => bridge.setWriteRoute(null, 0, false))
+      if ((route.file === undefined) === (route.files === undefined)) {
+        throw new UblkError('EINVAL', 'a write route names either file or files')
+      }
+      const files = (route.files ?? [route.file!]).map((f) => handles.handleOf(f, 'write route'))
+      nativeSync(() => bridge.setWriteRoute(files, route.fileOffset ?? 0, route.gated ?? false))
+    },
+    writeGate(chunkBytes) {
+      return writeGateOf(nativeSync(() => bridge.createWriteGate(chunkBytes)))
     },
     routedWrites() {
       return bridge.routedWrites()
     },
+  }
+}
+
+/** The native gate, with its errors turned into `UblkError`s. */
+function writeGateOf(gate: NativeWriteGate): WriteGate {
+  return {
+    chunkBytes: gate.chunkBytes,
+    chunks: gate.chunks,
+    open: (first, last = first) => nativeSync(() => gate.open(first, last)),
+    close: (chunk) => nativeSync(() => gate.close(chunk)),
+    inFlight: (chunk) => nativeSync(() => gate.inFlight(chunk)),
+    closeIfIdle: (chunk) => nativeSync(() => gate.closeIfIdle(chunk)),
+    takeTouched: () => gate.takeTouched(),
+    failures: () => gate.failures(),
   }
 }

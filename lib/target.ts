@@ -149,16 +149,50 @@ export interface ReadRoute {
 }
 
 /**
- * How writes are served without JavaScript: every write goes to `file` at
- * `fileOffset` plus the device offset, by the queue thread, which
- * completes the IO itself (a FUA write with RWF_DSYNC). Writes that fail
- * there reach the target's `write` with `io.failedWrite` set. Not for a
- * target with batch hooks, which must see every write.
+ * How writes are served without JavaScript: every write goes to `file`
+ * (or to each of `files`, a mirror) at `fileOffset` plus the device
+ * offset, by the queue thread, which completes the IO itself once every
+ * copy landed (a FUA write with RWF_DSYNC). Writes that fail there reach
+ * the target's `write` with `io.failedWrite` set (the first file that
+ * failed). An ungated route is not for a target with batch hooks, which
+ * must see every write; a `gated` one takes only writes to chunks open in
+ * the device's write gate (`TargetContext.writeGate`).
  */
 export interface WriteRoute {
-  readonly file: BackingFile
+  /** The one file writes go to; or `files`. */
+  readonly file?: BackingFile
+  /** Every write goes to each of these (1 to 64). */
+  readonly files?: readonly BackingFile[]
   /** Added to the device offset (default 0); a multiple of 512. */
   readonly fileOffset?: number
+  /** Take only writes whose every chunk is open in the write gate (default false). */
+  readonly gated?: boolean
+}
+
+/**
+ * Which chunks of the device a gated write route may write without the
+ * target: for write-intent metadata (a mirror's bitmap, a journal). Every
+ * chunk starts closed: a write to it reaches the target, which records
+ * the write's chunks, and once the record is durable opens them; routed
+ * writes to them then go on without the target. To drop a record, or to
+ * copy a chunk with no write under way, the target closes the chunk and
+ * waits until no routed write is in flight there.
+ */
+export interface WriteGate {
+  readonly chunkBytes: number
+  readonly chunks: number
+  /** Lets routed writes into chunks `first` to `last` (default `first`). */
+  open(first: number, last?: number): void
+  /** Holds routed writes off a chunk; returns how many are still in flight there. */
+  close(chunk: number): number
+  /** Routed writes in flight in a chunk. */
+  inFlight(chunk: number): number
+  /** Closes a chunk that no routed write entered since the last `takeTouched` and none is in; true once it is closed. */
+  closeIfIdle(chunk: number): boolean
+  /** The chunks routed writes entered since the last call, ascending. */
+  takeTouched(): Uint32Array
+  /** Routed writes that failed on some file so far (each reached the target, unless the device was stopping). */
+  failures(): number
 }
 
 /** Called when a passthrough read failed; the IO is answered by its outcome. */
@@ -221,12 +255,18 @@ export interface TargetContext {
   /**
    * Serves writes on the queue threads from now on, without calling the
    * target (see `WriteRoute`); `undefined` sends every write to the target
-   * again. Takes effect as `routeReads` does. Throws EINVAL for a target
-   * with batch hooks, or EINVAL or EBADF for a bad route.
+   * again. Takes effect as `routeReads` does. Throws EINVAL for an
+   * ungated route on a target with batch hooks, or EINVAL or EBADF for a
+   * bad route.
    */
   routeWrites(route: WriteRoute | undefined): void
   /** Writes served by the write route so far. */
   routedWrites(): number
+  /**
+   * The device's write gate, in chunks of `chunkBytes` (a multiple of
+   * 512), every chunk closed; once per device (EBUSY after that).
+   */
+  writeGate(chunkBytes: number): WriteGate
 }
 
 /**

@@ -54,6 +54,11 @@ test.serial('fio crc32c verify through the mirror; members identical after stop'
       t.true(r.writeIos > 0 && r.readIos > 0)
     }
     t.true(md.status().bitmapFlushes > 0, 'writes set bits on disk')
+    // Writes to chunks whose bits were on disk went member to member on
+    // the queue thread, past JavaScript (the gated write route).
+    const routedWrites = md.device.stats().dispatch?.routedWrites ?? 0
+    t.true(routedWrites > 0, `routed writes: ${routedWrites}`)
+    t.log(`writes routed past JavaScript: ${routedWrites}`)
   } finally {
     await md.stop()
   }

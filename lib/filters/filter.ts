@@ -52,6 +52,8 @@ export function unroutedContext(ctx: TargetContext, size = ctx.size): TargetCont
     routedReads: () => 0,
     routeWrites: () => ctx.routeWrites(undefined),
     routedWrites: () => 0,
+    // With no write route below a filter, an open chunk changes nothing.
+    writeGate: (chunkBytes) => ctx.writeGate(chunkBytes),
   }
 }
 

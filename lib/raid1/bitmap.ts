@@ -37,6 +37,10 @@ export class WriteIntentBitmap {
   persistent = true
   /** When true (degraded, or a resync needs the bits), nothing is cleared. */
   keepBits: () => boolean = () => false
+  /** Chunks written without `mark` (by a gated write route) since the last call. */
+  takeRoutedWrites: () => ArrayLike<number> = () => []
+  /** Stops writes that bypass `mark` to an idle chunk about to be cleared; false keeps its bit. */
+  closeForClearing: (chunk: number) => boolean = () => true
 
   readonly #store: BitmapStore
   readonly #inflight: Uint32Array
@@ -161,10 +165,12 @@ export class WriteIntentBitmap {
    */
   sweep(): void {
     this.#tick++
+    const routed = this.takeRoutedWrites()
+    for (let i = 0; i < routed.length; i++) this.#touched[routed[i]!] = this.#tick
     if (this.keepBits()) return
     let cleared = false
     for (const c of this.#set) {
-      if (this.#inflight[c] === 0 && this.#needs[c]! <= this.#durable && this.#tick - this.#touched[c]! >= 2) {
+      if (this.#inflight[c] === 0 && this.#needs[c]! <= this.#durable && this.#tick - this.#touched[c]! >= 2 && this.closeForClearing(c)) {
         this.bits[c >> 3]! &= ~(1 << (c & 7))
         this.#set.delete(c)
         this.#pageChanged(c)

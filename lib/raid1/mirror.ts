@@ -1,6 +1,7 @@
 // The RAID1 target: every write goes to every member after its chunks'
 // write-intent bits are on disk; reads go to one member in sync and fall
 // back to the others on error, repairing the member that failed.
+import { setTimeout as sleep } from 'node:timers/promises'
 import { UblkError } from '../errors.js'
 import {
   FALLOC_FL_KEEP_SIZE,
@@ -12,6 +13,7 @@ import {
   type StagingBuffer,
   type Target,
   type TargetContext,
+  type WriteGate,
 } from '../target.js'
 import { WriteIntentBitmap, type Extent } from './bitmap.js'
 import { Resync, type ResyncKind, type ResyncProgress, type ResyncSpeed } from './resync.js'
@@ -81,6 +83,12 @@ export class Mirror implements Target {
   readonly chunks: number
   #ctx!: TargetContext
   #bitmap!: WriteIntentBitmap
+  /** Chunks whose bits are durable, which the queue threads write without us. */
+  #gate: WriteGate | undefined
+  /** Which chunks are open in the gate. */
+  #open = new Uint8Array(0)
+  /** Routed writes that failed and reached `write`. */
+  #routedFailuresSeen = 0
   readonly #bitmapEnabled: boolean
   readonly #initialBits: Uint8Array | undefined
   #bitmapMemory?: StagingBuffer
@@ -125,6 +133,8 @@ export class Mirror implements Target {
 
   async open(ctx: TargetContext): Promise<void> {
     this.#ctx = ctx
+    this.#gate = ctx.writeGate(this.sb.chunkSize)
+    this.#open = new Uint8Array(this.#gate.chunks)
     for (const m of this.members) if (m.state !== 'faulty') await this.#attach(m)
     this.#bitmapMemory = ctx.allocBuffer(this.sb.bitmapBytes)
     if (this.#initialBits) this.#bitmapMemory.bytes.set(this.#initialBits.subarray(0, this.sb.bitmapBytes))
@@ -133,6 +143,8 @@ export class Mirror implements Target {
     })
     if (!this.#bitmapEnabled) this.#bitmap.persistent = false
     this.#bitmap.keepBits = () => this.degraded || this.#resync !== undefined || this.#needsDirtyResync || this.#cancelledWrites
+    this.#bitmap.takeRoutedWrites = () => this.#gate!.takeTouched()
+    this.#bitmap.closeForClearing = (chunk) => this.#closeIfIdle(chunk)
     this.#copyBuffer = ctx.allocBuffer(Math.min(this.sb.chunkSize, COPY_PIECE))
     this.#sweeper = setInterval(() => this.#bitmap.sweep(), this.#clearDelayMs)
     this.#sweeper.unref()
@@ -153,10 +165,13 @@ export class Mirror implements Target {
   /**
    * Mirrored by the queue thread, which completes the write once every
    * member has its copy; if a copy failed, that member is failed here
-   * first, and the write succeeds if a member in sync took it.
+   * first, and the write succeeds if a member in sync took it. Writes to
+   * chunks open in the gate never come here, unless a copy failed there:
+   * then this writes every copy again, and judges the members by that.
    */
   write(io: Io): void {
     this.#foreground++
+    if (io.failedWrite) this.#routedFailuresSeen++
     const targets = this.#writable
     if (targets.length === 0) throw new UblkError('EIO', 'write: no member to take it')
     const wasActive = targets.map((m) => m.state === 'active')
@@ -199,6 +214,9 @@ export class Mirror implements Target {
   async close(how: CloseReason = 'stopped'): Promise<void> {
     this.#closing = true
     this.#route()
+    // A routed write that failed while the device stopped never reached
+    // `write`: its members may differ, so the stop is not recorded clean.
+    if ((this.#gate?.failures() ?? 0) > this.#routedFailuresSeen) this.#cancelledWrites = true
     this.#resync?.abort()
     if (this.#sweeper) clearInterval(this.#sweeper)
     await this.#resyncRunning
@@ -259,14 +277,18 @@ export class Mirror implements Target {
   /**
    * Lets the queue threads serve reads as `#reader` would choose: from the
    * members in sync by region, or only from the source while a dirty
-   * resync has not made the others match it.
+   * resync has not made the others match it; and writes to open chunks
+   * as `write` would: to every member that takes writes.
    */
   #route(): void {
     if (!this.#ctx) return
     const source = this.#dirtySource()
     const readers = source ? (source.state === 'active' ? [source] : []) : this.#active
-    if (readers.length === 0 || this.#closing) return this.#ctx.routeReads(undefined)
-    this.#ctx.routeReads({ files: readers.map((m) => m.file!), fileOffset: this.sb.dataOffset, stripeBytes: READ_STRIPE })
+    if (readers.length === 0 || this.#closing) this.#ctx.routeReads(undefined)
+    else this.#ctx.routeReads({ files: readers.map((m) => m.file!), fileOffset: this.sb.dataOffset, stripeBytes: READ_STRIPE })
+    const writers = this.#writable
+    if (writers.length === 0 || this.#closing || !this.#gate) this.#ctx.routeWrites(undefined)
+    else this.#ctx.routeWrites({ files: writers.map((m) => m.file!), fileOffset: this.sb.dataOffset, gated: true })
   }
 
   async #attach(m: Member): Promise<void> {
@@ -382,9 +404,47 @@ export class Mirror implements Target {
     }
   }
 
+  /** Marks the writes' chunks; once their bits are durable, later writes to them may bypass us. */
   #mark(ios: readonly Io[], extents: Extent[]): Promise<void> | undefined {
     this.#marked.set(ios, extents)
-    return this.#bitmap.mark(extents)
+    const durable = this.#bitmap.mark(extents)
+    if (!durable) {
+      this.#openChunks(extents)
+      return undefined
+    }
+    return durable.then(() => this.#openChunks(extents))
+  }
+
+  /** Opens the extents' chunks in the gate, all but those a resync or repair holds. */
+  #openChunks(extents: Extent[]): void {
+    const gate = this.#gate
+    if (!gate) return
+    for (const e of extents) {
+      const [first, last] = this.#bitmap.chunksOf(e)
+      for (let c = first; c <= last; c++) {
+        if (this.#open[c] || this.#locks.has(c)) continue
+        gate.open(c)
+        this.#open[c] = 1
+      }
+    }
+  }
+
+  /** The sweeper's question before it clears a chunk's bit: closed, with no routed write in it? */
+  #closeIfIdle(chunk: number): boolean {
+    if (!this.#open[chunk]) return true
+    if (!this.#gate!.closeIfIdle(chunk)) return false
+    this.#open[chunk] = 0
+    return true
+  }
+
+  /** Closes a chunk in the gate and waits for the routed writes in it. */
+  async #closeAndDrain(chunk: number): Promise<void> {
+    const gate = this.#gate
+    if (!gate || !this.#open[chunk]) return
+    this.#open[chunk] = 0
+    // Routed writes finish on their own within a few milliseconds; they
+    // tell nobody, so this looks until none is left.
+    for (let inFlight = gate.close(chunk); inFlight > 0; inFlight = gate.inFlight(chunk)) await sleep(1)
   }
 
   /**
@@ -418,6 +478,7 @@ export class Mirror implements Target {
     for (let held = this.#locks.get(chunk); held; held = this.#locks.get(chunk)) await held
     let release!: () => void
     this.#locks.set(chunk, new Promise<void>((resolve) => (release = resolve)))
+    await this.#closeAndDrain(chunk)
     await this.#bitmap.whenIdle(chunk)
     return () => {
       this.#locks.delete(chunk)
@@ -549,7 +610,7 @@ export class Mirror implements Target {
           kind,
           chunks,
           copy: (chunk) => this.#copyChunk(chunk, source, targets),
-          foregroundIos: () => this.#foreground + this.#ctx.routedReads(),
+          foregroundIos: () => this.#foreground + this.#ctx.routedReads() + this.#ctx.routedWrites(),
         },
         this.#speed,
       )

@@ -16,6 +16,7 @@ use ublk_core::{Capabilities, Device};
 
 use crate::device::{core_options, register_env_cleanup, CreateDevice, NativeDeviceOptions};
 use crate::errors::{guard, to_napi};
+use crate::gate::NativeWriteGate;
 use crate::handover::{batch_to_js, detach_all, staging_array_buffer, BatchFn, JsSink, RawValue};
 use crate::recovery::NativeRecoveryClaim;
 
@@ -266,23 +267,45 @@ impl NativeBridge {
         self.target.routed_reads() as f64
     }
 
-    /// Serves writes straight to a backing file on the queue threads:
-    /// each write goes to `file` at `fileOffset` plus the device offset. A
-    /// write that fails there reaches JavaScript with the failure attached.
-    /// `null` sends every write to JavaScript again. EINVAL for a target
-    /// with batch hooks. Takes effect for writes that arrive after it
-    /// returns.
-    #[napi(ts_args_type = "file: number | null, fileOffset: number")]
-    pub fn set_write_route(&self, file: Option<f64>, file_offset: f64) -> napi::Result<()> {
-        let route = match file {
+    /// Serves writes on the queue threads: each write goes to every one of
+    /// `files` at `fileOffset` plus the device offset, and completes when
+    /// all copies landed. A write that fails there reaches JavaScript with
+    /// the failure attached. `gated`: only writes to chunks open in the
+    /// device's write gate. `null` sends every write to JavaScript again.
+    /// EINVAL for an ungated route on a target with batch hooks. Takes
+    /// effect for writes that arrive after it returns.
+    #[napi(ts_args_type = "files: Array<number> | null, fileOffset: number, gated: boolean")]
+    pub fn set_write_route(
+        &self,
+        files: Option<Vec<f64>>,
+        file_offset: f64,
+        gated: bool,
+    ) -> napi::Result<()> {
+        let route = match files {
             None => None,
-            Some(file) => Some(WriteRoute {
-                file: u32_arg("file", file).map_err(to_napi)?,
+            Some(files) => Some(WriteRoute {
+                files: files
+                    .into_iter()
+                    .map(|f| u32_arg("file", f))
+                    .collect::<ublk_core::Result<_>>()
+                    .map_err(to_napi)?,
                 file_offset: integer("fileOffset", file_offset, i64::MAX as u64)
                     .map_err(to_napi)?,
+                gated,
             }),
         };
         self.target.set_write_route(route).map_err(to_napi)
+    }
+
+    /// Gives the device its write gate: chunks of `chunkBytes` over the
+    /// device, all closed. Once per device (EBUSY after that).
+    #[napi]
+    pub fn create_write_gate(&self, chunk_bytes: f64) -> napi::Result<NativeWriteGate> {
+        let chunk_bytes = integer("chunkBytes", chunk_bytes, u64::MAX).map_err(to_napi)?;
+        self.target
+            .create_write_gate(self.opts.size, chunk_bytes)
+            .map(NativeWriteGate::new)
+            .map_err(to_napi)
     }
 
     /// Writes the write route served without JavaScript so far.

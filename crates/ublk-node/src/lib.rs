@@ -12,6 +12,7 @@ mod bridge;
 mod control;
 mod device;
 mod errors;
+mod gate;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod glibc_compat;
 mod handover;

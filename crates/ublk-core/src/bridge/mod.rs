@@ -9,6 +9,7 @@
 //! back in bulk through an inbox whose eventfd the queue's own ring reads,
 //! so the queue thread never waits for the application.
 
+mod gate;
 mod inbox;
 mod queue;
 mod route;
@@ -24,6 +25,7 @@ use crate::files::{BackingFile, BackingFiles};
 use crate::runtime::{Capabilities, Io, IoBuffers, QueueContext, Target, WriteBatch};
 use crate::staging::StagingBuffers;
 
+pub use gate::{WriteGate, MAX_GATE_CHUNKS};
 pub use inbox::QueueInbox;
 pub use queue::BridgeQueue;
 pub use route::{ReadRoute, WriteRoute, MAX_ROUTE_FILES};
@@ -80,6 +82,8 @@ pub(crate) struct DeviceShared {
     pub stopping: AtomicBool,
     /// The application declared it never touches IO data.
     pub zero_copy: bool,
+    /// The application runs batch hooks: it is told of write batches.
+    pub batch_hooks: bool,
     released: Mutex<bool>,
 }
 
@@ -88,8 +92,6 @@ pub(crate) struct DeviceShared {
 pub struct BridgeTarget {
     kind: String,
     caps: Capabilities,
-    /// The application runs batch hooks: it is told of write batches.
-    batch_hooks: bool,
     queues: Vec<Arc<QueueShared>>,
     device: Arc<DeviceShared>,
 }
@@ -115,7 +117,6 @@ impl BridgeTarget {
         Ok(BridgeTarget {
             kind: kind.into(),
             caps,
-            batch_hooks,
             queues: shared,
             device: Arc::new(DeviceShared {
                 sink,
@@ -124,6 +125,7 @@ impl BridgeTarget {
                 routes: route::RouteTable::default(),
                 stopping: AtomicBool::new(false),
                 zero_copy: caps.zero_copy,
+                batch_hooks,
                 released: Mutex::new(false),
             }),
         })
@@ -162,17 +164,27 @@ impl BridgeTarget {
         self.device.routes.served()
     }
 
-    /// Sends writes straight to a backing file from now on (see
+    /// Sends writes straight to backing files from now on (see
     /// [`WriteRoute`]), or, with `None`, every write to the application.
-    /// EINVAL for an application that runs batch hooks: it must see every
-    /// write.
+    /// EINVAL for an ungated route when the application runs batch hooks:
+    /// it must see every write (a gated one shows it every write to a
+    /// chunk it has not opened).
     pub fn set_write_route(&self, route: Option<WriteRoute>) -> Result<()> {
-        if route.is_some() && self.batch_hooks {
+        if route.as_ref().is_some_and(|r| !r.gated) && self.device.batch_hooks {
             return Err(Error::invalid(
-                "a write route is for targets without batch hooks: those must see every write",
+                "an ungated write route is for targets without batch hooks: those must see every write",
             ));
         }
         self.device.routes.set_write(&self.device.files, route)
+    }
+
+    /// Gives the device its write gate (see [`WriteGate`]), over
+    /// `device_bytes` in chunks of `chunk_bytes`, every chunk closed. Once
+    /// per device: EBUSY for a second.
+    pub fn create_write_gate(&self, device_bytes: u64, chunk_bytes: u64) -> Result<Arc<WriteGate>> {
+        let gate = Arc::new(WriteGate::new(device_bytes, chunk_bytes)?);
+        self.device.routes.set_gate(gate.clone())?;
+        Ok(gate)
     }
 
     /// Writes served by the write route so far, without the application.
@@ -252,18 +264,15 @@ impl Target for BridgeTarget {
     async fn before_writes(&self, queue: &Self::Queue, batch: &WriteBatch) -> Result<()> {
         // The application runs the prologue itself, before any of the
         // batch's IOs reaches its method: they travel in the same hand-over.
-        if self.batch_hooks {
-            queue.tell(Event::BatchOpen {
-                batch: batch.seq(),
-                count: batch.extents().len() as u32,
-            });
+        if self.device.batch_hooks {
+            queue.announce_batch(batch);
         }
         Ok(())
     }
 
     async fn after_writes(&self, queue: &Self::Queue, batch: &WriteBatch) {
-        if self.batch_hooks {
-            queue.tell(Event::BatchDone { batch: batch.seq() });
+        if self.device.batch_hooks {
+            queue.finish_batch(batch);
         }
     }
 

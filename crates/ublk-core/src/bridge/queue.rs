@@ -4,7 +4,7 @@
 //! answered; requests outside any IO run as tasks of their own.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -13,14 +13,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use super::route::RouteCache;
+use super::route::{ResolvedWrite, RouteCache};
 use super::wire::{
     BackendKind, BackendRequest, Event, IoRequest, Refused, RequestTarget, RouteFailure,
 };
 use super::{Batch, DeviceShared, QueueShared};
 use crate::error::{Error, Result};
 use crate::runtime::ops::{self, Op};
-use crate::runtime::{Io, IoOp, QueueContext, Spawner};
+use crate::runtime::{Io, IoOp, QueueContext, Spawner, WriteBatch};
 
 /// What the application sent for one IO.
 enum Message {
@@ -40,6 +40,8 @@ struct Slot {
     open: Cell<bool>,
     mailbox: RefCell<VecDeque<Message>>,
     waker: Cell<Option<Waker>>,
+    /// The write the gated route took when the tag's batch was announced.
+    routed: RefCell<Option<RoutedWrite>>,
 }
 
 impl Slot {
@@ -67,6 +69,24 @@ pub struct BridgeQueue {
     /// The inbox read in flight, cancelled when the queue goes down.
     inbox_read: Cell<Option<u64>>,
     closing: Cell<bool>,
+    /// Write batches the application was told of (not those the gated
+    /// route took whole).
+    announced: RefCell<HashSet<u64>>,
+}
+
+/// A write the write route took; a gated route's chunks count it in
+/// flight until this is dropped.
+pub(crate) struct RoutedWrite {
+    route: Arc<ResolvedWrite>,
+    span: Option<(usize, usize)>,
+}
+
+impl Drop for RoutedWrite {
+    fn drop(&mut self) {
+        if let (Some(gate), Some((first, last))) = (&self.route.gate, self.span) {
+            gate.leave(first, last + 1);
+        }
+    }
 }
 
 /// What became of an IO a route could take.
@@ -98,6 +118,7 @@ impl BridgeQueue {
             cancelled: Cell::new(false),
             inbox_read: Cell::new(None),
             closing: Cell::new(false),
+            announced: RefCell::default(),
         });
         queue.spawner.spawn(read_inbox(queue.clone()));
         Ok(queue)
@@ -109,13 +130,32 @@ impl BridgeQueue {
         let slot = &self.slots[io.tag as usize];
         let seq = slot.seq.get().wrapping_add(1);
         slot.seq.set(seq);
+        let taken_with_batch = slot.routed.take();
         if self.device.stopping.load(Ordering::Relaxed) {
             return -libc::EIO;
         }
         let mut route_failure = None;
+        // A routed write that failed keeps its chunks counted in flight
+        // until the application has answered it.
+        let mut held = None;
         let routed = match io.op {
             IoOp::Read if io.len > 0 => self.routed_read(&mut io).await,
-            IoOp::Write if io.len > 0 => self.routed_write(&io).await,
+            IoOp::Write if io.len > 0 => {
+                // With batch hooks, the route took its writes when the
+                // batch was announced: the application waits for the rest.
+                let taken = match self.device.batch_hooks {
+                    true => taken_with_batch,
+                    false => self.take_write(io.offset, io.len),
+                };
+                match taken {
+                    Some(write) => {
+                        let routed = self.routed_write(&io, &write).await;
+                        held = Some(write);
+                        routed
+                    }
+                    None => Routed::Elsewhere,
+                }
+            }
             _ => Routed::Elsewhere,
         };
         match routed {
@@ -132,12 +172,64 @@ impl BridgeQueue {
             flags: io.desc().flags,
             offset: io.offset,
             length: io.len,
-            batch: io.batch(),
+            // A routed write that failed was not counted in its batch.
+            batch: if held.is_some() { None } else { io.batch() },
             route_failure,
         });
         let result = Serving::new(self, &io, slot).await;
         slot.open.set(false);
+        drop(held);
         result
+    }
+
+    /// The write route's claim on a write at `offset` of `len` bytes, if it
+    /// takes it: a gated route only when every chunk it touches is open.
+    fn take_write(&self, offset: u64, len: u32) -> Option<RoutedWrite> {
+        let mut cache = self.route.borrow_mut();
+        let route = self.device.routes.load(&mut cache).write.clone()?;
+        let span = match &route.gate {
+            None => None,
+            Some(gate) => {
+                let (first, last) = gate.span(offset, len)?;
+                if !gate.enter(first, last) {
+                    return None;
+                }
+                Some((first, last))
+            }
+        };
+        Some(RoutedWrite { route, span })
+    }
+
+    /// Takes the batch's writes the gated route takes, before any of them
+    /// is served; returns how many IOs of the batch the application gets.
+    /// The batch is announced to it only if that is not zero.
+    pub(crate) fn announce_batch(&self, batch: &WriteBatch) {
+        let mut count = 0;
+        for extent in batch.extents() {
+            let routed = match extent.op {
+                IoOp::Write if extent.len > 0 => self.take_write(extent.offset, extent.len),
+                _ => None,
+            };
+            match (routed, self.slots.get(extent.tag as usize)) {
+                (Some(write), Some(slot)) => *slot.routed.borrow_mut() = Some(write),
+                _ => count += 1,
+            }
+        }
+        if count > 0 {
+            self.announced.borrow_mut().insert(batch.seq());
+            self.tell(Event::BatchOpen {
+                batch: batch.seq(),
+                count,
+            });
+        }
+    }
+
+    /// Every IO of the batch is done: the application's epilogue runs, if
+    /// it was told of the batch.
+    pub(crate) fn finish_batch(&self, batch: &WriteBatch) {
+        if self.announced.borrow_mut().remove(&batch.seq()) {
+            self.tell(Event::BatchDone { batch: batch.seq() });
+        }
     }
 
     /// Sends a read to the file the read route picks.
@@ -179,38 +271,59 @@ impl BridgeQueue {
         Routed::Served(io.len as i32)
     }
 
-    /// Sends a write to the write route's file.
-    async fn routed_write(&self, io: &Io<'_>) -> Routed {
-        let (handle, write) = {
-            let mut cache = self.route.borrow_mut();
-            let Some(route) = &self.device.routes.load(&mut cache).write else {
-                return Routed::Elsewhere;
-            };
-            let (handle, file) = &route.file;
-            let Some(file_offset) = route.file_offset.checked_add(io.offset) else {
-                return Routed::Elsewhere;
-            };
-            let rw_flags = if io.fua { libc::RWF_DSYNC } else { 0 };
-            match io.write_from(file, file_offset, 0, io.len, rw_flags) {
-                Ok(write) => (*handle, write),
-                // Refused before it ran (a read-only file): failed there.
-                Err(e) => {
-                    return Routed::Failed(RouteFailure {
-                        file: *handle,
-                        error: -e.errno(),
-                    })
-                }
-            }
-        };
+    /// Sends a write the route took to every file of the route.
+    async fn routed_write(&self, io: &Io<'_>, write: &RoutedWrite) -> Routed {
+        let failure = self.write_copies(io, &write.route).await;
         self.device.routes.count_write();
-        let result = write.await;
-        if result == io.len as i32 {
-            return Routed::Served(result);
+        match failure {
+            None => Routed::Served(io.len as i32),
+            Some(failure) => {
+                if let Some(gate) = &write.route.gate {
+                    gate.count_failure();
+                }
+                Routed::Failed(failure)
+            }
         }
-        Routed::Failed(RouteFailure {
-            file: handle,
-            error: if result < 0 { result } else { -libc::EIO },
-        })
+    }
+
+    /// Writes the IO to each of the route's files at once; the first
+    /// failure, once every copy is done.
+    async fn write_copies(&self, io: &Io<'_>, route: &ResolvedWrite) -> Option<RouteFailure> {
+        let Some(file_offset) = route.file_offset.checked_add(io.offset) else {
+            return Some(RouteFailure {
+                file: route.files[0].0,
+                error: -libc::EINVAL,
+            });
+        };
+        let rw_flags = if io.fua { libc::RWF_DSYNC } else { 0 };
+        // Every copy is submitted before any is awaited: they run together.
+        let copies: Vec<_> = route
+            .files
+            .iter()
+            .map(|(handle, file)| {
+                (
+                    *handle,
+                    io.write_from(file, file_offset, 0, io.len, rw_flags),
+                )
+            })
+            .collect();
+        let mut failure = None;
+        for (handle, copy) in copies {
+            let error = match copy {
+                Ok(write) => match write.await {
+                    result if result == io.len as i32 => continue,
+                    result if result < 0 => result,
+                    _ => -libc::EIO,
+                },
+                // Refused before it ran (a read-only file): failed there.
+                Err(e) => -e.errno(),
+            };
+            failure.get_or_insert(RouteFailure {
+                file: handle,
+                error,
+            });
+        }
+        failure
     }
 
     /// Tells the application something with the next hand-over.

@@ -6,13 +6,16 @@
 //! through the application. A write route does the same for writes, to
 //! one file. An IO that fails there is handed to the application like any
 //! other IO, with the failure attached, so it can be served from elsewhere
-//! or failed. Mirrors and loop-like targets get the speed of a Rust target
-//! this way, and keep their policy in the application: it changes or
-//! removes a route whenever its state changes.
+//! or failed. A write route may mirror each write to several files, and
+//! may be gated (see [`super::gate`]): then it takes only writes to chunks
+//! the application opened. Mirrors and loop-like targets get the speed of
+//! a Rust target this way, and keep their policy in the application: it
+//! changes or removes a route whenever its state changes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::gate::WriteGate;
 use crate::error::{Error, Result};
 use crate::files::{BackingFile, BackingFiles};
 
@@ -32,20 +35,24 @@ pub struct ReadRoute {
     pub stripe_bytes: u64,
 }
 
-/// How writes map onto a backing file: every write goes to `file` at
-/// `file_offset` plus the device offset. Not for a target with batch
-/// hooks, which must see every write.
+/// How writes map onto backing files: every write goes to each of `files`
+/// at `file_offset` plus the device offset, and completes when every copy
+/// landed. An ungated route is not for a target with batch hooks, which
+/// must see every write; a gated one takes only writes to chunks the
+/// application opened in the device's [`WriteGate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteRoute {
-    /// A handle from [`BackingFiles::open`].
-    pub file: u32,
+    /// Handles from [`BackingFiles::open`].
+    pub files: Vec<u32>,
     pub file_offset: u64,
+    pub gated: bool,
 }
 
-/// A checked write route, holding its file open.
+/// A checked write route, holding its files open.
 pub(crate) struct ResolvedWrite {
-    pub file: (u32, Arc<BackingFile>),
+    pub files: Vec<(u32, Arc<BackingFile>)>,
     pub file_offset: u64,
+    pub gate: Option<Arc<WriteGate>>,
 }
 
 /// A checked route, holding its files open.
@@ -77,6 +84,7 @@ pub(crate) struct RouteTable {
     /// when they changed.
     generation: AtomicU64,
     current: Mutex<Routes>,
+    gate: Mutex<Option<Arc<WriteGate>>>,
     reads: AtomicU64,
     writes: AtomicU64,
 }
@@ -101,8 +109,22 @@ impl RouteTable {
     /// Replaces the write route (`None` sends every write to the
     /// application), as [`RouteTable::set`] does the read route.
     pub fn set_write(&self, files: &BackingFiles, route: Option<WriteRoute>) -> Result<()> {
-        let resolved = route.map(|r| resolve_write(files, r)).transpose()?;
+        let gate = self.gate.lock().unwrap().clone();
+        let resolved = route.map(|r| resolve_write(files, r, gate)).transpose()?;
         self.change(|routes| routes.write = resolved.map(Arc::new));
+        Ok(())
+    }
+
+    /// Gives the device its write gate, once; EBUSY for a second one.
+    pub fn set_gate(&self, gate: Arc<WriteGate>) -> Result<()> {
+        let mut current = self.gate.lock().unwrap();
+        if current.is_some() {
+            return Err(Error::new(
+                libc::EBUSY,
+                "the device already has a write gate",
+            ));
+        }
+        *current = Some(gate);
         Ok(())
     }
 
@@ -141,18 +163,54 @@ impl RouteTable {
     }
 }
 
-fn resolve_write(files: &BackingFiles, route: WriteRoute) -> Result<ResolvedWrite> {
+fn resolve_write(
+    files: &BackingFiles,
+    route: WriteRoute,
+    gate: Option<Arc<WriteGate>>,
+) -> Result<ResolvedWrite> {
+    check_file_count(route.files.len(), "write")?;
     check_file_offset(route.file_offset, "write")?;
-    let file = files.get(route.file).ok_or_else(|| {
-        Error::new(
-            libc::EBADF,
-            format!("write route: no open backing file {}", route.file),
-        )
-    })?;
+    let gate = match (route.gated, gate) {
+        (false, _) => None,
+        (true, Some(gate)) => Some(gate),
+        (true, None) => {
+            return Err(Error::invalid(
+                "a gated write route needs the device's write gate first",
+            ))
+        }
+    };
     Ok(ResolvedWrite {
-        file: (route.file, file),
+        files: resolve_files(files, &route.files, "write")?,
         file_offset: route.file_offset,
+        gate,
     })
+}
+
+fn check_file_count(count: usize, what: &str) -> Result<()> {
+    if count == 0 || count > MAX_ROUTE_FILES {
+        return Err(Error::invalid(format!(
+            "a {what} route needs 1 to {MAX_ROUTE_FILES} files, got {count}"
+        )));
+    }
+    Ok(())
+}
+
+fn resolve_files(
+    files: &BackingFiles,
+    handles: &[u32],
+    what: &str,
+) -> Result<Vec<(u32, Arc<BackingFile>)>> {
+    handles
+        .iter()
+        .map(|&index| {
+            files.get(index).map(|f| (index, f)).ok_or_else(|| {
+                Error::new(
+                    libc::EBADF,
+                    format!("{what} route: no open backing file {index}"),
+                )
+            })
+        })
+        .collect()
 }
 
 fn check_file_offset(file_offset: u64, what: &str) -> Result<()> {
@@ -165,12 +223,7 @@ fn check_file_offset(file_offset: u64, what: &str) -> Result<()> {
 }
 
 fn resolve(files: &BackingFiles, route: ReadRoute) -> Result<ResolvedRoute> {
-    if route.files.is_empty() || route.files.len() > MAX_ROUTE_FILES {
-        return Err(Error::invalid(format!(
-            "a read route needs 1 to {MAX_ROUTE_FILES} files, got {}",
-            route.files.len()
-        )));
-    }
+    check_file_count(route.files.len(), "read")?;
     if !route.stripe_bytes.is_power_of_two() || route.stripe_bytes < 4096 {
         return Err(Error::invalid(format!(
             "a read route's stripe must be a power of two of at least 4096 bytes, got {}",
@@ -178,20 +231,8 @@ fn resolve(files: &BackingFiles, route: ReadRoute) -> Result<ResolvedRoute> {
         )));
     }
     check_file_offset(route.file_offset, "read")?;
-    let resolved = route
-        .files
-        .iter()
-        .map(|&index| {
-            files.get(index).map(|f| (index, f)).ok_or_else(|| {
-                Error::new(
-                    libc::EBADF,
-                    format!("read route: no open backing file {index}"),
-                )
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
     Ok(ResolvedRoute {
-        files: resolved,
+        files: resolve_files(files, &route.files, "read")?,
         file_offset: route.file_offset,
         stripe_shift: route.stripe_bytes.trailing_zeros(),
     })
@@ -253,21 +294,37 @@ mod tests {
         };
         table.set(&files, Some(read)).unwrap();
         let write = WriteRoute {
-            file: indexes[0],
+            files: indexes.clone(),
             file_offset: 4096,
+            gated: false,
         };
         table.set_write(&files, Some(write.clone())).unwrap();
         let routes = table.load(&mut cache);
         assert!(routes.read.is_some());
         let w = routes.write.clone().unwrap();
-        assert_eq!((w.file.0, w.file_offset), (indexes[0], 4096));
+        assert_eq!((w.files[0].0, w.file_offset), (indexes[0], 4096));
+        assert!(w.gate.is_none());
         for (bad, code) in [
             (
                 WriteRoute {
-                    file: indexes[0] + 7,
+                    files: vec![indexes[0] + 7],
                     ..write.clone()
                 },
                 "EBADF",
+            ),
+            (
+                WriteRoute {
+                    files: vec![],
+                    ..write.clone()
+                },
+                "EINVAL",
+            ),
+            (
+                WriteRoute {
+                    gated: true,
+                    ..write.clone()
+                },
+                "EINVAL",
             ),
             (
                 WriteRoute {
@@ -286,6 +343,26 @@ mod tests {
         table.set_write(&files, None).unwrap();
         let routes = table.load(&mut cache);
         assert!(routes.write.is_none() && routes.read.is_some());
+    }
+
+    #[test]
+    fn a_gated_write_route_mirrors_to_its_files_through_the_gate() {
+        let (files, indexes, _scratch) = table_with_files(2);
+        let table = RouteTable::default();
+        let gate = Arc::new(WriteGate::new(1 << 20, 64 << 10).unwrap());
+        table.set_gate(gate.clone()).unwrap();
+        let again = Arc::new(WriteGate::new(1 << 20, 64 << 10).unwrap());
+        assert_eq!(table.set_gate(again).unwrap_err().code(), "EBUSY");
+        let route = WriteRoute {
+            files: indexes.clone(),
+            file_offset: 0,
+            gated: true,
+        };
+        table.set_write(&files, Some(route)).unwrap();
+        let mut cache = RouteCache::default();
+        let w = table.load(&mut cache).write.clone().unwrap();
+        assert_eq!(w.files.len(), 2);
+        assert!(Arc::ptr_eq(w.gate.as_ref().unwrap(), &gate));
     }
 
     #[test]
