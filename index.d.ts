@@ -200,6 +200,11 @@ export interface DeviceInfo {
    */
   zeroCopy: boolean
   /**
+   * IOs are fetched and committed many per command (`UBLK_F_BATCH_IO`);
+   * false: one command per IO.
+   */
+  batchIo: boolean
+  /**
    * What the device does when its server dies: "none" (it dies too) or
    * "reissue" (it waits for a new server, `recoverDevice`).
    */
@@ -290,6 +295,11 @@ export interface NativeDeviceOptions {
    * false keeps the copy path.
    */
   zeroCopy?: boolean
+  /**
+   * Fetch and commit IOs many per command (`UBLK_F_BATCH_IO`) where
+   * the kernel has it and the device runs the copy path; default false.
+   */
+  batchIo?: boolean
   /**
    * When the serving process dies: "none" (default: the device dies
    * too) or "reissue" (it waits for a new process to recover it, and

@@ -24,6 +24,7 @@ import {
   type System,
 } from './systems.ts'
 import { fioRun, mdRaid1, RAID1_CHUNK, RAID1_WORKLOADS, tsRaid1 } from './raid1.ts'
+import { runBatchIo, type BatchPoint } from './batch-io.ts'
 import { runZeroCopy, ZC_RATIO_WORKLOAD, ZC_WORKLOADS, zeroCopySystems, type ZcPoint } from './zero-copy.ts'
 
 const run = promisify(execFile)
@@ -92,6 +93,7 @@ async function main(): Promise<void> {
   const failures: string[] = []
   const raid1: Array<{ system: string; workload: string; iops: number; bw: number }> = []
   let zeroCopy: { points: ZcPoint[]; ratios: Record<string, number | null> } = { points: [], ratios: {} }
+  let batchIo: { points: BatchPoint[]; ratios: Record<string, number | null> } | undefined
   try {
     // RAID1 first: md and ours over the same two files, one workload at a time.
     const raidSize = 128 * MiB
@@ -123,6 +125,9 @@ async function main(): Promise<void> {
     const zcWorkloads = opts.quick ? ZC_WORKLOADS.filter((w) => w.name === ZC_RATIO_WORKLOAD) : ZC_WORKLOADS
     const zcSystems = zeroCopySystems(backing.file, members, raidSize)
     zeroCopy = await runZeroCopy(zcSystems, zcWorkloads, raidSize, runtime, (l) => process.stderr.write(`${l}\n`), failures)
+
+    // Batch IO against one command per IO.
+    batchIo = await runBatchIo(runtime, (l) => process.stderr.write(`${l}\n`), failures)
 
     for (const queues of queueCounts) {
       for (const rw of ['randread', 'randwrite'] as const) {
@@ -183,7 +188,7 @@ async function main(): Promise<void> {
     raid1_seqwrite_vs_rust_loop: raidRatio('TypeScript RAID1', RUST_LOOP_ONE_FILE, '1M seq write QD4'),
   })
 
-  Object.assign(ratios, zeroCopy.ratios)
+  Object.assign(ratios, zeroCopy.ratios, batchIo?.ratios)
 
   const names = systems.map((s) => s.name)
   console.log(`\n4 KiB random IO, fio io_uring direct, ${runtime} s per point, kernel ${release()}; IOPS`)
@@ -216,11 +221,13 @@ async function main(): Promise<void> {
     }
     console.log([name.padEnd(22), ...zcSystems.flatMap((n) => [cell(n, true), cell(n, false)])].join(''))
   }
+  console.log(`\nBatch IO vs one command per IO, copy path, 1 queue, depth ${DEPTH}, 4k randread QD32; IOPS`)
+  for (const p of batchIo?.points ?? []) console.log(`  ${p.system.padEnd(18)} ${p.batchIo ? 'batch IO' : 'per-IO  '} ${fmt(p.iops)}`)
   console.log('\nratios (4k randread, QD32, 1 queue, unless named; *_zc_vs_copy: 128k randwrite QD8):')
   for (const [k, v] of Object.entries(ratios)) console.log(`  ${k.padEnd(26)} ${v ?? '-'}`)
   for (const f of failures) console.log(`failed: ${f}`)
 
-  const result = { kernel: release(), depth: DEPTH, runtime, points, raid1, zeroCopy: zeroCopy.points, ratios, failures }
+  const result = { kernel: release(), depth: DEPTH, runtime, points, raid1, zeroCopy: zeroCopy.points, batchIo: batchIo?.points ?? [], ratios, failures }
   if (opts.out) writeFileSync(opts.out, JSON.stringify(result, null, 2) + '\n')
 }
 

@@ -59,6 +59,7 @@ interface AddOptions {
   blockSize: number
   ts?: boolean
   zeroCopy: boolean
+  batchIo?: boolean
   recovery: Recovery
   filter: Filter[]
   metrics?: number
@@ -81,7 +82,7 @@ async function add(kind: string, opts: AddOptions): Promise<void> {
   let size = opts.size
   if (size === undefined && opts.path) size = (await import('node:fs')).statSync(opts.path).size
   if (size === undefined) throw new UblkError('EINVAL', 'give the device a --size')
-  const geometry = { size, queues: opts.queues, depth: opts.depth, logicalBlockSize: opts.blockSize, zeroCopy: opts.zeroCopy }
+  const geometry = { size, queues: opts.queues, depth: opts.depth, logicalBlockSize: opts.blockSize, zeroCopy: opts.zeroCopy, batchIo: opts.batchIo === true }
   const served: Device[] = []
   const metrics = await serveMetrics(opts.metrics, served)
   const dev = await createDevice({ ...geometry, ...target, recovery: opts.recovery })
@@ -148,6 +149,7 @@ export function program(): Command {
     .option('--ts', 'serve with the TypeScript target instead of the Rust one')
     .option('-f, --filter <name[:key=value,...]>', 'with --ts: stack a filter over the target (repeatable; the first is outermost)', collectFilter, [])
     .option('--no-zero-copy', 'copy IO data through user space even where the kernel has zero copy')
+    .option('--batch-io', 'on the copy path, fetch and commit IOs many per command where the kernel has UBLK_F_BATCH_IO')
     .option('--recovery <mode>', "when this process dies: none (the device dies too) or reissue (it waits for 'ublk-ts recover')", parseRecovery, 'none')
     .addOption(metricsPortOption())
     .action(add)

@@ -42,6 +42,15 @@ export interface DeviceOptions {
    */
   zeroCopy?: boolean
   /**
+   * Fetch and commit IOs many per command (`UBLK_F_BATCH_IO`, Linux 7.0)
+   * instead of one command per IO, where the kernel has it and the device
+   * runs the copy path (zero copy wins where both could run: libublk's
+   * batch transport does not take it). Default false. `info().batchIo`
+   * says which the device runs. A batch IO device cannot be handed over
+   * in place (`handOver()` is EOPNOTSUPP); abandon and exit works.
+   */
+  batchIo?: boolean
+  /**
    * What the device does when this process dies (kill -9, a crash, OOM):
    * 'none' (default) and it dies too; 'reissue' and it waits, holding its
    * IO, for a new process to take it over with `recoverDevice(id)`: the
@@ -388,6 +397,7 @@ export async function recoverDevice(id: number, options: RecoverOptions): Promis
       depth: info.depth,
       maxIoBytes: info.maxIoBytes,
       zeroCopy: info.zeroCopy,
+      batchIo: info.batchIo,
       recovery: info.recovery as Recovery,
     }
     installProcessHooks()

@@ -14,7 +14,7 @@ import type { Target } from './target.js'
 /** Serves `dev` until Ctrl-C, SIGTERM, a hand-over or its deletion elsewhere, then stops it. */
 export async function serveUntilSignal(dev: Device, what: string): Promise<void> {
   const info = await dev.info()
-  const path = info.zeroCopy ? 'zero copy' : 'copy path'
+  const path = info.zeroCopy ? 'zero copy' : info.batchIo ? 'copy path, batch IO' : 'copy path'
   const recovery = info.recovery === 'none' ? '' : `, recovery ${info.recovery}`
   console.log(`serving ${dev.path} (${what}, ${path}${recovery}); Ctrl-C or SIGTERM to stop`)
   const how = await untilStopOrHandOver(dev)

@@ -1,9 +1,10 @@
-// Zero copy (UBLK_F_AUTO_BUF_REG) and its fallback, on a real kernel: the
-// Rust loop, the TypeScript loop and the RAID1 each verify with fio in
-// zero copy where the running kernel has it and on the copy path when
-// forced to it; where the kernel lacks it, asking for zero copy falls back
-// to the copy path. The device info names the path, and agrees with the
-// flags the kernel reports for the device.
+// Zero copy (UBLK_F_AUTO_BUF_REG), batch IO (UBLK_F_BATCH_IO) and their
+// fallbacks, on a real kernel: the Rust loop, the TypeScript loop and the
+// RAID1 each verify with fio in zero copy where the running kernel has it,
+// on the copy path when forced to it, and on the copy path with batch IO
+// where the kernel has it; where the kernel lacks one, asking for it falls
+// back to one command per IO on the copy path. The device info names the
+// path, and agrees with the flags the kernel reports for the device.
 import { unlinkSync } from 'node:fs'
 
 import test, { type ExecutionContext } from 'ava'
@@ -22,32 +23,45 @@ const SIZE = 16 * MiB
 
 test.before(() => requireUblk())
 
-/** Whether the running kernel has AUTO_BUF_REG, known before the tests are declared. */
-const kernelZeroCopy = ((): boolean => {
+/** Whether the running kernel has a feature, known before the tests are declared. */
+function kernelHas(name: string): boolean {
   try {
-    return binding.kernelFeatures().names.includes('auto_buf_reg')
+    return binding.kernelFeatures().names.includes(name)
   } catch {
     return false // no ublk here: requireUblk() says so
   }
-})()
+}
+const kernelZeroCopy = kernelHas('auto_buf_reg')
+const kernelBatchIo = kernelHas('batch_io')
+
+/** What a device is asked to run. */
+interface PathOptions {
+  zeroCopy: boolean
+  batchIo: boolean
+}
 
 /** The path a device must run, and the kernel's own flags say the same. */
-async function expectPath(t: ExecutionContext, dev: Device, zeroCopy: boolean): Promise<void> {
+async function expectPath(t: ExecutionContext, dev: Device, asked: PathOptions): Promise<void> {
   const info = await dev.info()
-  const expected = zeroCopy && kernelZeroCopy
-  t.is(info.zeroCopy, expected, `runs ${expected ? 'zero copy' : 'the copy path'}`)
-  t.is(info.flags.includes('auto_buf_reg'), expected, 'as the kernel reports the device')
+  const zeroCopy = asked.zeroCopy && kernelZeroCopy
+  const batchIo = asked.batchIo && !zeroCopy && kernelBatchIo
+  t.is(info.zeroCopy, zeroCopy, `runs ${zeroCopy ? 'zero copy' : 'the copy path'}`)
+  t.is(info.batchIo, batchIo, `runs ${batchIo ? 'batch IO' : 'one command per IO'}`)
+  t.is(info.flags.includes('auto_buf_reg'), zeroCopy, 'as the kernel reports the device')
+  t.is(info.flags.includes('batch_io'), batchIo, 'as the kernel reports the device')
 }
 
 /**
- * Declares `body` for zero copy asked and for the copy path forced. Where
- * the kernel has no zero copy the two are the same path: the forced one is
- * skipped, and reported so.
+ * Declares `body` for zero copy asked, for the copy path forced, and for
+ * the copy path with batch IO asked. Where the kernel has no zero copy the
+ * first two are the same path: the forced one is skipped, and reported so.
+ * Where it has no batch IO, asking for it must fall back: that one runs.
  */
-function bothPaths(name: string, body: (t: ExecutionContext, zeroCopy: boolean) => Promise<void>): void {
-  test.serial(`${name}, zero copy where the kernel has it`, (t) => body(t, true))
+function eachPath(name: string, body: (t: ExecutionContext, asked: PathOptions) => Promise<void>): void {
+  test.serial(`${name}, zero copy where the kernel has it`, (t) => body(t, { zeroCopy: true, batchIo: false }))
   const forced = kernelZeroCopy ? test.serial : test.skip
-  forced(`${name}, copy path forced`, (t) => body(t, false))
+  forced(`${name}, copy path forced`, (t) => body(t, { zeroCopy: false, batchIo: false }))
+  test.serial(`${name}, copy path with batch IO where the kernel has it`, (t) => body(t, { zeroCopy: false, batchIo: true }))
 }
 
 const jobs = [
@@ -59,12 +73,13 @@ for (const [name, target] of [
   ['Rust loop', (_file: string) => 'loop' as const],
   ['TypeScript loop', (file: string) => loopTarget(file)],
 ] as const) {
-  bothPaths(`${name}: fio verify, the file equals the device`, async (t, zeroCopy) => {
+  eachPath(`${name}: fio verify, the file equals the device`, async (t, asked) => {
     const file = scratchFile(`zc-${name.replace(' ', '-')}`, SIZE)
-    // Two queues: each queue thread registers its own IOs' pages.
-    const dev = await createDevice({ target: target(file), path: file, size: SIZE, queues: 2, zeroCopy })
+    // Two queues: each queue thread registers its own IOs' pages, or runs
+    // its own batch transport.
+    const dev = await createDevice({ target: target(file), path: file, size: SIZE, queues: 2, ...asked })
     try {
-      await expectPath(t, dev, zeroCopy)
+      await expectPath(t, dev, asked)
       for (const job of jobs) {
         const r = await verifyAgainstFile(t, dev.path, file, job)
         t.true(r.writeIos > 0 && r.readIos > 0, `${job.bs}`)
@@ -76,11 +91,11 @@ for (const [name, target] of [
   })
 }
 
-bothPaths('RAID1: fio verify through the mirror, members identical', async (t, zeroCopy) => {
+eachPath('RAID1: fio verify through the mirror, members identical', async (t, asked) => {
   const [a, b] = [0, 1].map((i) => scratchFile(`zc-raid1-${i}`, SIZE + MiB))
-  const md = await createRaid1({ members: [a!, b!], chunkSize: '64k', depth: 64, zeroCopy })
+  const md = await createRaid1({ members: [a!, b!], chunkSize: '64k', depth: 64, ...asked })
   try {
-    await expectPath(t, md.device, zeroCopy)
+    await expectPath(t, md.device, asked)
     for (const job of jobs) {
       const r = await fio(md.path, { ...job, verify: 'crc32c' })
       t.is(r.errors, 0, `${job.bs}`)
@@ -111,7 +126,7 @@ test.serial('a zeroCopy target: io.buffer throws EOPNOTSUPP, a write from a read
   }
   const dev = await createDevice({ target: touchy, size: SIZE })
   try {
-    await expectPath(t, dev, true)
+    await expectPath(t, dev, { zeroCopy: true, batchIo: false })
     const bad = await sh('dd', [`if=${dev.path}`, 'of=/dev/null', 'bs=4k', 'count=1', 'iflag=direct'])
     t.not(bad.code, 0)
     t.regex(bad.stderr, /Operation not supported/)

@@ -17,7 +17,7 @@ import {
 import type { ResyncProgress, ResyncSpeed } from './resync.js'
 import { layoutFor, MAX_MEMBERS, newSuperblock, type SlotState, type Superblock } from './superblock.js'
 
-type DeviceGeometry = Pick<DeviceOptions, 'id' | 'queues' | 'depth' | 'maxIoBytes' | 'logicalBlockSize' | 'ioTimeoutMs' | 'zeroCopy' | 'recovery'>
+type DeviceGeometry = Pick<DeviceOptions, 'id' | 'queues' | 'depth' | 'maxIoBytes' | 'logicalBlockSize' | 'ioTimeoutMs' | 'zeroCopy' | 'batchIo' | 'recovery'>
 
 export interface AssembleRaid1Options extends DeviceGeometry {
   /** Member files or block devices (2..8 for a new array). */
@@ -451,7 +451,7 @@ function recoverArrayDevice(claim: RecoveryClaim, mirror: Mirror, ioTimeoutMs: n
 }
 
 function pickGeometry(o: Record<string, unknown>): DeviceGeometry {
-  const { id, queues, depth, maxIoBytes, logicalBlockSize, ioTimeoutMs, zeroCopy, recovery } = o as DeviceGeometry
+  const { id, queues, depth, maxIoBytes, logicalBlockSize, ioTimeoutMs, zeroCopy, batchIo, recovery } = o as DeviceGeometry
   const out: DeviceGeometry = {}
   if (id !== undefined) out.id = id
   if (queues !== undefined) out.queues = queues
@@ -460,6 +460,7 @@ function pickGeometry(o: Record<string, unknown>): DeviceGeometry {
   if (logicalBlockSize !== undefined) out.logicalBlockSize = logicalBlockSize
   if (ioTimeoutMs !== undefined) out.ioTimeoutMs = ioTimeoutMs
   if (zeroCopy !== undefined) out.zeroCopy = zeroCopy
+  if (batchIo !== undefined) out.batchIo = batchIo
   if (recovery !== undefined) out.recovery = recovery
   return out
 }

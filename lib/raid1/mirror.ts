@@ -1,7 +1,6 @@
 // The RAID1 target: every write goes to every member after its chunks'
 // write-intent bits are on disk; reads go to one member in sync and fall
 // back to the others on error, repairing the member that failed.
-import { setTimeout as sleep } from 'node:timers/promises'
 import { UblkError } from '../errors.js'
 import {
   FALLOC_FL_KEEP_SIZE,
@@ -13,9 +12,9 @@ import {
   type StagingBuffer,
   type Target,
   type TargetContext,
-  type WriteGate,
 } from '../target.js'
 import { WriteIntentBitmap, type Extent } from './bitmap.js'
+import { OpenChunks } from './open-chunks.js'
 import { Resync, type ResyncKind, type ResyncProgress, type ResyncSpeed } from './resync.js'
 import { BITMAP_OFFSET, encodeSuperblock, SUPERBLOCK_BYTES, type SlotState, type Superblock } from './superblock.js'
 
@@ -84,11 +83,7 @@ export class Mirror implements Target {
   #ctx!: TargetContext
   #bitmap!: WriteIntentBitmap
   /** Chunks whose bits are durable, which the queue threads write without us. */
-  #gate: WriteGate | undefined
-  /** Which chunks are open in the gate. */
-  #open = new Uint8Array(0)
-  /** Routed writes that failed and reached `write`. */
-  #routedFailuresSeen = 0
+  #openChunks: OpenChunks | undefined
   readonly #bitmapEnabled: boolean
   readonly #initialBits: Uint8Array | undefined
   #bitmapMemory?: StagingBuffer
@@ -133,8 +128,7 @@ export class Mirror implements Target {
 
   async open(ctx: TargetContext): Promise<void> {
     this.#ctx = ctx
-    this.#gate = ctx.writeGate(this.sb.chunkSize)
-    this.#open = new Uint8Array(this.#gate.chunks)
+    this.#openChunks = new OpenChunks(ctx.writeGate(this.sb.chunkSize))
     for (const m of this.members) if (m.state !== 'faulty') await this.#attach(m)
     this.#bitmapMemory = ctx.allocBuffer(this.sb.bitmapBytes)
     if (this.#initialBits) this.#bitmapMemory.bytes.set(this.#initialBits.subarray(0, this.sb.bitmapBytes))
@@ -143,8 +137,9 @@ export class Mirror implements Target {
     })
     if (!this.#bitmapEnabled) this.#bitmap.persistent = false
     this.#bitmap.keepBits = () => this.degraded || this.#resync !== undefined || this.#needsDirtyResync || this.#cancelledWrites
-    this.#bitmap.takeRoutedWrites = () => this.#gate!.takeTouched()
-    this.#bitmap.closeForClearing = (chunk) => this.#closeIfIdle(chunk)
+    const open = this.#openChunks
+    this.#bitmap.takeRoutedWrites = () => open.takeTouched()
+    this.#bitmap.closeForClearing = (chunk) => open.closeIfIdle(chunk)
     this.#copyBuffer = ctx.allocBuffer(Math.min(this.sb.chunkSize, COPY_PIECE))
     this.#sweeper = setInterval(() => this.#bitmap.sweep(), this.#clearDelayMs)
     this.#sweeper.unref()
@@ -171,7 +166,7 @@ export class Mirror implements Target {
    */
   write(io: Io): void {
     this.#foreground++
-    if (io.failedWrite) this.#routedFailuresSeen++
+    if (io.failedWrite) this.#openChunks?.sawFailure()
     const targets = this.#writable
     if (targets.length === 0) throw new UblkError('EIO', 'write: no member to take it')
     const wasActive = targets.map((m) => m.state === 'active')
@@ -216,7 +211,7 @@ export class Mirror implements Target {
     this.#route()
     // A routed write that failed while the device stopped never reached
     // `write`: its members may differ, so the stop is not recorded clean.
-    if ((this.#gate?.failures() ?? 0) > this.#routedFailuresSeen) this.#cancelledWrites = true
+    if (this.#openChunks?.failureUnseen) this.#cancelledWrites = true
     this.#resync?.abort()
     if (this.#sweeper) clearInterval(this.#sweeper)
     await this.#resyncRunning
@@ -287,7 +282,7 @@ export class Mirror implements Target {
     if (readers.length === 0 || this.#closing) this.#ctx.routeReads(undefined)
     else this.#ctx.routeReads({ files: readers.map((m) => m.file!), fileOffset: this.sb.dataOffset, stripeBytes: READ_STRIPE })
     const writers = this.#writable
-    if (writers.length === 0 || this.#closing || !this.#gate) this.#ctx.routeWrites(undefined)
+    if (writers.length === 0 || this.#closing || !this.#openChunks) this.#ctx.routeWrites(undefined)
     else this.#ctx.routeWrites({ files: writers.map((m) => m.file!), fileOffset: this.sb.dataOffset, gated: true })
   }
 
@@ -409,42 +404,20 @@ export class Mirror implements Target {
     this.#marked.set(ios, extents)
     const durable = this.#bitmap.mark(extents)
     if (!durable) {
-      this.#openChunks(extents)
+      this.#openChunksOf(extents)
       return undefined
     }
-    return durable.then(() => this.#openChunks(extents))
+    return durable.then(() => this.#openChunksOf(extents))
   }
 
   /** Opens the extents' chunks in the gate, all but those a resync or repair holds. */
-  #openChunks(extents: Extent[]): void {
-    const gate = this.#gate
-    if (!gate) return
+  #openChunksOf(extents: Extent[]): void {
+    const open = this.#openChunks
+    if (!open) return
     for (const e of extents) {
       const [first, last] = this.#bitmap.chunksOf(e)
-      for (let c = first; c <= last; c++) {
-        if (this.#open[c] || this.#locks.has(c)) continue
-        gate.open(c)
-        this.#open[c] = 1
-      }
+      open.open(first, last, (c) => this.#locks.has(c))
     }
-  }
-
-  /** The sweeper's question before it clears a chunk's bit: closed, with no routed write in it? */
-  #closeIfIdle(chunk: number): boolean {
-    if (!this.#open[chunk]) return true
-    if (!this.#gate!.closeIfIdle(chunk)) return false
-    this.#open[chunk] = 0
-    return true
-  }
-
-  /** Closes a chunk in the gate and waits for the routed writes in it. */
-  async #closeAndDrain(chunk: number): Promise<void> {
-    const gate = this.#gate
-    if (!gate || !this.#open[chunk]) return
-    this.#open[chunk] = 0
-    // Routed writes finish on their own within a few milliseconds; they
-    // tell nobody, so this looks until none is left.
-    for (let inFlight = gate.close(chunk); inFlight > 0; inFlight = gate.inFlight(chunk)) await sleep(1)
   }
 
   /**
@@ -478,7 +451,7 @@ export class Mirror implements Target {
     for (let held = this.#locks.get(chunk); held; held = this.#locks.get(chunk)) await held
     let release!: () => void
     this.#locks.set(chunk, new Promise<void>((resolve) => (release = resolve)))
-    await this.#closeAndDrain(chunk)
+    await this.#openChunks?.closeAndDrain(chunk)
     await this.#bitmap.whenIdle(chunk)
     return () => {
       this.#locks.delete(chunk)

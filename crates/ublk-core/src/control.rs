@@ -89,6 +89,12 @@ impl DeviceInfo {
         self.flags & libublk::sys::UBLK_F_AUTO_BUF_REG as u64 != 0
     }
 
+    /// Whether IOs are fetched and committed many per command
+    /// (`UBLK_F_BATCH_IO`) or one per IO.
+    pub fn batch_io(&self) -> bool {
+        self.flags & libublk::sys::UBLK_F_BATCH_IO as u64 != 0
+    }
+
     /// What happens to the device when its server dies.
     pub fn recovery(&self) -> Recovery {
         Recovery::of_flags(self.flags)
@@ -106,6 +112,7 @@ impl DeviceInfo {
             max_io_bytes: self.max_io_bytes,
             io_delay: None,
             zero_copy: self.zero_copy(),
+            batch_io: self.batch_io(),
             recovery: self.recovery(),
         }
     }

@@ -305,6 +305,16 @@ impl Inner {
                 ),
             ));
         }
+        if flags & libublk::sys::UBLK_F_BATCH_IO as u64 != 0 {
+            // The queue's wait for its last commits is per-IO commands' only.
+            return Err(Error::new(
+                libc::EOPNOTSUPP,
+                format!(
+                    "ublk device {} runs batch IO, which this hand-over does not serve yet; abandon it and exit instead",
+                    self.id
+                ),
+            ));
+        }
         let claim = recovery::hold_for_hand_over(self.id)?;
         for control in &run.controls {
             control.quiescing();
@@ -438,20 +448,34 @@ pub fn stop_all_served() {
 }
 
 /// The `UBLK_F_*` flags a device is added with: what its target and its
-/// recovery mode need, and zero copy where the options, the target and the
+/// recovery mode need, zero copy where the options, the target and the
 /// running kernel (as `GET_FEATURES` reports it, not its version) all
-/// allow it.
+/// allow it, and else batch IO where the options and the kernel allow it.
 fn ctrl_flags(opts: &DeviceOptions, runtime: &dyn Serve) -> Result<u64> {
-    let auto_buf_reg = libublk::sys::UBLK_F_AUTO_BUF_REG as u64;
     let kernel_mask = crate::control::kernel_features().ok().map(|f| f.mask);
-    let mut flags = runtime.ctrl_flags() | recovery::ctrl_flags(opts.recovery, kernel_mask)?;
-    if opts.zero_copy
-        && runtime.capabilities().zero_copy
-        && kernel_mask.is_some_and(|mask| mask & auto_buf_reg != 0)
-    {
-        flags |= auto_buf_reg;
+    let flags = runtime.ctrl_flags() | recovery::ctrl_flags(opts.recovery, kernel_mask)?;
+    Ok(flags | transport_flags(opts, runtime.capabilities().zero_copy, flags, kernel_mask))
+}
+
+/// How IO data and commands travel: zero copy, else batch IO, else one
+/// command per IO on the copy path.
+fn transport_flags(
+    opts: &DeviceOptions,
+    target_zero_copy: bool,
+    flags: u64,
+    kernel_mask: Option<u64>,
+) -> u64 {
+    use libublk::sys::{UBLK_F_AUTO_BUF_REG, UBLK_F_BATCH_IO, UBLK_F_USER_COPY, UBLK_F_ZONED};
+    let has = |flag: u32| kernel_mask.is_some_and(|mask| mask & flag as u64 != 0);
+    if opts.zero_copy && target_zero_copy && has(UBLK_F_AUTO_BUF_REG) {
+        return UBLK_F_AUTO_BUF_REG as u64;
     }
-    Ok(flags)
+    // libublk's batch transport serves neither of these.
+    let batch_excludes = (UBLK_F_USER_COPY | UBLK_F_ZONED) as u64;
+    if opts.batch_io && has(UBLK_F_BATCH_IO) && flags & batch_excludes == 0 {
+        return UBLK_F_BATCH_IO as u64;
+    }
+    0
 }
 
 /// Whether a device is being added, or taken over from a dead server.
@@ -670,5 +694,50 @@ mod tests {
         assert_eq!(queue_of_thread(&queue_thread_name(12, 3)), Some((12, 3)));
         assert_eq!(queue_of_thread("main"), None);
         assert_eq!(queue_of_thread("ublkx-q1"), None);
+    }
+
+    #[test]
+    fn zero_copy_wins_then_batch_io_then_one_command_per_io() {
+        use libublk::sys::{UBLK_F_AUTO_BUF_REG, UBLK_F_BATCH_IO, UBLK_F_USER_COPY};
+        let (zc, batch) = (UBLK_F_AUTO_BUF_REG as u64, UBLK_F_BATCH_IO as u64);
+        let both = Some(zc | batch);
+        let opts = |zero_copy, batch_io| DeviceOptions {
+            zero_copy,
+            batch_io,
+            ..DeviceOptions::default()
+        };
+        assert_eq!(transport_flags(&opts(true, true), true, 0, both), zc);
+        assert_eq!(transport_flags(&opts(false, true), true, 0, both), batch);
+        assert_eq!(
+            transport_flags(&opts(true, true), false, 0, both),
+            batch,
+            "a target that touches data"
+        );
+        assert_eq!(
+            transport_flags(&opts(true, false), false, 0, both),
+            0,
+            "batch IO is asked for"
+        );
+        assert_eq!(
+            transport_flags(&opts(true, true), true, 0, Some(batch)),
+            batch,
+            "no zero copy in this kernel"
+        );
+        assert_eq!(
+            transport_flags(&opts(false, true), true, 0, Some(zc)),
+            0,
+            "6.x: no batch IO"
+        );
+        assert_eq!(
+            transport_flags(&opts(false, true), true, 0, None),
+            0,
+            "features unknown"
+        );
+        let user_copy = UBLK_F_USER_COPY as u64;
+        assert_eq!(
+            transport_flags(&opts(false, true), true, user_copy, both),
+            0,
+            "libublk's batch transport refuses user copy"
+        );
     }
 }

@@ -36,6 +36,11 @@ pub struct DeviceOptions {
     /// the target allows it ([`crate::Capabilities::zero_copy`]); `false`
     /// keeps the copy path.
     pub zero_copy: bool,
+    /// Fetch and commit IOs many per command (`UBLK_F_BATCH_IO`) when the
+    /// kernel has it and the device runs the copy path (libublk's batch
+    /// transport does not take zero copy, which wins where both could
+    /// run); `false`, the default, keeps one command per IO.
+    pub batch_io: bool,
     /// What happens when the serving process dies: by default the device
     /// dies with it; with [`Recovery::Reissue`] it waits for a new process
     /// to take it over ([`crate::Device::recover`]).
@@ -114,6 +119,7 @@ impl Default for DeviceOptions {
             max_io_bytes: 512 << 10,
             io_delay: None,
             zero_copy: true,
+            batch_io: false,
             recovery: Recovery::None,
         }
     }

@@ -193,6 +193,7 @@ pub(crate) fn take_over(
     let known = (sys::UBLK_F_USER_RECOVERY
         | sys::UBLK_F_USER_RECOVERY_REISSUE
         | sys::UBLK_F_AUTO_BUF_REG
+        | sys::UBLK_F_BATCH_IO
         | sys::UBLK_F_QUIESCE) as u64;
     let ctrl = UblkCtrlBuilder::default()
         .name(runtime.kind())

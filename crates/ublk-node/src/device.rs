@@ -45,6 +45,9 @@ pub struct NativeDeviceOptions {
     /// Run zero copy where the kernel and the target allow it (default);
     /// false keeps the copy path.
     pub zero_copy: Option<bool>,
+    /// Fetch and commit IOs many per command (`UBLK_F_BATCH_IO`) where
+    /// the kernel has it and the device runs the copy path; default false.
+    pub batch_io: Option<bool>,
     /// When the serving process dies: "none" (default: the device dies
     /// too) or "reissue" (it waits for a new process to recover it, and
     /// the IOs the dead one held are reissued).
@@ -77,6 +80,7 @@ pub fn core_options(opts: &NativeDeviceOptions) -> ublk_core::Result<ublk_core::
             .transpose()?
             .unwrap_or(defaults.max_io_bytes),
         zero_copy: opts.zero_copy.unwrap_or(defaults.zero_copy),
+        batch_io: opts.batch_io.unwrap_or(defaults.batch_io),
         recovery: opts
             .recovery
             .as_deref()

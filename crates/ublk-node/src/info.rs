@@ -23,6 +23,9 @@ pub struct DeviceInfo {
     /// IO data stays in the kernel (`UBLK_F_AUTO_BUF_REG`); false: it is
     /// copied to and from the server's buffers.
     pub zero_copy: bool,
+    /// IOs are fetched and committed many per command (`UBLK_F_BATCH_IO`);
+    /// false: one command per IO.
+    pub batch_io: bool,
     /// What the device does when its server dies: "none" (it dies too) or
     /// "reissue" (it waits for a new server, `recoverDevice`).
     pub recovery: String,
@@ -54,6 +57,7 @@ impl From<ublk_core::DeviceInfo> for DeviceInfo {
             flags: info.flag_names(),
             flags_mask: BigInt::from(info.flags),
             zero_copy: info.zero_copy(),
+            batch_io: info.batch_io(),
             recovery: info.recovery().name().to_string(),
             server_pid: info.server_pid,
             server_alive: info.server_alive,

@@ -3,6 +3,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -115,6 +116,16 @@ pub struct IoBuffers {
     bufs: Vec<IoBuf<u8>>,
     bytes: usize,
     depth: u16,
+    /// The memory was freed by whoever its aliases were given to.
+    disowned: AtomicBool,
+}
+
+impl Drop for IoBuffers {
+    fn drop(&mut self) {
+        if self.disowned.load(Ordering::SeqCst) {
+            std::mem::forget(std::mem::take(&mut self.bufs));
+        }
+    }
 }
 
 impl IoBuffers {
@@ -123,6 +134,7 @@ impl IoBuffers {
             bufs: (0..depth).map(|_| IoBuf::new(bytes as usize)).collect(),
             bytes: bytes as usize,
             depth,
+            disowned: AtomicBool::new(false),
         })
     }
 
@@ -132,6 +144,7 @@ impl IoBuffers {
             bufs: Vec::new(),
             bytes: bytes as usize,
             depth,
+            disowned: AtomicBool::new(false),
         })
     }
 
@@ -150,6 +163,26 @@ impl IoBuffers {
 
     pub(crate) fn io_buf(&self, tag: u16) -> Option<&IoBuf<u8>> {
         self.bufs.get(tag as usize)
+    }
+
+    /// Second owners of the buffers, for an API that must own them.
+    ///
+    /// # Safety
+    /// At most one of the two owners may ever free the memory: the aliases
+    /// must never be dropped, unless [`IoBuffers::disown`] is called once
+    /// they were, before anything reads the memory again.
+    pub(crate) unsafe fn aliases(&self) -> Vec<IoBuf<u8>> {
+        // SAFETY: a bitwise copy of each buffer's pointer, size and mlock
+        // flag; the caller keeps the two sets from both freeing it.
+        self.bufs
+            .iter()
+            .map(|b| unsafe { std::ptr::read(b) })
+            .collect()
+    }
+
+    /// The aliases freed the memory: these buffers must not free it again.
+    pub(crate) fn disown(&self) {
+        self.disowned.store(true, Ordering::SeqCst);
     }
 
     pub fn bytes(&self) -> usize {

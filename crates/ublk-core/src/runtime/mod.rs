@@ -9,7 +9,9 @@
 //! runtime (JavaScript) is an adapter of the same trait
 //! ([`crate::bridge::BridgeTarget`]).
 
+mod answer;
 mod batch;
+mod batch_io;
 mod eventfd;
 mod io;
 pub mod ops;

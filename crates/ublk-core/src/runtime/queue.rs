@@ -15,15 +15,15 @@ use libublk::uring_async::{
 use libublk::{sys, BufDesc, UblkError};
 use smol::LocalExecutor;
 
+use super::answer::{answer_io, DelayRng};
 use super::batch::Batches;
+use super::batch_io::BatchIo;
 use super::eventfd::EventFd;
-use super::io::{Io, IoBuffers, IoDesc, Lends};
+use super::io::{IoBuffers, IoDesc, Lends};
 use super::{ops, QueueArgs, QueueContext, Spawner, Target};
 use crate::error::{Error, Result};
 use crate::stats::QueueCounters;
 
-/// Largest errno the kernel uses; a result below its negative is no errno.
-const MAX_ERRNO: i32 = 4095;
 /// How long the ring sleeps without any event before it counts as idle.
 const IDLE: Duration = Duration::from_secs(20);
 /// How long a queue that went down waits for its backend operations.
@@ -107,19 +107,21 @@ impl QueueControl {
 }
 
 /// What every task of one queue shares.
-struct QueueRun<'a, T: Target> {
-    queue: &'a UblkQueue<'a>,
-    target: &'a T,
-    state: &'a T::Queue,
-    buffers: &'a Arc<IoBuffers>,
-    lends: Vec<Rc<Lends>>,
-    batches: Batches,
-    io_delay: Option<Duration>,
-    stats: &'a QueueCounters,
+pub(crate) struct QueueRun<'a, T: Target> {
+    pub queue: &'a UblkQueue<'a>,
+    pub target: &'a T,
+    pub state: &'a T::Queue,
+    pub buffers: &'a Arc<IoBuffers>,
+    pub lends: Vec<Rc<Lends>>,
+    pub batches: Batches,
+    pub io_delay: Option<Duration>,
+    pub stats: &'a QueueCounters,
     /// When each tag's IO arrived: the reap that brought it.
-    arrivals: Vec<Cell<Instant>>,
+    pub arrivals: Vec<Cell<Instant>>,
     /// Per tag: its IO is committed and the tag waits for the next one.
     committed: Vec<Cell<bool>>,
+    /// The batch transport, where the device has `UBLK_F_BATCH_IO`.
+    batch_io: Option<BatchIo<'a, 'a>>,
 }
 
 pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
@@ -133,12 +135,24 @@ pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
     } = args;
     // Device start waits until every queue has fetched; a queue that fails
     // before that must still report in, or start would wait forever.
+    // (The batch transport reports in itself once set up.)
+    let reported = Cell::new(false);
     let report_failure = |e: Error| {
-        dev.notify_buffer_registration_complete(true);
+        if !reported.get() {
+            dev.notify_buffer_registration_complete(true);
+        }
         e
     };
     let queue = UblkQueue::new(qid, dev)
         .map_err(|e| report_failure(Error::from_ublk(format!("create queue {qid}"), e)))?;
+    // Before anything else reaches the ring: the batch transport's setup
+    // waits for its own completions, and would set any other one aside.
+    // A failed setup has reported the queue's failure itself.
+    let batch_io = match dev.dev_info.flags & sys::UBLK_F_BATCH_IO as u64 {
+        0 => None,
+        _ => Some(BatchIo::start(&queue, buffers)?),
+    };
+    reported.set(batch_io.is_some());
     let spawner = Spawner::default();
     let ctx = QueueContext {
         qid,
@@ -163,6 +177,7 @@ pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
             .map(|_| Cell::new(Instant::now()))
             .collect(),
         committed: (0..buffers.depth()).map(|_| Cell::new(false)).collect(),
+        batch_io,
     };
     // One clock read per reap: the arrival time of every IO it brings.
     let reaped_at = Cell::new(Instant::now());
@@ -190,22 +205,37 @@ pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
             }
         }
         target.after_reap(&state);
+        if let Some(batch_io) = &run.batch_io {
+            batch_io.flush();
+        }
+    };
+    let arrived = |tag: u16| {
+        run.batches.note(tag, IoDesc::decode(queue.get_iod(tag)));
+        if let Some(arrival) = run.arrivals.get(tag as usize) {
+            arrival.set(reaped_at.get());
+        }
     };
     let on_cqe = |cqe: &io_uring::cqueue::Entry| {
         let user_data = cqe.user_data();
+        if run.batch_io.as_ref().is_some_and(|b| b.defer(cqe)) {
+            return;
+        }
         if ops::is_op(user_data) {
             ublk_wake_task(user_data, cqe);
             ops::completed(user_data);
             return;
         }
         if cqe.result() == sys::UBLK_IO_RES_OK as i32 {
-            let tag = (user_data & 0xffff) as u16;
-            run.batches.note(tag, IoDesc::decode(queue.get_iod(tag)));
-            if let Some(arrival) = run.arrivals.get(tag as usize) {
-                arrival.set(reaped_at.get());
-            }
+            arrived((user_data & 0xffff) as u16);
         }
         ublk_wake_task(user_data, cqe);
+    };
+    // The batch transport's completions, taken once the ring is free again:
+    // handling them submits commands.
+    let take_deferred = || {
+        if let Some(batch_io) = &run.batch_io {
+            batch_io.take_deferred(arrived);
+        }
     };
     let aborted = Cell::new(false);
     // Quiesced, a tag is done once its task ended (its fetch command was
@@ -239,13 +269,14 @@ pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
     };
     let reap = |timed_out| {
         reaped_at.set(Instant::now());
-        if control.is_quiescing() {
+        let reaped = if control.is_quiescing() {
             // Reaped without libublk's queue state (see `quiescing`).
-            return libublk::io::with_task_io_ring_mut(|ring| {
-                ublk_reap_events_with_handler(ring, on_cqe)
-            });
-        }
-        ublk_reap_io_events_with_update_queue(&queue, timed_out, None, on_cqe)
+            libublk::io::with_task_io_ring_mut(|ring| ublk_reap_events_with_handler(ring, on_cqe))
+        } else {
+            ublk_reap_io_events_with_update_queue(&queue, timed_out, None, on_cqe)
+        };
+        take_deferred();
+        reaped
     };
     let done = || aborted.get() || tasks.iter().all(|t| t.is_finished()) || quiesce_done();
     let outcome = smol::block_on(exe.run(libublk::run_uring_tasks(poll, reap, tick, done)));
@@ -265,16 +296,22 @@ pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
     let control_cancel = ops::cancel(control_read.user_data());
     drop(control_read);
     let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while ops::in_flight() > 0 && Instant::now() < deadline {
+    // A failed start never fetched: the batch transport has nothing to give back.
+    let batch_io_busy = || !aborted.get() && run.batch_io.as_ref().is_some_and(|b| !b.shut_down());
+    while (ops::in_flight() > 0 || batch_io_busy()) && Instant::now() < deadline {
         let ts = types::Timespec::from(Duration::from_millis(100));
         let _ = libublk::io::with_task_io_ring_mut(|ring| {
             ring.submitter()
                 .submit_with_args(1, &types::SubmitArgs::new().timespec(&ts))
         });
         let _ = ublk_reap_io_events_with_update_queue(&queue, false, None, on_cqe);
+        take_deferred();
         tick();
     }
     drop(control_cancel);
+    if batch_io_busy() {
+        log::warn!("queue {qid}: the batch transport did not shut down within {DRAIN_TIMEOUT:?}");
+    }
     if ops::in_flight() > 0 {
         log::error!(
             "queue {qid}: {} backend operations did not finish within {DRAIN_TIMEOUT:?}; their memory is leaked",
@@ -300,6 +337,9 @@ pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
 /// The life of one tag: fetch an IO, serve it, commit its result and
 /// fetch the next, until the queue goes down.
 async fn io_task<T: Target>(run: &QueueRun<'_, T>, tag: u16) {
+    if let Some(batch_io) = &run.batch_io {
+        return batch_io_task(run, batch_io, tag).await;
+    }
     let q = run.queue;
     let io_buf = run.buffers.io_buf(tag);
     // Zero copy: the kernel registers the IO's pages at index `tag` of the
@@ -319,13 +359,7 @@ async fn io_task<T: Target>(run: &QueueRun<'_, T>, tag: u16) {
     let mut rng = DelayRng::new(q.get_qid(), tag);
     loop {
         let desc = IoDesc::decode(q.get_iod(tag));
-        let result = serve_io(run, tag, desc, &mut rng).await;
-        // Operations a handler dropped may still use the buffer.
-        run.lends[tag as usize].returned().await;
-        let result = checked_result(result, desc);
-        let arrival = run.arrivals[tag as usize].get();
-        run.stats
-            .record(desc.op, desc.len, result, arrival.elapsed());
+        let result = answer_io(run, tag, desc, &mut rng).await;
         let committed = &run.committed[tag as usize];
         committed.set(true);
         let next = q.submit_io_commit_cmd(tag, buf(), result).await;
@@ -336,109 +370,19 @@ async fn io_task<T: Target>(run: &QueueRun<'_, T>, tag: u16) {
     }
 }
 
-async fn serve_io<T: Target>(
-    run: &QueueRun<'_, T>,
-    tag: u16,
-    desc: IoDesc,
-    rng: &mut DelayRng,
-) -> i32 {
-    let mut io = Io::new(
-        run.queue.get_qid(),
-        tag,
-        desc,
-        run.buffers,
-        &run.lends[tag as usize],
-    );
-    let batch = run.batches.take(tag);
-    if let Some(max) = run.io_delay {
-        let _ = ops::sleep(rng.up_to(max)).await;
-    }
-    let Some(batch) = batch else {
-        return run.target.handle_io(run.state, io).await;
-    };
-    io.batch = Some(batch.seq());
-    let result = batch.serve(run.target, run.state, io).await;
-    run.batches.finish(batch);
-    result
-}
-
-/// What a target returned, as the kernel may be told: bytes within the
-/// IO's length, or an errno; anything else is an I/O error.
-fn checked_result(result: i32, desc: IoDesc) -> i32 {
-    let max = if desc.op.carries_data() {
-        desc.len as i64
-    } else {
-        0
-    };
-    if result < -MAX_ERRNO || result as i64 > max {
-        -libc::EIO
-    } else {
-        result
+/// The life of one tag on the batch transport: wait for an IO, serve it,
+/// hand its result in, until no IO will come.
+async fn batch_io_task<T: Target>(run: &QueueRun<'_, T>, batch_io: &BatchIo<'_, '_>, tag: u16) {
+    let mut rng = DelayRng::new(run.queue.get_qid(), tag);
+    while batch_io.next(tag).await.is_ok() {
+        let desc = IoDesc::decode(run.queue.get_iod(tag));
+        let result = answer_io(run, tag, desc, &mut rng).await;
+        batch_io.commit(tag, result);
     }
 }
 
 fn log_task_end(qid: u16, tag: u16, e: UblkError) {
     if !matches!(e, UblkError::QueueIsDown) {
         log::error!("queue {qid} tag {tag}: {e}");
-    }
-}
-
-/// A small xorshift: delays only need to differ, not to be unpredictable.
-struct DelayRng(u64);
-
-impl DelayRng {
-    fn new(qid: u16, tag: u16) -> DelayRng {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        DelayRng(seed ^ ((qid as u64) << 32 | tag as u64) | 1)
-    }
-
-    fn up_to(&mut self, max: Duration) -> Duration {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        let max_ns = max.as_nanos().min(u64::MAX as u128) as u64;
-        Duration::from_nanos(if max_ns == 0 {
-            0
-        } else {
-            self.0 % (max_ns + 1)
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::runtime::IoOp;
-
-    #[test]
-    fn delays_stay_within_the_bound() {
-        let mut rng = DelayRng::new(1, 7);
-        let max = Duration::from_micros(300);
-        assert!((0..1000).all(|_| rng.up_to(max) <= max));
-        assert_eq!(rng.up_to(Duration::ZERO), Duration::ZERO);
-    }
-
-    #[test]
-    fn results_are_bytes_of_the_io_or_errnos() {
-        let read = IoDesc {
-            op: IoOp::Read,
-            flags: 0,
-            offset: 0,
-            len: 4096,
-        };
-        assert_eq!(checked_result(4096, read), 4096);
-        assert_eq!(checked_result(512, read), 512);
-        assert_eq!(checked_result(8192, read), -libc::EIO);
-        assert_eq!(checked_result(-libc::ENOSPC, read), -libc::ENOSPC);
-        assert_eq!(checked_result(-5000, read), -libc::EIO);
-        let flush = IoDesc {
-            op: IoOp::Flush,
-            len: 0,
-            ..read
-        };
-        assert_eq!(checked_result(0, flush), 0);
-        assert_eq!(checked_result(4096, flush), -libc::EIO);
     }
 }
