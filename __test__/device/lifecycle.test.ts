@@ -17,6 +17,7 @@ import { until } from '../helpers/poll.ts'
 import './parts/boundary.ts'
 // The Rust core's batch hook, through the journaled loop example.
 import './parts/rust-batch-hook.ts'
+import './parts/zero-copy.ts'
 
 const MiB = 1 << 20
 const GiB = 1 << 30

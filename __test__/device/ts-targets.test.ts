@@ -33,7 +33,7 @@ const verifyMatrix = [
  * default), each with what it needs set up. The ramdisk runs the rows of
  * one queue at QD 1 and of two at QD 128; the Rust loop only the sub-block
  * row here: its larger IOs, and the TypeScript loop's file-equals-device
- * check, are in zero-copy.test.ts.
+ * check, are in parts/zero-copy.ts.
  */
 const verifyTargets: Array<{ name: string; rows?: number[]; make(): { target: DeviceOptions['target']; path?: string; cleanup(): void } }> = [
   { name: 'TypeScript ramdisk', rows: [0, 2], make: () => ({ target: ramdiskTarget(), cleanup() {} }) },

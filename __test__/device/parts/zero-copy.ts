@@ -5,23 +5,22 @@
 // where the kernel has it; where the kernel lacks one, asking for it falls
 // back to one command per IO on the copy path. The device info names the
 // path, and agrees with the flags the kernel reports for the device.
+// (Run as part of lifecycle.test.ts: each test file costs its own start.)
 import { unlinkSync } from 'node:fs'
 
 import test, { type ExecutionContext } from 'ava'
 
-import binding from '../../lib/binding.ts'
-import { createDevice, createRaid1, loopTarget, type BackingFile, type Device, type Target } from '../../lib/index.ts'
+import binding from '../../../lib/binding.ts'
+import { createDevice, createRaid1, loopTarget, type BackingFile, type Device, type Target } from '../../../lib/index.ts'
 
-import { scratchFile } from '../helpers/files.ts'
-import { fio, verifyAgainstFile } from '../helpers/fio.ts'
-import { requireUblk } from '../helpers/kernel.ts'
-import { DATA_OFFSET, digestRange } from '../helpers/raid1.ts'
-import { sh } from '../helpers/shell.ts'
+import { scratchFile } from '../../helpers/files.ts'
+import { fio, verifyAgainstFile } from '../../helpers/fio.ts'
+import { DATA_OFFSET, digestRange } from '../../helpers/raid1.ts'
+import { sh } from '../../helpers/shell.ts'
 
 const MiB = 1 << 20
 const SIZE = 16 * MiB
 
-test.before(() => requireUblk())
 
 /** Whether the running kernel has a feature, known before the tests are declared. */
 function kernelHas(name: string): boolean {
