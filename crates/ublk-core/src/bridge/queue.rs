@@ -201,8 +201,9 @@ impl BridgeQueue {
     }
 
     /// Takes the batch's writes the gated route takes, before any of them
-    /// is served; returns how many IOs of the batch the application gets.
-    /// The batch is announced to it only if that is not zero.
+    /// is served, and announces the batch to the application with the
+    /// count of IOs it will get; a batch the route took whole is not
+    /// announced at all.
     pub(crate) fn announce_batch(&self, batch: &WriteBatch) {
         let mut count = 0;
         for extent in batch.extents() {
