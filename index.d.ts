@@ -57,16 +57,24 @@ export declare class NativeBridge {
   setWriteRoute(files: Array<number> | null, fileOffset: number, gated: boolean): void
   /**
    * Gives the device its write gate: chunks of `chunkBytes` over the
-   * device, all closed. Once per device (EBUSY after that).
+   * device, all closed. Once per device (EBUSY after that), except that
+   * the queues' worker threads share it: a worker's bridge gets the
+   * gate already there if its chunks are `chunkBytes` long.
    */
   createWriteGate(chunkBytes: number): NativeWriteGate
   /** Writes the write route served without JavaScript so far. */
   routedWrites(): number
   /**
    * Releases the batch handler and files of a bridge that will not be
-   * started.
+   * started. In a worker thread: lets go of the queue's handler, whose
+   * IOs fail with EIO from then on.
    */
   close(): void
+  /**
+   * A token for `attachBridgeQueue`, by which a worker thread of this
+   * process serves one queue of this bridge's device.
+   */
+  share(): number
 }
 
 /** A started device served by this process. */
@@ -148,6 +156,15 @@ export declare class NativeWriteGate {
   /** Routed writes that failed on some file so far. */
   failures(): number
 }
+
+/**
+ * Serves queue `queue` of the bridge that `token` (from `share()`)
+ * names with `onBatch`, called on this thread; returns this thread's
+ * bridge for the queue, with every method but starting the device.
+ * Attach before the device starts. ENOENT for an unknown token, EBUSY
+ * for a queue that has its handler already.
+ */
+export declare function attachBridgeQueue(token: number, queue: number, onBatch: (queue: number, ios: Float64Array, buffers: Array<ArrayBuffer | null>, backend: Float64Array, events: Float64Array) => void): NativeBridge
 
 /**
  * Claims the recovery of device `id`: resolves once its server is gone

@@ -839,6 +839,7 @@ module.exports.NativeBridge = nativeBinding.NativeBridge
 module.exports.NativeDevice = nativeBinding.NativeDevice
 module.exports.NativeRecoveryClaim = nativeBinding.NativeRecoveryClaim
 module.exports.NativeWriteGate = nativeBinding.NativeWriteGate
+module.exports.attachBridgeQueue = nativeBinding.attachBridgeQueue
 module.exports.claimRecovery = nativeBinding.claimRecovery
 module.exports.createBridge = nativeBinding.createBridge
 module.exports.createDevice = nativeBinding.createDevice

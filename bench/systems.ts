@@ -5,7 +5,7 @@ import { execFile, spawn } from 'node:child_process'
 import { existsSync, mkdirSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs'
 import { promisify } from 'node:util'
 
-import { createDevice, loopTarget, nullTarget, type Device } from '../lib/index.ts'
+import { createDevice, loopTarget, type Device } from '../lib/index.ts'
 
 const run = promisify(execFile)
 
@@ -73,7 +73,9 @@ function batchNote(dev: Device, name: string): void {
 export const tsNull: System = {
   name: 'TypeScript null',
   async prepare(queues) {
-    const dev = await createDevice({ target: nullTarget(), size: 1 << 30, queues, depth: DEPTH })
+    // As a module: with several queues, each is served by a worker thread of its own.
+    const target = { module: require.resolve('../lib/targets/null.js') }
+    const dev = await createDevice({ target, size: 1 << 30, queues, depth: DEPTH })
     return { path: dev.path, teardown: () => (batchNote(dev, 'TypeScript null'), dev.stop()) }
   },
 }

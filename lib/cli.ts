@@ -11,7 +11,7 @@ import {
   recoverDevice,
   type Device,
   type DeviceInfo,
-  type DeviceOptions,
+  type BuiltinTarget,
   type Recovery,
 } from './device.js'
 import { toUblkError, UblkError } from './errors.js'
@@ -23,6 +23,7 @@ import { loadTarget, parseTargetArgs } from './target-module.js'
 import { addServeCommand, collectFilter, refuseFiltersWithout, refuseProcessBoundFilters, serveUntilSignal, stackFilters } from './serve-cli.js'
 import { parseSize as parseSizeOf } from './size.js'
 import { loopTarget, nullTarget } from './targets/index.js'
+import type { Target } from './target.js'
 
 /** Parses sizes such as 4096, 512k, 64M, 1G (powers of 1024). */
 export function parseSize(text: string): number {
@@ -66,7 +67,7 @@ interface AddOptions {
 }
 
 /** The target a kind name and --ts/--path stand for. */
-function targetOf(kind: string, opts: { path?: string; ts?: boolean; filter: Filter[] }): { target: DeviceOptions['target']; path?: string } {
+function targetOf(kind: string, opts: { path?: string; ts?: boolean; filter: Filter[] }): { target: BuiltinTarget | Target; path?: string } {
   if (kind !== 'null' && kind !== 'loop') {
     throw new UblkError('EINVAL', `unknown target ${JSON.stringify(kind)}: null or loop`)
   }
@@ -106,7 +107,7 @@ function isModulePath(kind: string): boolean {
 
 async function recover(id: number, kind: string, words: string[], opts: RecoverCliOptions): Promise<void> {
   refuseProcessBoundFilters(opts.filter, 'on a device taken over')
-  let target: { target: DeviceOptions['target']; path?: string }
+  let target: { target: BuiltinTarget | Target; path?: string }
   let what: string
   if (isModulePath(kind)) {
     // The module's new version, made for the device as it is.

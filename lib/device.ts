@@ -1,10 +1,12 @@
 import { EventEmitter } from 'node:events'
+import { fileURLToPath } from 'node:url'
 
 import binding = require('./binding.js')
-import type { Dispatcher } from './dispatch/index.js'
 import { native, UblkError } from './errors.js'
-import { serve } from './served.js'
+import { serve, type Served, type ServedDevice } from './served.js'
+import { loadTarget, type TargetArgs } from './target-module.js'
 import type { CloseReason, Target } from './target.js'
+import { serveInWorkers } from './workers/pool.js'
 import type { DeviceStats } from './metrics/stats.js'
 
 import type { DeviceInfo, KernelFeatures, NativeDevice, NativeRecoveryClaim } from '../index.js'
@@ -14,9 +16,34 @@ export type { DeviceInfo, KernelFeatures }
 /** Targets implemented in Rust inside the addon. */
 export type BuiltinTarget = 'null' | 'loop'
 
+/**
+ * A TypeScript target given as a module, so that each queue's worker
+ * thread can load an instance of its own (see `DeviceOptions.workers`).
+ */
+export interface TargetModule {
+  /**
+   * A path or `file:` URL; `.ts` files load through tsx. Its default
+   * export is what `ublk-ts serve` takes: a target, a function making one
+   * or a class, called with `args` and the device's geometry (with the
+   * `queue` an instance serves, in a worker).
+   */
+  module: string | URL
+  /** Options for its factory, as `ublk-ts serve` gives them from `--key value`. */
+  args?: Partial<TargetArgs>
+}
+
 export interface DeviceOptions {
-  /** What serves the device's IO: a built-in Rust target or a TypeScript one. */
-  target: BuiltinTarget | Target
+  /** What serves the device's IO: a built-in Rust target, or a TypeScript one (an object, or a module). */
+  target: BuiltinTarget | Target | TargetModule
+  /**
+   * For a target given as a module: serve each queue in a `worker_threads`
+   * worker of its own, with its own instance of the target, so that
+   * JavaScript runs on as many cores as there are queues. Instances share
+   * what they share through their files, `SharedArrayBuffer`s or messages
+   * of their own; the device's write gate is one for all. Default: true
+   * when `queues > 1`. A worker that dies stops the device (its IOs fail).
+   */
+  workers?: boolean
   /** Capacity in bytes; a whole number of logical blocks. */
   size: number
   /** Backing file or block device of the built-in 'loop' target. */
@@ -67,7 +94,9 @@ export type Recovery = 'none' | 'reissue' | 'fail-io'
 /** How `recoverDevice` serves the device it takes over. */
 export interface RecoverOptions {
   /** The new server's target: like the one that served the device (same capabilities). */
-  target: BuiltinTarget | Target
+  target: BuiltinTarget | Target | TargetModule
+  /** For a target given as a module: as `DeviceOptions.workers`. */
+  workers?: boolean
   /** Backing file or block device of the built-in 'loop' target. */
   path?: string
   /** TypeScript targets: fail an IO not completed within this many ms (default 30000; 0: never). */
@@ -94,11 +123,6 @@ export interface RecoveryClaim {
   readonly info: DeviceInfo
   /** Ends the claim without recovering; a no-op once it ended. */
   release(): void
-}
-
-interface Served {
-  dispatcher: Dispatcher
-  target: Target
 }
 
 /** What a `Device` emits. */
@@ -140,22 +164,24 @@ export class Device extends EventEmitter<DeviceEvents> {
   readonly #whenStopped = new Promise<void>((resolve) => (this.#markStopped = resolve))
 
   /** @internal use `createDevice()` */
-  constructor(nativeDevice: NativeDevice, target?: Served) {
+  constructor(nativeDevice: NativeDevice, servedBy?: Served) {
     super()
     this.#native = nativeDevice
-    this.#served = target
+    this.#served = servedBy
     served.set(nativeDevice.id, new WeakRef(this))
   }
 
   /** Lets the process exit while the device runs (it is then stopped on exit). */
   unref(): this {
     this.#keepAlive.unref()
+    this.#served?.ref?.(false)
     return this
   }
 
   /** Undoes `unref()`. */
   ref(): this {
     this.#keepAlive.ref()
+    this.#served?.ref?.(true)
     return this
   }
 
@@ -191,8 +217,7 @@ export class Device extends EventEmitter<DeviceEvents> {
    */
   stats(): DeviceStats {
     const s: DeviceStats = this.#native.stats()
-    const d = this.#served?.dispatcher
-    if (d) s.dispatch = { batches: d.batches, ios: d.ios, routedReads: d.routedReads(), routedWrites: d.routedWrites() }
+    if (this.#served) s.dispatch = this.#served.dispatch()
     return s
   }
 
@@ -221,7 +246,7 @@ export class Device extends EventEmitter<DeviceEvents> {
   }
 
   async #stop(): Promise<void> {
-    this.#served?.dispatcher.shutdown()
+    this.#served?.shutdown()
     try {
       await native(() => this.#native.stop())
     } finally {
@@ -280,6 +305,18 @@ export class Device extends EventEmitter<DeviceEvents> {
     this.#emitState('abandoned')
   }
 
+  /**
+   * @internal What serves the device can no longer serve it (a queue's
+   * worker died): the error is reported as the native core's are, and the
+   * device is stopped, failing what that queue held.
+   */
+  lost(err: Error): void {
+    if (this.#stopping) return
+    if (this.listenerCount('error') > 0) this.emit('error', Object.assign(new UblkError('EIO', err.message, { cause: err }), { queue: -1 }))
+    else process.emitWarning(`ublk device ${this.id}: ${err.message}`, { type: 'UblkWarning', code: 'UBLK_ERROR' })
+    void this.stop().catch(() => {})
+  }
+
   /** A listener that throws must not fail the stop: it becomes a process warning. */
   #emitState(state: 'stopped' | 'handed-over' | 'abandoned'): void {
     try {
@@ -297,8 +334,8 @@ export class Device extends EventEmitter<DeviceEvents> {
   afterStop(): Promise<void> {
     this.#closed ??= (async () => {
       clearInterval(this.#keepAlive)
-      this.#served?.dispatcher.shutdown()
-      await this.#served?.target.close?.(this.#closeReason)
+      this.#served?.shutdown()
+      await this.#served?.close(this.#closeReason)
     })().finally(() => {
       if (served.get(this.id)?.deref() === this) served.delete(this.id)
       this.#markStopped()
@@ -355,13 +392,37 @@ export async function createDevice(options: DeviceOptions): Promise<Device> {
   return new Device(nativeDevice)
 }
 
-async function createServedDevice(options: DeviceOptions, target: Target, claim?: NativeRecoveryClaim): Promise<Device> {
-  const { target: _target, ioTimeoutMs = 30_000, path: _path, ...geometry } = options
+function isTargetModule(target: Target | TargetModule): target is TargetModule {
+  return 'module' in target && typeof (target as Partial<Target>).read !== 'function'
+}
+
+async function createServedDevice(options: DeviceOptions, target: Target | TargetModule, claim?: NativeRecoveryClaim): Promise<Device> {
+  const { target: _target, ioTimeoutMs = 30_000, path: _path, workers, ...geometry } = options
   if (typeof ioTimeoutMs !== 'number' || !(ioTimeoutMs >= 0)) {
     throw new UblkError('EINVAL', `ioTimeoutMs must be a number of milliseconds >= 0, got ${String(ioTimeoutMs)}`)
   }
-  const served = await serve(target, geometry, ioTimeoutMs, claim)
-  const device = new Device(served.native, { dispatcher: served.dispatcher, target })
+  if (workers !== undefined && typeof workers !== 'boolean') throw new UblkError('EINVAL', 'workers must be true or false')
+  let served: ServedDevice
+  // A worker lost while the device starts fails the start; later ones stop the device.
+  const started: { device?: Device } = {}
+  if (isTargetModule(target)) {
+    const { module, args = {} } = target
+    if (typeof module !== 'string' && !(module instanceof URL)) throw new UblkError('EINVAL', 'target.module must be a path or a file: URL')
+    const file = module instanceof URL || module.startsWith('file:') ? fileURLToPath(module) : module
+    const spec = { file, args: { ...args, _: args._ ?? [] } }
+    const queues = geometry.queues ?? 1
+    if (workers ?? queues > 1) {
+      served = await serveInWorkers(spec, geometry, ioTimeoutMs, claim, (err) => started.device?.lost(err))
+    } else {
+      const instance = await loadTarget(file, spec.args, { size: geometry.size, queues, depth: geometry.depth ?? 64, logicalBlockSize: geometry.logicalBlockSize ?? 512 })
+      served = await serve(instance, geometry, ioTimeoutMs, claim)
+    }
+  } else {
+    if (workers === true) throw new UblkError('EINVAL', 'workers need the target as a module ({ module: path }), which each worker loads')
+    served = await serve(target, geometry, ioTimeoutMs, claim)
+  }
+  const device = new Device(served.native, served.served)
+  started.device = device
   served.onStopped(() => void device.afterStop())
   return device
 }
@@ -402,7 +463,7 @@ export async function recoverDevice(id: number, options: RecoverOptions): Promis
     }
     installProcessHooks()
     if (typeof target === 'object') {
-      return await createServedDevice({ ...geometry, target, ioTimeoutMs }, target, claim)
+      return await createServedDevice({ ...geometry, target, ioTimeoutMs, ...(options.workers !== undefined ? { workers: options.workers } : {}) }, target, claim)
     }
     const nativeDevice = await native(() => binding.recoverDevice({ ...geometry, target, path }, claim))
     return new Device(nativeDevice)

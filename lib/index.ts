@@ -9,7 +9,7 @@ export {
   waitRecoverable,
   claimRecovery,
 } from './device.js'
-export type { BuiltinTarget, DeviceEvents, DeviceInfo, DeviceOptions, KernelFeatures, RecoverOptions, RecoveryClaim, Recovery } from './device.js'
+export type { BuiltinTarget, DeviceEvents, DeviceInfo, DeviceOptions, KernelFeatures, RecoverOptions, RecoveryClaim, Recovery, TargetModule } from './device.js'
 export { UblkError } from './errors.js'
 export { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE } from './target.js'
 export type {

@@ -5,20 +5,33 @@ import binding = require('./binding.js')
 import { Dispatcher, hasBatchHooks } from './dispatch/index.js'
 import { native, nativeSync, toUblkError, UblkError } from './errors.js'
 import { Handles } from './handles.js'
-import type { BackingFile, StagingBuffer, Target, TargetContext, WriteGate } from './target.js'
+import type { DispatchStats } from './metrics/stats.js'
+import type { BackingFile, CloseReason, StagingBuffer, Target, TargetContext, WriteGate } from './target.js'
 import { KIND_FDATASYNC, KIND_READ, KIND_SLEEP, KIND_WRITE, RWF_DSYNC, STAGING } from './wire.js'
 
-import type { NativeBridge, NativeDevice, NativeDeviceOptions, NativeRecoveryClaim, NativeWriteGate } from '../index.js'
+import type { NativeBridge, NativeCapabilities, NativeDevice, NativeDeviceOptions, NativeRecoveryClaim, NativeWriteGate } from '../index.js'
+
+/** What a served TypeScript target gives the `Device` that runs it. */
+export interface Served {
+  /** Before the device stops: fails what the target holds, refuses what comes. */
+  shutdown(): void
+  /** Once the device stopped: closes the target (every instance of it). */
+  close(reason: CloseReason): Promise<void>
+  /** The hand-overs to JavaScript so far, and the IOs served without it. */
+  dispatch(): DispatchStats
+  /** Whether the target's own threads (workers) keep the process alive. */
+  ref?(keepAlive: boolean): void
+}
 
 export interface ServedDevice {
   native: NativeDevice
-  dispatcher: Dispatcher
+  served: Served
   /** Registers what runs once the device stopped, however it was stopped. */
   onStopped(listener: () => void): void
 }
 
 /** What the target's methods decide the device advertises. */
-function capabilitiesOf(target: Target) {
+export function capabilitiesOf(target: Target): NativeCapabilities {
   if (typeof target.read !== 'function') {
     throw new UblkError('EINVAL', 'a target needs at least a read(io) method')
   }
@@ -31,6 +44,16 @@ function capabilitiesOf(target: Target) {
     batchHooks: hasBatchHooks(target),
     zeroCopy: target.zeroCopy === true,
   }
+}
+
+/** The counts a dispatcher keeps, with the routes' from the bridge. */
+export function dispatchStatsOf(dispatcher: Dispatcher): DispatchStats {
+  return { batches: dispatcher.batches, ios: dispatcher.ios, routedReads: dispatcher.routedReads(), routedWrites: dispatcher.routedWrites() }
+}
+
+/** Starts the device a prepared bridge serves, or takes over the claimed one. */
+export function startBridge(bridge: NativeBridge, claim?: NativeRecoveryClaim): Promise<NativeDevice> {
+  return native(() => (claim ? binding.recoverBridgedDevice(bridge, claim) : binding.startBridgedDevice(bridge)))
 }
 
 /**
@@ -65,11 +88,22 @@ export async function serve(
     bridge.close()
     throw toUblkError(err)
   }
-  const nativeDevice = await native(() => (claim ? binding.recoverBridgedDevice(bridge, claim) : binding.startBridgedDevice(bridge)))
-  return { native: nativeDevice, dispatcher, onStopped: (listener) => stopped.push(listener) }
+  const nativeDevice = await startBridge(bridge, claim)
+  const served: Served = {
+    shutdown: () => dispatcher.shutdown(),
+    close: async (reason) => {
+      await target.close?.(reason)
+    },
+    dispatch: () => dispatchStatsOf(dispatcher),
+  }
+  return { native: nativeDevice, served, onStopped: (listener) => stopped.push(listener) }
 }
 
-function contextFor(bridge: NativeBridge, dispatcher: Dispatcher, handles: Handles, size: number): TargetContext {
+/**
+ * What a target opens its files and runs its backend IO through; requests
+ * that name no queue go to `queue` (a worker's own).
+ */
+export function contextFor(bridge: NativeBridge, dispatcher: Dispatcher, handles: Handles, size: number, queue = 0): TargetContext {
   const outbox = dispatcher.outbox
   /** Runs a backend request outside any IO, on a staging buffer or on nothing. */
   const staged = (
@@ -86,7 +120,7 @@ function contextFor(bridge: NativeBridge, dispatcher: Dispatcher, handles: Handl
       const bufOffset = options.bufOffset ?? 0
       const length = options.length ?? buffer.bytes.byteLength - bufOffset
       const flags = options.dsync && kind === KIND_WRITE ? RWF_DSYNC : 0
-      return outbox.request(options.queue ?? 0, kind | STAGING, flags, fileHandle, { staging }, bufOffset, length, fileOffset, what)
+      return outbox.request(options.queue ?? queue, kind | STAGING, flags, fileHandle, { staging }, bufOffset, length, fileOffset, what)
     } catch (err) {
       return Promise.reject(err as Error)
     }
@@ -108,12 +142,12 @@ function contextFor(bridge: NativeBridge, dispatcher: Dispatcher, handles: Handl
     write(file, buffer, fileOffset, options = {}) {
       return staged(KIND_WRITE, file, buffer, fileOffset, options)
     },
-    async fdatasync(file, queue) {
+    async fdatasync(file, onQueue) {
       const what = `fdatasync of ${file?.path ?? 'a file'}`
-      await outbox.request(queue ?? 0, KIND_FDATASYNC, 0, handles.handleOf(file, what), null, 0, 0, 0, what)
+      await outbox.request(onQueue ?? queue, KIND_FDATASYNC, 0, handles.handleOf(file, what), null, 0, 0, 0, what)
     },
-    async sleep(ms, queue) {
-      await outbox.request(queue ?? 0, KIND_SLEEP, 0, 0, null, 0, Math.round(ms * 1000), 0, 'sleep')
+    async sleep(ms, onQueue) {
+      await outbox.request(onQueue ?? queue, KIND_SLEEP, 0, 0, null, 0, Math.round(ms * 1000), 0, 'sleep')
     },
     routeReads(route) {
       if (route === undefined) return nativeSync(() => bridge.setReadRoute(null, 0, 0))

@@ -18,6 +18,12 @@ export interface DeviceGeometry {
   readonly queues: number
   readonly depth: number
   readonly logicalBlockSize: number
+  /**
+   * The queue this instance serves, when each queue is served by its own
+   * worker thread with its own instance; absent when one instance serves
+   * every queue.
+   */
+  readonly queue?: number
 }
 
 /**

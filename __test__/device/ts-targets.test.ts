@@ -15,6 +15,8 @@ import { ddRead, sh } from '../helpers/shell.ts'
 
 // In this file's process (one test process fewer in the VM): every filter over a TypeScript target.
 import './parts/filters.ts'
+// And targets given as modules, a worker thread per queue.
+import './parts/workers.ts'
 
 const MiB = 1 << 20
 

@@ -1,3 +1,5 @@
+import { UblkError } from '../errors.js'
+import type { TargetArgs } from '../target-module.js'
 import {
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
@@ -75,4 +77,15 @@ export function loopTarget(path: string, options: LoopOptions = {}): Target {
   }
   if (!options.readOnly) target.write = write
   return target
+}
+
+/**
+ * As a target module, for worker threads: `{ module:
+ * require.resolve('ublk-ts/lib/targets/loop.js'), args: { file } }`, with
+ * `direct`, `readOnly`, `routeReads`, `routeWrites` as in `LoopOptions`.
+ */
+export default function loopModule(args: Partial<TargetArgs>): Target {
+  if (typeof args.file !== 'string') throw new UblkError('EINVAL', 'the loop target module needs args.file: the backing file')
+  const flag = (name: keyof LoopOptions): boolean | undefined => (typeof args[name] === 'boolean' ? (args[name] as boolean) : undefined)
+  return loopTarget(args.file, { direct: flag('direct'), readOnly: flag('readOnly'), routeReads: flag('routeReads'), routeWrites: flag('routeWrites') })
 }

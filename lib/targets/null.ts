@@ -12,3 +12,6 @@ export function nullTarget(): Target {
     writeZeroes() {},
   }
 }
+
+/** As a target module (`{ module: require.resolve('ublk-ts/lib/targets/null.js') }`), for worker threads. */
+export default nullTarget

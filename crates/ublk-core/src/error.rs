@@ -120,6 +120,9 @@ pub fn errno_name(errno: i32) -> &'static str {
         libc::EILSEQ => "EILSEQ",
         libc::ESHUTDOWN => "ESHUTDOWN",
         libc::ENOLINK => "ENOLINK",
+        libc::EALREADY => "EALREADY",
+        libc::EPIPE => "EPIPE",
+        libc::EPROTO => "EPROTO",
         _ => "EUNKNOWN",
     }
 }

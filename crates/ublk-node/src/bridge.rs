@@ -50,17 +50,7 @@ pub fn create_bridge(
     opts.validate(ublk_core::kernel_max_queues())
         .map_err(to_napi)?;
     let queues: Arc<OnceLock<Vec<Arc<QueueShared>>>> = Arc::new(OnceLock::new());
-    let cb_queues = queues.clone();
-    let func: BatchFn = on_batch
-        .build_threadsafe_function::<ublk_core::bridge::Batch>()
-        .weak::<true>()
-        .build_callback(move |ctx| {
-            batch_to_js(
-                &ctx.env,
-                cb_queues.get().map_or(&[], Vec::as_slice),
-                ctx.value,
-            )
-        })?;
+    let func = batch_function(on_batch, queues.clone())?;
     let caps = Capabilities {
         read_only: capabilities.read_only,
         flush: capabilities.flush,
@@ -83,18 +73,50 @@ pub fn create_bridge(
         target: Arc::new(target),
         opts,
         started: AtomicBool::new(false),
+        own_queue: None,
     })
+}
+
+/// The JS batch handler as a ThreadsafeFunction of the calling thread;
+/// `queues` gives it the queues' buffers once the device knows them.
+pub(crate) fn batch_function(
+    on_batch: Function<'_, crate::handover::JsBatch, ()>,
+    queues: Arc<OnceLock<Vec<Arc<QueueShared>>>>,
+) -> napi::Result<BatchFn> {
+    on_batch
+        .build_threadsafe_function::<ublk_core::bridge::Batch>()
+        .weak::<true>()
+        .build_callback(move |ctx| {
+            batch_to_js(&ctx.env, queues.get().map_or(&[], Vec::as_slice), ctx.value)
+        })
 }
 
 /// The JavaScript side of a device served by JavaScript.
 #[napi]
 pub struct NativeBridge {
-    target: Arc<BridgeTarget>,
-    opts: ublk_core::DeviceOptions,
+    pub(crate) target: Arc<BridgeTarget>,
+    pub(crate) opts: ublk_core::DeviceOptions,
     started: AtomicBool,
+    /// A bridge attached in a worker thread serves this queue alone.
+    own_queue: Option<u16>,
 }
 
 impl NativeBridge {
+    /// The bridge a worker thread holds for queue `qid` of `target`: it
+    /// cannot start the device, and posts for its own queue only.
+    pub(crate) fn for_queue(
+        target: Arc<BridgeTarget>,
+        opts: ublk_core::DeviceOptions,
+        qid: u16,
+    ) -> NativeBridge {
+        NativeBridge {
+            target,
+            opts,
+            started: AtomicBool::new(true),
+            own_queue: Some(qid),
+        }
+    }
+
     fn start_once(&self) -> napi::Result<()> {
         if self.started.swap(true, Ordering::SeqCst) {
             return Err(to_napi(ublk_core::Error::new(
@@ -169,9 +191,16 @@ impl NativeBridge {
         detach: Unknown<'_>,
         batch_taken: bool,
     ) -> napi::Result<()> {
+        let qid = u16::try_from(queue).unwrap_or(u16::MAX);
+        if self.own_queue.is_some_and(|own| own != qid) {
+            return Err(to_napi(ublk_core::Error::invalid(format!(
+                "this handler serves queue {}, not queue {queue}",
+                self.own_queue.unwrap_or_default()
+            ))));
+        }
         let shared = self
             .target
-            .queue(u16::try_from(queue).unwrap_or(u16::MAX))
+            .queue(qid)
             .ok_or_else(|| to_napi(ublk_core::Error::invalid(format!("no queue {queue}"))))?;
         let results = wire::decode_results(&results).map_err(to_napi)?;
         let requests = wire::decode_requests(&requests).map_err(to_napi)?;
@@ -298,10 +327,19 @@ impl NativeBridge {
     }
 
     /// Gives the device its write gate: chunks of `chunkBytes` over the
-    /// device, all closed. Once per device (EBUSY after that).
+    /// device, all closed. Once per device (EBUSY after that), except that
+    /// the queues' worker threads share it: a worker's bridge gets the
+    /// gate already there if its chunks are `chunkBytes` long.
     #[napi]
     pub fn create_write_gate(&self, chunk_bytes: f64) -> napi::Result<NativeWriteGate> {
         let chunk_bytes = integer("chunkBytes", chunk_bytes, u64::MAX).map_err(to_napi)?;
+        if self.own_queue.is_some() {
+            return self
+                .target
+                .shared_write_gate(self.opts.size, chunk_bytes)
+                .map(NativeWriteGate::new)
+                .map_err(to_napi);
+        }
         self.target
             .create_write_gate(self.opts.size, chunk_bytes)
             .map(NativeWriteGate::new)
@@ -315,12 +353,22 @@ impl NativeBridge {
     }
 
     /// Releases the batch handler and files of a bridge that will not be
-    /// started.
+    /// started. In a worker thread: lets go of the queue's handler, whose
+    /// IOs fail with EIO from then on.
     #[napi]
     pub fn close(&self) {
-        if !self.started.load(Ordering::SeqCst) {
+        if let Some(qid) = self.own_queue {
+            self.target.detach_queue_sink(qid);
+        } else if !self.started.load(Ordering::SeqCst) {
             self.target.release();
         }
+    }
+
+    /// A token for `attachBridgeQueue`, by which a worker thread of this
+    /// process serves one queue of this bridge's device.
+    #[napi]
+    pub fn share(&self) -> u32 {
+        crate::workers::share(&self.target, &self.opts)
     }
 }
 

@@ -20,3 +20,4 @@ mod info;
 mod log_forward;
 mod recovery;
 mod stats;
+mod workers;

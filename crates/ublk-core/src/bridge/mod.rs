@@ -13,6 +13,7 @@ mod gate;
 mod inbox;
 mod queue;
 mod route;
+mod sinks;
 mod synthetic;
 pub mod wire;
 
@@ -75,7 +76,7 @@ impl QueueShared {
 
 /// What every queue of a bridged device shares.
 pub(crate) struct DeviceShared {
-    pub sink: Arc<dyn BatchSink>,
+    pub sink: sinks::QueueSinks,
     pub files: BackingFiles,
     pub staging: StagingBuffers,
     pub routes: route::RouteTable,
@@ -119,7 +120,7 @@ impl BridgeTarget {
             caps,
             queues: shared,
             device: Arc::new(DeviceShared {
-                sink,
+                sink: sinks::QueueSinks::new(sink, queues),
                 files: BackingFiles::default(),
                 staging: StagingBuffers::default(),
                 routes: route::RouteTable::default(),
@@ -137,6 +138,27 @@ impl BridgeTarget {
 
     pub fn queues(&self) -> &[Arc<QueueShared>] {
         &self.queues
+    }
+
+    /// Serves queue `qid` through `sink` instead of the one given at
+    /// creation (an application thread of its own for that queue), from
+    /// its next hand-over on; every sink hears of the stop. Attach before
+    /// the device starts, so that no IO of the queue reaches the other.
+    /// EBUSY for a queue that has its own sink, ENODEV once released.
+    pub fn attach_queue_sink(&self, qid: u16, sink: Arc<dyn BatchSink>) -> Result<()> {
+        if *self.device.released.lock().unwrap() {
+            return Err(Error::new(
+                libc::ENODEV,
+                "this bridge was released: its device stopped or was never started",
+            ));
+        }
+        self.device.sink.attach(qid, sink)
+    }
+
+    /// Lets go of queue `qid`'s own sink: its IOs fail with EIO from then
+    /// on (the application thread that served it is gone).
+    pub fn detach_queue_sink(&self, qid: u16) {
+        self.device.sink.detach(qid);
     }
 
     /// Opens a backing file for this device's backend IO; returns its handle.
@@ -187,6 +209,16 @@ impl BridgeTarget {
         Ok(gate)
     }
 
+    /// The write gate that the threads serving the queues share: the one
+    /// the device has if its chunks are `chunk_bytes` long, else a new
+    /// one as [`create_write_gate`](Self::create_write_gate) makes it if
+    /// the device has none; EBUSY for another chunk size.
+    pub fn shared_write_gate(&self, device_bytes: u64, chunk_bytes: u64) -> Result<Arc<WriteGate>> {
+        self.device
+            .routes
+            .shared_gate(chunk_bytes, || WriteGate::new(device_bytes, chunk_bytes))
+    }
+
     /// Writes served by the write route so far, without the application.
     pub fn routed_writes(&self) -> u64 {
         self.device.routes.served_writes()
@@ -203,7 +235,7 @@ impl BridgeTarget {
         let shared = self
             .queue(0)
             .ok_or_else(|| Error::invalid("the bridge has no queue"))?;
-        synthetic::run(shared, &*self.device.sink, depth, total, batch_max)
+        synthetic::run(shared, &self.device.sink, depth, total, batch_max)
     }
 
     /// Lets go of the application and of every file and staging buffer,

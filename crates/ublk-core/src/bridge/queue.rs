@@ -17,7 +17,7 @@ use super::route::{ResolvedWrite, RouteCache};
 use super::wire::{
     BackendKind, BackendRequest, Event, IoRequest, Refused, RequestTarget, RouteFailure,
 };
-use super::{Batch, DeviceShared, QueueShared};
+use super::{Batch, BatchSink, DeviceShared, QueueShared};
 use crate::error::{Error, Result};
 use crate::runtime::ops::{self, Op};
 use crate::runtime::{Io, IoOp, QueueContext, Spawner, WriteBatch};

@@ -128,6 +128,27 @@ impl RouteTable {
         Ok(())
     }
 
+    /// The device's write gate if its chunks are `chunk_bytes` long, or
+    /// a new one from `make` if it has none yet; EBUSY for another size.
+    pub fn shared_gate(
+        &self,
+        chunk_bytes: u64,
+        make: impl FnOnce() -> Result<WriteGate>,
+    ) -> Result<Arc<WriteGate>> {
+        let mut current = self.gate.lock().unwrap();
+        match &*current {
+            Some(gate) if gate.chunk_bytes() == chunk_bytes => Ok(gate.clone()),
+            Some(gate) => Err(Error::new(
+                libc::EBUSY,
+                format!(
+                    "the device's write gate has chunks of {} bytes, not {chunk_bytes}",
+                    gate.chunk_bytes()
+                ),
+            )),
+            None => Ok(current.insert(Arc::new(make()?)).clone()),
+        }
+    }
+
     fn change(&self, apply: impl FnOnce(&mut Routes)) {
         let mut current = self.current.lock().unwrap();
         apply(&mut current);
@@ -363,6 +384,22 @@ mod tests {
         let w = table.load(&mut cache).write.clone().unwrap();
         assert_eq!(w.files.len(), 2);
         assert!(Arc::ptr_eq(w.gate.as_ref().unwrap(), &gate));
+    }
+
+    #[test]
+    fn the_queues_share_one_gate_of_one_chunk_size() {
+        let table = RouteTable::default();
+        let first = table
+            .shared_gate(1 << 20, || WriteGate::new(8 << 20, 1 << 20))
+            .unwrap();
+        let again = table
+            .shared_gate(1 << 20, || panic!("a second gate was made"))
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        let other = table.shared_gate(64 << 10, || WriteGate::new(8 << 20, 64 << 10));
+        assert_eq!(other.err().map(|e| e.code()), Some("EBUSY"));
+        let refused = RouteTable::default().shared_gate(0, || WriteGate::new(8 << 20, 0));
+        assert_eq!(refused.err().map(|e| e.code()), Some("EINVAL"));
     }
 
     #[test]

@@ -1,0 +1,38 @@
+// What a queue's worker thread and the thread that runs the device say to
+// each other. Errors cross as code and message: a structured clone keeps
+// an Error's message but not its errno-style code.
+import type { DeviceGeometry, TargetArgs } from '../target-module.js'
+import type { CloseReason } from '../target.js'
+
+import type { NativeCapabilities } from '../../index.js'
+
+/** What a queue's worker starts with (its `workerData`). */
+export interface QueueWorkerData {
+  /** The target module's file path. */
+  file: string
+  args: TargetArgs
+  geometry: DeviceGeometry
+  /** The queue this worker serves. */
+  queue: number
+  ioTimeoutMs: number
+  /** Per queue: hand-overs, IOs (the worker writes its own pair). */
+  counters: SharedArrayBuffer
+}
+
+export interface WireError {
+  code: string
+  message: string
+}
+
+/** From the worker. */
+export type WorkerMessage =
+  | { kind: 'loaded'; capabilities: NativeCapabilities; name: string | undefined }
+  | { kind: 'ready' }
+  | { kind: 'closed' }
+  | { kind: 'failed'; error: WireError }
+
+/** To the worker. */
+export type ParentMessage =
+  | { kind: 'attach'; token: number }
+  | { kind: 'shutdown' }
+  | { kind: 'close'; reason: CloseReason }

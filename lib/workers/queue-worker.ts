@@ -1,0 +1,82 @@
+// The entry of a queue's worker thread: loads the target module, serves
+// the one queue it is given with its own instance of the target, and
+// closes it when the thread that runs the device says so.
+import { parentPort, workerData } from 'node:worker_threads'
+
+import binding = require('../binding.js')
+import { Dispatcher } from '../dispatch/index.js'
+import { errnoCodeOf, toUblkError } from '../errors.js'
+import { Handles } from '../handles.js'
+import { capabilitiesOf, contextFor } from '../served.js'
+import { loadTarget } from '../target-module.js'
+import type { Target } from '../target.js'
+import type { ParentMessage, QueueWorkerData, WireError, WorkerMessage } from './protocol.js'
+
+import type { NativeBridge } from '../../index.js'
+
+const data = workerData as QueueWorkerData
+const port = parentPort!
+const send = (message: WorkerMessage): void => port.postMessage(message)
+
+function wireError(err: unknown): WireError {
+  const e = toUblkError(err)
+  return { code: errnoCodeOf(e) ?? 'EIO', message: e.message }
+}
+
+let target: Target | undefined
+let dispatcher: Dispatcher | undefined
+let bridge: NativeBridge | undefined
+let opened = false
+
+async function attach(token: number): Promise<void> {
+  const { geometry, queue } = data
+  const handles = new Handles()
+  const served = new Dispatcher(target!, { queues: geometry.queues, depth: geometry.depth, ioTimeoutMs: data.ioTimeoutMs, handles })
+  const counters = new Float64Array(data.counters, queue * 2 * 8, 2)
+  const onBatch: typeof served.onBatch = (q, ios, buffers, backend, events) => {
+    served.onBatch(q, ios, buffers, backend, events)
+    counters[0] = served.batches
+    counters[1] = served.ios
+  }
+  dispatcher = served
+  bridge = binding.attachBridgeQueue(token, queue, onBatch)
+  served.attach(bridge)
+  await target!.open?.(contextFor(bridge, served, handles, geometry.size, queue))
+  opened = true
+}
+
+async function close(reason: ParentMessage & { kind: 'close' }): Promise<void> {
+  dispatcher?.shutdown()
+  try {
+    if (opened) await target?.close?.(reason.reason)
+  } finally {
+    bridge?.close()
+  }
+}
+
+port.on('message', (message: ParentMessage) => {
+  switch (message.kind) {
+    case 'attach':
+      attach(message.token).then(
+        () => send({ kind: 'ready' }),
+        (err: unknown) => send({ kind: 'failed', error: wireError(err) }),
+      )
+      break
+    case 'shutdown':
+      dispatcher?.shutdown()
+      break
+    case 'close':
+      close(message).then(
+        () => send({ kind: 'closed' }),
+        (err: unknown) => send({ kind: 'failed', error: wireError(err) }),
+      )
+      break
+  }
+})
+
+async function load(): Promise<WorkerMessage> {
+  target = await loadTarget(data.file, data.args, { ...data.geometry, queue: data.queue })
+  return { kind: 'loaded', capabilities: capabilitiesOf(target), name: target.name }
+}
+
+load().then(send, (err: unknown) => send({ kind: 'failed', error: wireError(err) }))
