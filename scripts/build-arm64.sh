@@ -17,6 +17,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/native-target.sh
+# cargo-zigbuild comes from PyPI (scripts/ensure-deps.sh): pip's scripts directory.
+PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+export PATH
 bash scripts/ensure-deps.sh
 
 cache=${UBLK_DEBIAN_RUST_CACHE:-$HOME/.cache/ublk-debian-rust}

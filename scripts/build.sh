@@ -10,6 +10,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/native-target.sh
+# cargo-zigbuild comes from PyPI (scripts/ensure-deps.sh): pip's scripts directory.
+PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+export PATH
 
 if ! command -v cargo-zigbuild >/dev/null || ! { command -v zig >/dev/null || python3 -m ziglang version >/dev/null 2>&1; }; then
   echo "build: cargo-zigbuild and zig are needed (bash scripts/ensure-deps.sh installs them)" >&2
