@@ -3,6 +3,7 @@
 // same device over each time; no IO error reaches fio, and the file system
 // is clean at the end. Also what recovery refuses, and why.
 import { existsSync, unlinkSync, writeFileSync } from 'node:fs'
+import { release } from 'node:os'
 import { join } from 'node:path'
 
 import test, { type ExecutionContext } from 'ava'
@@ -23,7 +24,13 @@ import { sh } from '../helpers/shell.ts'
 import './parts/stress.ts'
 
 const MiB = 1 << 20
-const CYCLES = 20
+/**
+ * Kill cycles: 20 on the newest kernel (7.x, with the fast paths: zero
+ * copy, quiesce), 10 on 6.12, which `npm test` runs too; the suite's
+ * time budget (each RAID1 cycle is about 5 s in the emulated VM) does
+ * not take 20 on both.
+ */
+const CYCLES = Number(release().split('.')[0]) >= 7 ? 20 : 10
 /** Standbys waiting at once in the kill cycles: they race for each dead server. */
 const STANDBYS = 2
 /** Live upgrades in a row under one fio run: the upgraded server is upgraded again. */

@@ -68,8 +68,8 @@ test.serial('Rust batch hook: fio verify through the journaled loop; one durable
   let stats = { writes: 0, batches: 0, epilogues: 0 }
   try {
     for (const job of [
-      { rw: 'randwrite', bs: '4k', iodepth: 32, size: '16M' },
-      { rw: 'write', bs: '128k', iodepth: 8, size: '32M' },
+      { rw: 'randwrite', bs: '4k', iodepth: 32, size: '8M' },
+      { rw: 'write', bs: '128k', iodepth: 8, size: '16M' },
     ] as const) {
       const r = await fio(path, { ...job, verify: 'crc32c' })
       t.is(r.errors, 0, `${job.rw} ${job.bs}`)
