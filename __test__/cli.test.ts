@@ -51,6 +51,9 @@ test('bad input exits 1 with the errno in the message', async (t) => {
     t.is(r.code, 1)
     t.regex(r.out, /either a device id or --dead \(EINVAL\)/)
   }
+  const workersWithFilter = await ublkTs('serve', join(__dirname, '..', 'examples', 'null.js'), '--size', '1M', '--workers', '--filter', 'stats')
+  t.is(workersWithFilter.code, 1)
+  t.regex(workersWithFilter.out, /not with --workers \(EINVAL\)/)
 })
 
 test('without a ublk driver, list says so and exits 1', async (t) => {

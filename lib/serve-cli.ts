@@ -56,6 +56,7 @@ interface ServeOptions {
   recovery: Recovery
   ioTimeout?: number
   metrics?: number
+  workers: boolean
 }
 
 interface Parsers {
@@ -66,8 +67,13 @@ interface Parsers {
 
 async function serveModule(file: string, words: string[], opts: ServeOptions): Promise<void> {
   if (opts.recovery !== 'none') refuseProcessBoundFilters(opts.filter, 'with --recovery')
+  if (opts.workers && opts.filter.length > 0) throw new UblkError('EINVAL', 'filters stack over a target in this thread: not with --workers')
   const geometry = { size: opts.size, queues: opts.queues, depth: opts.depth, logicalBlockSize: opts.blockSize }
-  const target = stackFilters(await loadTarget(file, parseTargetArgs(words), geometry), opts.filter)
+  // With --workers each queue's worker loads the module itself; without,
+  // one instance in this thread serves every queue.
+  const target = opts.workers
+    ? { module: file, args: parseTargetArgs(words) }
+    : stackFilters(await loadTarget(file, parseTargetArgs(words), geometry), opts.filter)
   const devices: Device[] = []
   const metrics = await serveMetrics(opts.metrics, devices)
   const dev = await createDevice({
@@ -75,11 +81,13 @@ async function serveModule(file: string, words: string[], opts: ServeOptions): P
     target,
     zeroCopy: opts.zeroCopy,
     recovery: opts.recovery,
+    workers: opts.workers,
     ...(opts.id !== undefined ? { id: opts.id } : {}),
     ...(opts.ioTimeout !== undefined ? { ioTimeoutMs: opts.ioTimeout } : {}),
   })
   devices.push(dev)
-  await serveUntilSignal(dev, `${target.name ?? file}`)
+  const name = 'module' in target ? `${dev.target}, a worker per queue` : (target.name ?? file)
+  await serveUntilSignal(dev, name)
   await metrics?.close()
   // The module may hold timers or sockets of its own: the device is gone,
   // so is the process (once what it printed is out).
@@ -101,6 +109,7 @@ export function addServeCommand(cli: Command, parse: Parsers): void {
     .option('--io-timeout <ms>', 'fail an IO the target has not answered after this long (0: never)', parse.count)
     .option('--no-zero-copy', 'copy IO data through user space even where the kernel has zero copy')
     .option('--recovery <mode>', 'when this process dies: none or reissue', parse.recovery, 'none')
+    .option('--workers', "serve each queue in a worker thread with its own instance of the module (for targets whose instances share no state in memory)", false)
     .addOption(metricsPortOption())
     .action(serveModule)
 }

@@ -35,7 +35,7 @@ const cli = join(__dirname, '../../lib/cli.js')
 const example = (name: string): string => join(__dirname, '../../examples', name)
 
 /** What each example runs, and whether what is written reads back. */
-const examples: Array<{ name: string; args: () => string[]; keepsData: boolean; fio?: boolean; stats?: boolean }> = [
+const examples: Array<{ name: string; args: () => string[]; keepsData: boolean; fio?: boolean; stats?: boolean; says?: RegExp }> = [
   { name: 'ublk-ts serve examples/null.js', args: () => [cli, 'serve', example('null.js'), '--size', '64M'], keepsData: false },
   {
     // TypeScript loaded directly, with a filter from the command line.
@@ -46,14 +46,16 @@ const examples: Array<{ name: string; args: () => string[]; keepsData: boolean; 
     stats: true,
   },
   {
-    name: 'ublk-ts serve examples/loop.js -- --file FILE',
-    args: () => [cli, 'serve', example('loop.js'), '--size', '64M', '--', '--file', backing],
+    // Two queues, each served by a worker thread with its own instance.
+    name: 'ublk-ts serve examples/loop.js --queues 2 --workers -- --file FILE',
+    args: () => [cli, 'serve', example('loop.js'), '--size', '64M', '--queues', '2', '--workers', '--', '--file', backing],
     keepsData: true,
+    says: /\(loop-example, a worker per queue, /,
   },
   { name: 'examples/rust-loop.js FILE', args: () => [example('rust-loop.js'), backing], keepsData: true },
 ]
 
-for (const { name, args, keepsData, fio: verify, stats } of examples) {
+for (const { name, args, keepsData, fio: verify, stats, says } of examples) {
   test.serial(`${name} serves a device${verify ? ' that fio verifies' : ''} and removes it on SIGINT`, async (t) => {
     scratchFile('example', 64 << 20)
     const child = spawn(process.execPath, args(), {
@@ -92,6 +94,7 @@ for (const { name, args, keepsData, fio: verify, stats } of examples) {
       t.is(await stopChild(child), 0, out)
       t.regex(out, /removed/)
       if (stats) t.regex(out, /stats at stop: write: \d+ IOs/)
+      if (says) t.regex(out, says)
       t.true(deviceGone(Number(path.replace('/dev/ublkb', ''))))
     } finally {
       if (child.exitCode === null && (await stopChild(child)) !== 0 && path) {
