@@ -117,7 +117,7 @@ impl NativeBridge {
         }
     }
 
-    fn start_once(&self) -> napi::Result<()> {
+    pub(crate) fn start_once(&self) -> napi::Result<()> {
         if self.started.swap(true, Ordering::SeqCst) {
             return Err(to_napi(ublk_core::Error::new(
                 libc::EALREADY,
@@ -277,13 +277,8 @@ impl NativeBridge {
         let route = match files {
             None => None,
             Some(files) => Some(ReadRoute {
-                files: files
-                    .into_iter()
-                    .map(|f| u32_arg("file", f))
-                    .collect::<ublk_core::Result<_>>()
-                    .map_err(to_napi)?,
-                file_offset: integer("fileOffset", file_offset, i64::MAX as u64)
-                    .map_err(to_napi)?,
+                files: route_files(files)?,
+                file_offset: route_offset(file_offset)?,
                 stripe_bytes: integer("stripeBytes", stripe_bytes, 1 << 40).map_err(to_napi)?,
             }),
         };
@@ -313,13 +308,8 @@ impl NativeBridge {
         let route = match files {
             None => None,
             Some(files) => Some(WriteRoute {
-                files: files
-                    .into_iter()
-                    .map(|f| u32_arg("file", f))
-                    .collect::<ublk_core::Result<_>>()
-                    .map_err(to_napi)?,
-                file_offset: integer("fileOffset", file_offset, i64::MAX as u64)
-                    .map_err(to_napi)?,
+                files: route_files(files)?,
+                file_offset: route_offset(file_offset)?,
                 gated,
             }),
         };
@@ -372,6 +362,20 @@ impl NativeBridge {
     }
 }
 
+/// A route's file handles, each checked as a whole number the core then
+/// looks up.
+fn route_files(files: Vec<f64>) -> napi::Result<Vec<u32>> {
+    files
+        .into_iter()
+        .map(|f| u32_arg("file", f))
+        .collect::<ublk_core::Result<_>>()
+        .map_err(to_napi)
+}
+
+fn route_offset(file_offset: f64) -> napi::Result<u64> {
+    integer("fileOffset", file_offset, i64::MAX as u64).map_err(to_napi)
+}
+
 #[napi(object)]
 pub struct NativeBackingFile {
     /// The file's handle in this device.
@@ -409,54 +413,5 @@ impl Task for OpenBacking {
             read_only: f.read_only,
             block_device: f.block_device,
         })
-    }
-}
-
-/// Drives a bridge that was not started with `total` synthetic 4 KiB reads
-/// on queue 0, `batchMax` per hand-over; resolves with the nanoseconds it
-/// took. For the dispatch-path benchmark: no kernel involved.
-#[napi(ts_return_type = "Promise<number>")]
-pub fn run_synthetic_bridge(
-    bridge: &NativeBridge,
-    total: f64,
-    batch_max: f64,
-) -> napi::Result<AsyncTask<SyntheticRun>> {
-    bridge.start_once()?;
-    Ok(AsyncTask::new(SyntheticRun {
-        target: bridge.target.clone(),
-        depth: bridge.opts.depth,
-        total: integer("total", total, u64::MAX).map_err(to_napi)?,
-        batch_max: u32_arg("batchMax", batch_max).map_err(to_napi)? as usize,
-    }))
-}
-
-pub struct SyntheticRun {
-    target: Arc<BridgeTarget>,
-    depth: u16,
-    total: u64,
-    batch_max: usize,
-}
-
-impl Task for SyntheticRun {
-    type Output = f64;
-    type JsValue = f64;
-
-    fn compute(&mut self) -> napi::Result<f64> {
-        guard("synthetic bridge run", || {
-            let took = self
-                .target
-                .run_synthetic(self.depth, self.total, self.batch_max);
-            Ok(took.map_err(to_napi)?.as_nanos() as f64)
-        })
-    }
-
-    fn resolve(&mut self, _: Env, out: f64) -> napi::Result<f64> {
-        self.target.release();
-        Ok(out)
-    }
-
-    fn reject(&mut self, _: Env, err: napi::Error) -> napi::Result<f64> {
-        self.target.release();
-        Err(err)
     }
 }

@@ -20,4 +20,5 @@ mod info;
 mod log_forward;
 mod recovery;
 mod stats;
+mod synthetic;
 mod workers;
