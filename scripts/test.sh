@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Everything `npm test` runs, in order: Rust checks and unit tests, the
-# addon build and its generated-file drift check, TypeScript checks, the
-# host tests, then the real-device tests on a kernel with ublk (natively
-# when this kernel has /dev/ublk-control, otherwise in the test VM).
+# Everything `npm test` runs: rustfmt, the addon build and its
+# generated-file drift check, TypeScript checks, the host tests, then the
+# real-device tests on a kernel with ublk (natively when this kernel has
+# /dev/ublk-control, otherwise in the test VM), with clippy and the Rust
+# unit tests running beside them at low priority (scripts/rust-checks.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -38,47 +39,6 @@ bash scripts/ensure-deps.sh
 step "cargo fmt --check"
 cargo fmt --all --check
 
-step "cargo clippy"
-cargo clippy --workspace --all-targets --quiet -- -D warnings
-
-step "cargo test, 20 runs in a row (a race that fails one run in twenty shows here)"
-# The test binaries themselves, 20 times (cargo's own start-up would cost
-# more than the tests): what `cargo test` runs, from each crate's directory.
-mapfile -t test_bins < <(cargo test --workspace --quiet --no-run --message-format=json |
-  node -e '
-    const lines = require("fs").readFileSync(0, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l))
-    for (const m of lines) {
-      if (m.reason === "compiler-artifact" && m.profile.test && m.executable) {
-        console.log(`${require("path").dirname(m.manifest_path)}\t${m.executable}`)
-      }
-    }')
-((${#test_bins[@]} > 0)) || { echo "cargo built no test binaries" >&2; exit 1; }
-# The crates have no doc tests; their run prints "0 passed", shown only if
-# it fails, so that every "test result" line printed counts real tests.
-if ! out=$(cargo test --workspace --quiet --doc 2>&1); then
-  printf '%s\n' "$out" >&2
-  exit 1
-fi
-for run in $(seq 1 20); do
-  for entry in "${test_bins[@]}"; do
-    if ! out=$(cd "${entry%%$'\t'*}" && "${entry#*$'\t'}" -q 2>&1); then
-      printf '%s\n' "$out" >&2
-      echo "cargo test (${entry#*$'\t'}) failed on run $run of 20" >&2
-      exit 1
-    fi
-    # The first run's results are shown, with their counts (binaries
-    # without tests are left out: their "0 passed" would read as nothing run).
-    if ((run == 1)) && [[ $out != *"running 0 tests"* ]]; then
-      printf '%s\n' "$out"
-      n=$(sed -nE 's/^test result: ok\. ([0-9]+) passed.*/\1/p' <<<"$out")
-      passed=$((passed + ${n:-0}))
-    fi
-  done
-done
-echo "20 runs of ${#test_bins[@]} test binaries passed"
-# The device tests run this Rust-only target (the core's batch hook).
-cargo build -p ublk-core --example journaled_loop --quiet
-
 step "build the addon and the TypeScript layer"
 bash scripts/build.sh
 
@@ -105,6 +65,20 @@ step "npm pack the root and x86_64 packages, install them with no toolchain (.pa
 # The device test parts/packed-install.ts (in examples.test.js) serves a device from there.
 node scripts/pack.js
 
+step "the journaled loop example (the device tests run this Rust-only target)"
+cargo build -p ublk-core --example journaled_loop --quiet
+
+step "Rust checks (clippy, cargo test x20): started in the background at low priority, while the device tests run"
+# The emulated VM keeps about two thirds of the two cores busy: the checks
+# take the rest (nice 19: the VM's threads go first), and their output is
+# shown when the device tests are done. A failure still fails this script.
+rust_log=$(mktemp /tmp/ublk-ts-rust-checks.XXXXXX)
+# In a session of their own, so that a failure before they are done stops
+# every cargo and rustc of theirs, not only the script.
+nice -n 19 setsid -w bash scripts/rust-checks.sh >"$rust_log" 2>&1 &
+rust_checks=$!
+trap 'kill -- "-$rust_checks" 2>/dev/null || true; rm -f "$run_log" "$rust_log"' EXIT
+
 step "host tests (ava)"
 ava_counted node_modules/.bin/ava "${color[@]}" __test__/*.test.js
 
@@ -122,6 +96,15 @@ else
     ava_counted env UBLK_VM_KERNEL=$kernel bash scripts/vm/run.sh -- "${device_tests[@]}"
   done
 fi
+
+step "Rust checks (clippy, cargo test x20): their output"
+if ! wait "$rust_checks"; then
+  cat "$rust_log"
+  echo "the Rust checks failed (above)" >&2
+  exit 1
+fi
+head -n -1 "$rust_log"
+passed=$((passed + $(tail -n 1 "$rust_log")))
 
 # The last line: every test of every run (Rust unit tests once, host tests,
 # device tests per kernel), in the plain form CI systems read.
