@@ -14,7 +14,10 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "=== cargo test, 20 runs in a row (a race that fails one run in twenty shows here)"
 # The test binaries themselves, 20 times (cargo's own start-up would cost
 # more than the tests): what `cargo test` runs, from each crate's directory.
-mapfile -t test_bins < <(cargo test --workspace --quiet --no-run --message-format=json |
+# Not the examples (--lib --bins --tests): the device tests are running
+# target/debug/examples/journaled_loop, built before them with the
+# features of ublk-core alone, and a workspace build would replace it.
+mapfile -t test_bins < <(cargo test --workspace --quiet --no-run --lib --bins --tests --message-format=json |
   node -e '
     const lines = require("fs").readFileSync(0, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l))
     for (const m of lines) {
