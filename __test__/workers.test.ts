@@ -31,10 +31,13 @@ interface Attached {
   startDevice?: string
 }
 
-async function queueWorker(token: number, queue: number, queues: number): Promise<{ worker: Worker; attached: Attached }> {
+async function queueWorker(token: number, queue: number, queues: number): Promise<{ worker: Worker; attached: Attached; exited: Promise<unknown> }> {
   const worker = new Worker(join(__dirname, 'fixtures', 'queue-worker-null.js'), { workerData: { token, queue, queues } })
+  // Listened for from the start: a worker that ends at once delivers its
+  // last messages and its 'exit' in one go, before an await could listen.
+  const exited = once(worker, 'exit')
   const [attached] = (await once(worker, 'message')) as [Attached]
-  return { worker, attached }
+  return { worker, attached, exited }
 }
 
 test.serial("a worker thread serves its queue: the reads reach its handler, not the main thread's, and are answered", async (t) => {
@@ -44,13 +47,13 @@ test.serial("a worker thread serves its queue: the reads reach its handler, not 
   })
   const token = bridge.share()
   t.is(bridge.share(), token, 'one token per bridge')
-  const { worker, attached } = await queueWorker(token, 0, 2)
+  const { worker, attached, exited } = await queueWorker(token, 0, 2)
   t.true(attached.attached)
   t.is(attached.otherQueue, 'EINVAL', "a worker's bridge answers for its own queue only")
   t.is(attached.startDevice, 'EALREADY', "a worker's bridge cannot start the device")
   const second = await queueWorker(token, 0, 2)
   t.deepEqual(second.attached, { attached: false, code: 'EBUSY' }, 'one handler per queue')
-  await once(second.worker, 'exit')
+  await second.exited
 
   // 20000 reads, each answered by the worker, or this times out (ETIMEDOUT).
   const ns = await binding.runSyntheticBridge(bridge, 20_000, 32)
@@ -59,7 +62,7 @@ test.serial("a worker thread serves its queue: the reads reach its handler, not 
   worker.postMessage('close')
   const [closed] = (await once(worker, 'message')) as [{ served: boolean }]
   t.true(closed.served)
-  await once(worker, 'exit')
+  await exited
 })
 
 test.serial('attaching checks the token and the queue', async (t) => {
