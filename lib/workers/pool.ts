@@ -165,7 +165,7 @@ export async function serveInWorkers(
       throw lostEarly
     }
     for (const w of workers) w.onLost = onLost
-    const ios = new Float64Array(counters)
+    const perQueue = new Float64Array(counters)
     const served: Served = {
       shutdown: () => {
         fallback.shutdown()
@@ -178,8 +178,8 @@ export async function serveInWorkers(
         let batches = 0
         let total = 0
         for (let q = 0; q < device.queues; q++) {
-          batches += ios[q * 2]!
-          total += ios[q * 2 + 1]!
+          batches += perQueue[q * 2]!
+          total += perQueue[q * 2 + 1]!
         }
         return { batches, ios: total, routedReads: bridge.routedReads(), routedWrites: bridge.routedWrites() }
       },
