@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url'
 
 import binding = require('./binding.js')
 import { native, UblkError } from './errors.js'
-import { serve, type Served, type ServedDevice } from './served.js'
+import { geometryOf, serve, type Served, type ServedDevice } from './served.js'
 import { loadTarget, type TargetArgs } from './target-module.js'
 import type { CloseReason, Target } from './target.js'
 import { serveInWorkers } from './workers/pool.js'
@@ -410,11 +410,10 @@ async function createServedDevice(options: DeviceOptions, target: Target | Targe
     if (typeof module !== 'string' && !(module instanceof URL)) throw new UblkError('EINVAL', 'target.module must be a path or a file: URL')
     const file = module instanceof URL || module.startsWith('file:') ? fileURLToPath(module) : module
     const spec = { file, args: { ...args, _: args._ ?? [] } }
-    const queues = geometry.queues ?? 1
-    if (workers ?? queues > 1) {
+    if (workers ?? geometryOf(geometry).queues > 1) {
       served = await serveInWorkers(spec, geometry, ioTimeoutMs, claim, (err) => started.device?.lost(err))
     } else {
-      const instance = await loadTarget(file, spec.args, { size: geometry.size, queues, depth: geometry.depth ?? 64, logicalBlockSize: geometry.logicalBlockSize ?? 512 })
+      const instance = await loadTarget(file, spec.args, geometryOf(geometry))
       served = await serve(instance, geometry, ioTimeoutMs, claim)
     }
   } else {

@@ -6,6 +6,7 @@ import { Dispatcher, hasBatchHooks } from './dispatch/index.js'
 import { native, nativeSync, toUblkError, UblkError } from './errors.js'
 import { Handles } from './handles.js'
 import type { DispatchStats } from './metrics/stats.js'
+import type { DeviceGeometry } from './target-module.js'
 import type { BackingFile, CloseReason, StagingBuffer, Target, TargetContext, WriteGate } from './target.js'
 import { KIND_FDATASYNC, KIND_READ, KIND_SLEEP, KIND_WRITE, RWF_DSYNC, STAGING } from './wire.js'
 
@@ -46,9 +47,14 @@ export function capabilitiesOf(target: Target): NativeCapabilities {
   }
 }
 
-/** The counts a dispatcher keeps, with the routes' from the bridge. */
-export function dispatchStatsOf(dispatcher: Dispatcher): DispatchStats {
-  return { batches: dispatcher.batches, ios: dispatcher.ios, routedReads: dispatcher.routedReads(), routedWrites: dispatcher.routedWrites() }
+/** A device's options with the native defaults filled in, as target factories and dispatchers see them. */
+export function geometryOf(options: Omit<NativeDeviceOptions, 'target' | 'path'>): DeviceGeometry {
+  return {
+    size: options.size,
+    queues: options.queues ?? 1,
+    depth: options.depth ?? 64,
+    logicalBlockSize: options.logicalBlockSize ?? 512,
+  }
 }
 
 /** Starts the device a prepared bridge serves, or takes over the claimed one. */
@@ -69,9 +75,10 @@ export async function serve(
   const capabilities = capabilitiesOf(target)
   const stopped: Array<() => void> = []
   const handles = new Handles()
+  const { queues, depth } = geometryOf(geometry)
   const dispatcher = new Dispatcher(target, {
-    queues: geometry.queues ?? 1,
-    depth: geometry.depth ?? 64,
+    queues,
+    depth,
     ioTimeoutMs,
     handles,
     onStopped: () => {
@@ -94,7 +101,12 @@ export async function serve(
     close: async (reason) => {
       await target.close?.(reason)
     },
-    dispatch: () => dispatchStatsOf(dispatcher),
+    dispatch: (): DispatchStats => ({
+      batches: dispatcher.batches,
+      ios: dispatcher.ios,
+      routedReads: dispatcher.routedReads(),
+      routedWrites: dispatcher.routedWrites(),
+    }),
   }
   return { native: nativeDevice, served, onStopped: (listener) => stopped.push(listener) }
 }

@@ -9,8 +9,8 @@ import binding = require('../binding.js')
 import { Dispatcher } from '../dispatch/index.js'
 import { native, UblkError } from '../errors.js'
 import { Handles } from '../handles.js'
-import { startBridge, type Served, type ServedDevice } from '../served.js'
-import type { DeviceGeometry, TargetArgs } from '../target-module.js'
+import { geometryOf, startBridge, type Served, type ServedDevice } from '../served.js'
+import type { TargetArgs } from '../target-module.js'
 import type { CloseReason } from '../target.js'
 import type { ParentMessage, QueueWorkerData, WorkerMessage } from './protocol.js'
 
@@ -116,12 +116,7 @@ export async function serveInWorkers(
   claim: NativeRecoveryClaim | undefined,
   onLost: (err: Error) => void,
 ): Promise<ServedDevice> {
-  const device: DeviceGeometry = {
-    size: geometry.size,
-    queues: geometry.queues ?? 1,
-    depth: geometry.depth ?? 64,
-    logicalBlockSize: geometry.logicalBlockSize ?? 512,
-  }
+  const device = geometryOf(geometry)
   const counters = new SharedArrayBuffer(device.queues * 2 * Float64Array.BYTES_PER_ELEMENT)
   const workers = Array.from(
     { length: device.queues },
