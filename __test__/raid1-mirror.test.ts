@@ -7,10 +7,13 @@
 // Writes to chunks the mirror opened in its write gate bypass it, as the
 // queue threads' gated write route does: `RoutedWrites` plays that part,
 // with the rules of the native gate (unit-tested in Rust).
-import test from 'ava'
+import { MessageChannel } from 'node:worker_threads'
+
+import test, { type ExecutionContext } from 'ava'
 
 import type { BackingFile, Io, StagedIoOptions, StagingBuffer, TargetContext, WriteErrorHandler, WriteGate, WriteRoute } from '../lib/index.ts'
 import { Mirror, type Member } from '../lib/raid1/mirror.ts'
+import { MirrorQueue } from '../lib/raid1/queue-target.ts'
 import { newSuperblock } from '../lib/raid1/superblock.ts'
 
 const CHUNK = 4096
@@ -209,14 +212,26 @@ function writeIo(data: Map<string, Uint8Array>, offset: number, length: number, 
   return io as WriteIo
 }
 
-/** Runs the mirror's write method on `io` and waits until the IO would complete. */
-async function written(mirror: Mirror, io: WriteIo): Promise<void> {
+/** Runs the write method of the mirror (or of a queue's instance) on `io` and waits until the IO would complete. */
+async function written(mirror: Mirror | MirrorQueue, io: WriteIo): Promise<void> {
   await mirror.write(io)
   await io.done
 }
 
 for (let seed = 1; seed <= 40; seed++) {
-  test(`seed ${seed}: a dirty resync under write batches leaves the members identical`, async (t) => {
+  test(`seed ${seed}: a dirty resync under write batches leaves the members identical`, (t) => resyncUnderWrites(t, seed, false))
+}
+
+// The instance serving queue 1 in a worker, here on this thread, over a
+// real message channel: its marks, members and writes go through the
+// mirror's links, whose answers take turns of the event loop of their own.
+for (let seed = 1; seed <= 20; seed++) {
+  test(`seed ${seed}: a dirty resync under write batches from queue 0 and from a worker's instance leaves the members identical`, (t) =>
+    resyncUnderWrites(t, seed, true))
+}
+
+async function resyncUnderWrites(t: ExecutionContext, seed: number, withQueue: boolean): Promise<void> {
+  {
     const random = seeded(seed)
     const turns = new Turns(random)
     const { data, ctx, routed } = memoryContext(turns)
@@ -227,7 +242,15 @@ for (let seed = 1; seed <= 40; seed++) {
     const members: Member[] = ['a', 'b'].map((path, slot) => ({ slot, path, state: 'active', readErrors: 0, writeErrors: 0, repairedReads: 0 }))
     const bitmap = new Uint8Array(sb.bitmapBytes).fill(0xff)
     const mirror = new Mirror({ superblock: sb, members, bitmap, unclean: true, bitmapClearDelayMs: 10, resync: { maxBytesPerSec: 2 ** 40, minBytesPerSec: 2 ** 40 } })
+    let queue: MirrorQueue | undefined
+    if (withQueue) {
+      const { port1, port2 } = new MessageChannel()
+      port1.unref()
+      mirror.connectQueue(1, port1)
+      queue = new MirrorQueue(port2)
+    }
     await mirror.open(ctx)
+    await queue?.open(ctx)
     // Write batches while the resync copies: one or two IOs on neighbouring
     // chunks, started in the same step as backend completions. No two
     // writes to a chunk are in flight at once: overlapping writes in flight
@@ -246,12 +269,14 @@ for (let seed = 1; seed <= 40; seed++) {
         if (bypass) bypassing.push(bypass)
         else ios.push(writeIo(data, chunk * CHUNK, CHUNK, fill, turns))
       }
+      // Half the batches come on queue 1, when it has its own instance.
+      const target = queue && random() < 0.5 ? queue : mirror
       batches.push(
         (async () => {
           if (ios.length > 0) {
-            await mirror.beforeWrites(ios)
-            await Promise.all(ios.map((io) => written(mirror, io)))
-            mirror.afterWrites(ios)
+            await target.beforeWrites(ios)
+            await Promise.all(ios.map((io) => written(target, io)))
+            target.afterWrites(ios)
           }
           await Promise.all(bypassing)
           for (const c of chunks) busy.delete(c)
@@ -276,7 +301,7 @@ for (let seed = 1; seed <= 40; seed++) {
     t.deepEqual(differing, [], 'chunks that differ between the members')
     routedTotal += routed.served
     await mirror.close()
-  })
+  }
 }
 
 let routedTotal = 0

@@ -5,7 +5,7 @@ import binding = require('./binding.js')
 import { native, UblkError } from './errors.js'
 import { geometryOf, serve, type Served, type ServedDevice } from './served.js'
 import { loadTarget, type TargetArgs } from './target-module.js'
-import type { CloseReason, Target } from './target.js'
+import type { CloseReason, PrimaryTarget, Target } from './target.js'
 import { serveInWorkers } from './workers/pool.js'
 import type { DeviceStats } from './metrics/stats.js'
 
@@ -30,6 +30,14 @@ export interface TargetModule {
   module: string | URL
   /** Options for its factory, as `ublk-ts serve` gives them from `--key value`. */
   args?: Partial<TargetArgs>
+  /**
+   * An instance made on this thread, for a target whose queues share
+   * state that one owner must keep (a mirror's bitmap and member states).
+   * With workers it serves queue 0 and the module's instances serve the
+   * others, each reaching it through `DeviceGeometry.port`; without
+   * workers it serves every queue and the module is not loaded.
+   */
+  primary?: PrimaryTarget
 }
 
 export interface DeviceOptions {
@@ -406,12 +414,18 @@ async function createServedDevice(options: DeviceOptions, target: Target | Targe
   // A worker lost while the device starts fails the start; later ones stop the device.
   const started: { device?: Device } = {}
   if (isTargetModule(target)) {
-    const { module, args = {} } = target
+    const { module, args = {}, primary } = target
     if (typeof module !== 'string' && !(module instanceof URL)) throw new UblkError('EINVAL', 'target.module must be a path or a file: URL')
+    if (primary !== undefined && (typeof primary?.read !== 'function' || typeof primary.connectQueue !== 'function')) {
+      throw new UblkError('EINVAL', 'target.primary must be a target with a connectQueue(queue, port) method')
+    }
     const file = module instanceof URL || module.startsWith('file:') ? fileURLToPath(module) : module
     const spec = { file, args: { ...args, _: args._ ?? [] } }
-    if (workers ?? geometryOf(geometry).queues > 1) {
-      served = await serveInWorkers(spec, geometry, ioTimeoutMs, claim, (err) => started.device?.lost(err))
+    const queues = geometryOf(geometry).queues
+    if ((workers ?? queues > 1) && !(primary && queues === 1)) {
+      served = await serveInWorkers(spec, geometry, ioTimeoutMs, claim, (err) => started.device?.lost(err), primary)
+    } else if (primary) {
+      served = await serve(primary, geometry, ioTimeoutMs, claim)
     } else {
       const instance = await loadTarget(file, spec.args, geometryOf(geometry))
       served = await serve(instance, geometry, ioTimeoutMs, claim)

@@ -19,6 +19,7 @@ export type {
   FailedTransfer,
   Io,
   IoOp,
+  PrimaryTarget,
   ReadErrorHandler,
   ReadRoute,
   StagedIoOptions,

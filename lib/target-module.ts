@@ -2,6 +2,7 @@
 // (through tsx), JavaScript as it is.
 import { resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
+import type { MessagePort } from 'node:worker_threads'
 
 import { errnoCodeOf, UblkError } from './errors.js'
 import type { Target } from './target.js'
@@ -24,6 +25,11 @@ export interface DeviceGeometry {
    * every queue.
    */
   readonly queue?: number
+  /**
+   * In a worker, when the module was given with a `primary` instance (see
+   * `TargetModule.primary`): this instance's end of a channel to it.
+   */
+  readonly port?: MessagePort
 }
 
 /**

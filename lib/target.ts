@@ -1,4 +1,5 @@
 // What a block device written in TypeScript implements.
+import type { MessagePort } from 'node:worker_threads'
 import { UblkError } from './errors.js'
 
 /** The IO operations a target can receive. */
@@ -313,6 +314,16 @@ export interface Target {
    * takes the device over before this returns.
    */
   close?(how?: CloseReason): Promise<void> | void
+}
+
+/**
+ * A target's instance on the thread that runs the device, when its queues
+ * are served by workers with instances of their own (see
+ * `TargetModule.primary`): it serves queue 0 and keeps what the queues share.
+ */
+export interface PrimaryTarget extends Target {
+  /** Called for each worker before any instance opens: this side of its channel to the instance of `queue`. */
+  connectQueue(queue: number, port: MessagePort): void
 }
 
 /** Why a target is closed: its device stopped, or went to another process. */

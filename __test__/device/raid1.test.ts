@@ -35,24 +35,30 @@ function members(name: string, n = 2): string[] {
   return Array.from({ length: n }, (_, i) => scratchFile(`raid1-${name}-${i}`, MEMBER))
 }
 
+/** One fio job per CPU, each on its own part of the array: blk-mq sends each CPU's IO to its own queue. */
+const perCpu = (spacing: string) => ({ numjobs: 2, extra: ['--cpus_allowed=0-1', '--cpus_allowed_policy=split', `--offset_increment=${spacing}`] })
+
 function identical(t: { is(a: unknown, b: unknown, m?: string): void }, a: string, b: string): void {
   t.is(digestRange(a, DATA_OFFSET, ARRAY), digestRange(b, DATA_OFFSET, ARRAY), `${a} and ${b} hold the same data`)
 }
 
-test.serial('fio crc32c verify through the mirror; members identical after stop', async (t) => {
+test.serial('fio crc32c verify through the mirror on 2 queues, the second in a worker; members identical after stop', async (t) => {
   const [a, b] = members('verify')
-  const md = await createRaid1({ members: [a!, b!], chunkSize: '64k', depth: 64 })
+  const md = await createRaid1({ members: [a!, b!], chunkSize: '64k', depth: 64, queues: 2 })
   try {
     t.is(md.status().state, 'optimal')
+    t.is(md.status().queueWorkers, 1, 'queue 1 is served by a worker')
     for (const job of [
       { rw: 'randwrite', bs: '4k', iodepth: 32, size: '8M' },
       { rw: 'write', bs: '1M', iodepth: 4, size: '16M' },
       { rw: 'randwrite', bs: '512', iodepth: 8, size: '1M' },
     ] as const) {
-      const r = await fio(md.path, { ...job, verify: 'crc32c' })
+      const r = await fio(md.path, { ...job, verify: 'crc32c', ...perCpu('16M') })
       t.is(r.errors, 0, `${job.rw} ${job.bs}`)
       t.true(r.writeIos > 0 && r.readIos > 0)
     }
+    const perQueue = md.device.stats().queues.map((q) => q.write.ios)
+    t.true(perQueue.every((n) => n > 0), `both queues served writes: ${perQueue.join(', ')}`)
     t.true(md.status().bitmapFlushes > 0, 'writes set bits on disk')
     // Writes to chunks whose bits were on disk went member to member on
     // the queue thread, past JavaScript (the gated write route).
@@ -70,7 +76,7 @@ test.serial('fio crc32c verify through the mirror; members identical after stop'
 
 test.serial('kill -9 during random writes: only dirty chunks are resynced, earlier data verifies', async (t) => {
   const [a, b] = members('crash')
-  const options = { members: [a, b], chunkSize: CHUNK, bitmapClearDelayMs: 300 }
+  const options = { members: [a, b], chunkSize: CHUNK, bitmapClearDelayMs: 300, queues: 2 }
   const child = spawn(process.execPath, [fixture('raid1-serve.ts'), JSON.stringify(options)], {
     stdio: ['ignore', 'pipe', 'inherit'],
   })
@@ -87,8 +93,9 @@ test.serial('kill -9 during random writes: only dirty chunks are resynced, earli
   t.is(dd.code, 0, dd.stderr)
   await until(() => bitsSetOnDisk(a!, 4096) === 0, 'the bits of the idle region are cleared on disk')
 
-  // Random writes to [16 MiB, 24 MiB) until the server dies.
-  const writer = fio(path, { rw: 'randwrite', bs: '4k', iodepth: 32, size: '8M', runtime: 30, extra: ['--offset=16M'] }).catch(
+  // Random writes to [16 MiB, 32 MiB) from both CPUs, so both queues, until the server dies.
+  const both = perCpu('8M')
+  const writer = fio(path, { rw: 'randwrite', bs: '4k', iodepth: 32, size: '8M', runtime: 30, ...both, extra: [...both.extra, '--offset=16M'] }).catch(
     () => undefined,
   )
   await until(() => bitsSetOnDisk(a!, 4096) > 0, 'writes in flight have marked their chunks on disk')
@@ -98,11 +105,11 @@ test.serial('kill -9 during random writes: only dirty chunks are resynced, earli
   await deleteDevice(id)
 
   const dirty = bitsSetOnDisk(a!, 4096)
-  const region = (8 * MiB) / CHUNK
+  const region = (16 * MiB) / CHUNK
   t.true(dirty > 0, 'writes in flight left bits set')
-  t.true(dirty <= region, `${dirty} dirty chunks, all within the 8 MiB written (${region} chunks)`)
+  t.true(dirty <= region, `${dirty} dirty chunks, all within the 16 MiB written (${region} chunks)`)
 
-  const md = await assembleRaid1({ members: [a!, b!] })
+  const md = await assembleRaid1({ members: [a!, b!], queues: 2 })
   try {
     await md.whenResynced()
     const last = md.status().lastResync
@@ -156,13 +163,15 @@ test.serial('a member failing under IO: no error reaches fio, degraded, re-add r
   const flaky = await flakyMember(b!)
   try {
     // Both members are zeroes already (a is zeroed on create, b is a new sparse file).
-    const md = await createRaid1({ members: [a!, flaky.dev], chunkSize: CHUNK, assumeClean: true, bitmapClearDelayMs: 200 })
+    const md = await createRaid1({ members: [a!, flaky.dev], chunkSize: CHUNK, assumeClean: true, bitmapClearDelayMs: 200, queues: 2 })
+    t.is(md.status().queueWorkers, 1)
     const events: string[] = []
     md.on('state', (state) => events.push(`state ${state}`))
     md.on('member', (e) => events.push(`member ${e.slot} ${e.state}`))
     md.on('resync', (e) => events.push(`resync ${e.kind} ${e.phase}`))
     try {
-      const writes = fio(md.path, { rw: 'randwrite', bs: '4k', iodepth: 16, size: '16M', verify: 'crc32c' })
+      // From both CPUs: the member fails under the worker's writes too.
+      const writes = fio(md.path, { rw: 'randwrite', bs: '4k', iodepth: 16, size: '8M', verify: 'crc32c', ...perCpu('16M') })
       await until(() => md.status().dirtyChunks > 0, 'writes are going on')
       await flaky.fail()
       const r = await writes
@@ -182,7 +191,7 @@ test.serial('a member failing under IO: no error reaches fio, degraded, re-add r
       const last = md.status().lastResync
       t.is(last?.kind, 'recovery')
       t.is(last?.total, dirty, 'only the chunks marked while degraded were copied')
-      t.true(dirty <= (16 * MiB) / CHUNK)
+      t.true(dirty <= (24 * MiB) / CHUNK)
       t.is(md.status().state, 'optimal')
       // Events come on the next turn of the event loop.
       await until(() => events.length >= 8, 'the array emitted the resync end')
@@ -196,7 +205,7 @@ test.serial('a member failing under IO: no error reaches fio, degraded, re-add r
         'state optimal',
         'resync recovery done',
       ])
-      const again = await fio(md.path, { rw: 'read', bs: '64k', iodepth: 4, size: '16M' })
+      const again = await fio(md.path, { rw: 'read', bs: '64k', iodepth: 4, size: '8M', ...perCpu('16M') })
       t.is(again.errors, 0)
     } finally {
       await md.stop()
@@ -214,20 +223,26 @@ test.serial('read errors on a member are served from the other and repaired; the
   const pattern = join('/tmp', `ublk-raid1-reads-${process.pid}`)
   writeFileSync(pattern, randomBytes(16 * MiB))
   try {
-    const md = await createRaid1({ members: [a!, flaky.dev], chunkSize: CHUNK, assumeClean: true })
+    const md = await createRaid1({ members: [a!, flaky.dev], chunkSize: CHUNK, assumeClean: true, queues: 2 })
     try {
       const dd = await sh('dd', [`if=${pattern}`, `of=${md.path}`, 'bs=1M', 'oflag=direct', 'conv=nocreat,fsync'])
       t.is(dd.code, 0, dd.stderr)
       const routedBefore = md.device.stats().dispatch!.routedReads
       await flaky.failReads()
-      const read = await sh('sh', ['-c', `dd if=${md.path} bs=64k count=256 iflag=direct status=none | md5sum`])
+      // From each CPU in turn, so each queue: queue 1's worker serves its
+      // failed reads from the other member and asks the mirror for the repairs.
       const expected = await sh('md5sum', [pattern])
-      t.is(read.stdout.split(' ')[0], expected.stdout.split(' ')[0], 'every read returned the data written')
+      for (const cpu of [0, 1]) {
+        const read = await sh('sh', ['-c', `taskset -c ${cpu} dd if=${md.path} bs=64k count=256 iflag=direct status=none | md5sum`])
+        t.is(read.stdout.split(' ')[0], expected.stdout.split(' ')[0], `every read from CPU ${cpu} returned the data written`)
+      }
       const st = md.status()
       t.is(st.state, 'optimal', 'a read error alone does not fail a member')
       t.true(st.members[1]!.readErrors > 0, 'reads routed to the failing member failed there')
       t.is(st.members[1]!.repairedReads, st.members[1]!.readErrors, 'each failed read was rewritten on the member')
-      t.true(md.device.stats().dispatch!.routedReads - routedBefore >= 128, 'reads were served without JavaScript')
+      t.true(md.device.stats().dispatch!.routedReads - routedBefore >= 256, 'reads were served without JavaScript')
+      const reads = md.device.stats().queues.map((q) => q.read.ios)
+      t.true(reads.every((n) => n >= 256), `both queues served reads: ${reads.join(', ')}`)
       await flaky.heal()
     } finally {
       await md.stop()

@@ -1,7 +1,8 @@
 // RAID1 arrays as users see them: create, assemble, status, fail, add, stop.
 import { EventEmitter } from 'node:events'
+import { resolve } from 'node:path'
 
-import { claimRecovery, createDevice, recoverDevice, type Device, type DeviceOptions, type RecoveryClaim } from '../device.js'
+import { claimRecovery, createDevice, recoverDevice, type Device, type DeviceOptions, type RecoveryClaim, type TargetModule } from '../device.js'
 import { toUblkError, UblkError } from '../errors.js'
 import { parseSize } from '../size.js'
 import type { Member, MemberStatus, MirrorEvent } from './mirror.js'
@@ -36,6 +37,12 @@ export interface AssembleRaid1Options extends DeviceGeometry {
   recover?: number
   /** With `recover`: wait while the device is still served, and assemble once its server died. */
   standby?: boolean
+  /**
+   * Serve queues 1 and up each in a worker thread of its own (queue 0, the
+   * bitmap, the member states and resync stay on this thread). Default:
+   * true when `queues > 1`.
+   */
+  workers?: boolean
 }
 
 export interface CreateRaid1Options extends AssembleRaid1Options {
@@ -78,7 +85,12 @@ export interface Raid1Status {
   resync?: ResyncProgress
   /** The last resync that ended (completed or not). */
   lastResync?: ResyncProgress
+  /** Queues served by worker threads: all but queue 0, or none (one thread serves them all). */
+  queueWorkers: number
 }
+
+/** What each worker loads to serve a queue of the array. */
+const QUEUE_TARGET = resolve(__dirname, 'queue-target.js')
 
 const DEFAULT_CHUNK = 1 << 20
 const MIN_CHUNK = 4096
@@ -186,6 +198,7 @@ export class Raid1Array extends EventEmitter<Raid1Events> {
       bitmapFlushes: m.bitmap.flushes,
       bitmapSweeps: m.bitmap.sweeps,
       events: m.sb.events,
+      queueWorkers: m.queueWorkers,
       ...(resync ? { resync } : {}),
       ...(m.lastResync ? { lastResync: m.lastResync } : {}),
     }
@@ -429,13 +442,16 @@ async function start(
     resync: options.resync ?? {},
     afterStop: recordStop,
   })
-  const { members: _members, bitmapClearDelayMs: _delay, resync: _resync, recover: _recover, standby: _standby, ...geometry } = options
+  const { members: _members, bitmapClearDelayMs: _delay, resync: _resync, recover: _recover, standby: _standby, workers, ...geometry } = options
+  if (workers !== undefined && typeof workers !== 'boolean') throw new UblkError('EINVAL', 'workers must be true or false')
+  // The mirror serves every queue, or queue 0 with a worker's instance on each of the others.
+  const target: TargetModule = { module: QUEUE_TARGET, primary: mirror }
   let device: Device
   try {
     if (claim === undefined) {
-      device = await createDevice({ ...pickGeometry(geometry), size: superblock.size, target: mirror })
+      device = await createDevice({ ...pickGeometry(geometry), size: superblock.size, target, ...(workers !== undefined ? { workers } : {}) })
     } else {
-      device = await recoverArrayDevice(claim, mirror, options.ioTimeoutMs)
+      device = await recoverArrayDevice(claim, target, options.ioTimeoutMs, workers)
     }
   } catch (err) {
     throw toUblkError(err)
@@ -446,8 +462,13 @@ async function start(
 }
 
 /** The array's device, taken over from its dead server under `claim` (its size checked before). */
-function recoverArrayDevice(claim: RecoveryClaim, mirror: Mirror, ioTimeoutMs: number | undefined): Promise<Device> {
-  return recoverDevice(claim.info.id, { target: mirror, claim, ...(ioTimeoutMs !== undefined ? { ioTimeoutMs } : {}) })
+function recoverArrayDevice(claim: RecoveryClaim, target: TargetModule, ioTimeoutMs: number | undefined, workers: boolean | undefined): Promise<Device> {
+  return recoverDevice(claim.info.id, {
+    target,
+    claim,
+    ...(ioTimeoutMs !== undefined ? { ioTimeoutMs } : {}),
+    ...(workers !== undefined ? { workers } : {}),
+  })
 }
 
 function pickGeometry(o: Record<string, unknown>): DeviceGeometry {

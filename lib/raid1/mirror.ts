@@ -1,6 +1,8 @@
 // The RAID1 target: every write goes to every member after its chunks'
 // write-intent bits are on disk; reads go to one member in sync and fall
 // back to the others on error, repairing the member that failed.
+import type { MessagePort } from 'node:worker_threads'
+
 import { UblkError } from '../errors.js'
 import {
   FALLOC_FL_KEEP_SIZE,
@@ -9,12 +11,13 @@ import {
   type BackingFile,
   type CloseReason,
   type Io,
+  type PrimaryTarget,
   type StagingBuffer,
-  type Target,
   type TargetContext,
 } from '../target.js'
 import { WriteIntentBitmap, type Extent } from './bitmap.js'
 import { OpenChunks } from './open-chunks.js'
+import { QueueLinks } from './queue-links.js'
 import { Resync, type ResyncKind, type ResyncProgress, type ResyncSpeed } from './resync.js'
 import { BITMAP_OFFSET, encodeSuperblock, SUPERBLOCK_BYTES, type SlotState, type Superblock } from './superblock.js'
 
@@ -64,15 +67,19 @@ export interface MirrorSettings {
 }
 
 const codeOf = (err: unknown) => (err as { code?: unknown } | null)?.code
-const isCancel = (err: unknown) => codeOf(err) === 'ECANCELED'
+export const isCancel = (err: unknown) => codeOf(err) === 'ECANCELED'
 /** An operation the member's file system lacks says nothing about the member's health. */
 const isUnsupported = (err: unknown) => codeOf(err) === 'EOPNOTSUPP' || codeOf(err) === 'ENOTSUP'
 
 /** Zeroes a range: a hole in a file (every file system has them), a zeroout on a block device. */
-const zeroMode = (file: BackingFile) =>
+export const zeroMode = (file: BackingFile) =>
   (file.blockDevice ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE) | FALLOC_FL_KEEP_SIZE
 
-export class Mirror implements Target {
+/**
+ * The whole array, serving every queue; or, with workers, queue 0 and the
+ * requests of the instances that serve the others (./queue-target.ts).
+ */
+export class Mirror implements PrimaryTarget {
   /** Writes and reads go member to IO by the queue's ring: zero copy where the kernel allows. */
   readonly zeroCopy = true
   readonly name = 'raid1-ts'
@@ -110,6 +117,16 @@ export class Mirror implements Target {
   readonly #afterStop: ((mirror: Mirror) => Promise<void>) | undefined
   /** Called when a member changes state or a resync starts or ends: a line for people, and the event. */
   onChange: ((what: string, event: MirrorEvent) => void) | undefined
+  /** The workers serving the other queues, if any. */
+  readonly #links = new QueueLinks({
+    members: () => this.members,
+    dataOffset: () => this.sb.dataOffset,
+    mark: (extents, onMarked) => this.#markExtents(extents, onMarked),
+    unmark: (extents) => this.#bitmap.unmark(extents),
+    judge: (targets, wasActive, what, errors) => this.#judge(targets, wasActive, what, errors),
+    reader: (offset) => this.#reader(offset),
+    repair: (offset, length, failed, good) => this.#repair({ offset, length }, failed, good),
+  })
 
   constructor(settings: MirrorSettings) {
     this.sb = { ...settings.superblock, slots: [...settings.superblock.slots] }
@@ -125,6 +142,10 @@ export class Mirror implements Target {
   }
 
   // --- Target ---------------------------------------------------------------
+
+  connectQueue(queue: number, port: MessagePort): void {
+    this.#links.connect(queue, port)
+  }
 
   async open(ctx: TargetContext): Promise<void> {
     this.#ctx = ctx
@@ -195,8 +216,7 @@ export class Mirror implements Target {
 
   beforeWrites(ios: readonly Io[]): Promise<void> | undefined {
     const extents = ios.map((io) => ({ offset: io.offset, length: io.length }))
-    if (this.#locks.size > 0) return this.#markWhenUnlocked(ios, extents)
-    return this.#mark(ios, extents)
+    return this.#markExtents(extents, () => this.#marked.set(ios, extents))
   }
 
   afterWrites(ios: readonly Io[]): void {
@@ -208,10 +228,11 @@ export class Mirror implements Target {
 
   async close(how: CloseReason = 'stopped'): Promise<void> {
     this.#closing = true
+    this.#links.closeAll()
     this.#route()
     // A routed write that failed while the device stopped never reached
     // `write`: its members may differ, so the stop is not recorded clean.
-    if (this.#openChunks?.failureUnseen) this.#cancelledWrites = true
+    if (this.#openChunks?.failureUnseen(this.#links.routedFailuresSeen())) this.#cancelledWrites = true
     this.#resync?.abort()
     if (this.#sweeper) clearInterval(this.#sweeper)
     await this.#resyncRunning
@@ -233,6 +254,11 @@ export class Mirror implements Target {
   /** A dirty resync was due and has not finished, or a write was cut short: the members may differ. */
   get dirtyResyncPending(): boolean {
     return this.#needsDirtyResync || this.#cancelledWrites || this.#resync?.progress.kind === 'dirty'
+  }
+
+  /** Queues served by instances in workers (0: this thread serves every queue). */
+  get queueWorkers(): number {
+    return this.#links.count
   }
 
   get bitmapEnabled(): boolean {
@@ -264,6 +290,7 @@ export class Mirror implements Target {
 
   #refresh(): void {
     for (const m of this.members) this.sb.slots[m.slot] = m.state
+    this.sb.slots.forEach((state, slot) => this.#links.shared.setState(slot, state))
     this.#active = this.members.filter((m) => m.state === 'active' && m.file)
     this.#writable = this.members.filter((m) => m.state !== 'faulty' && m.file)
     this.#route()
@@ -290,6 +317,7 @@ export class Mirror implements Target {
     m.file = await this.#ctx.openFile(m.path, { direct: true })
     m.superblock ??= this.#ctx.allocBuffer(SUPERBLOCK_BYTES)
     this.#refresh()
+    this.#links.shared.membershipChanged()
   }
 
   // --- IO paths -----------------------------------------------------------------
@@ -367,14 +395,17 @@ export class Mirror implements Target {
         other.readErrors++
         continue
       }
-      if (failed?.state === 'active') await this.#repair(io, failed, other)
+      if (failed?.state === 'active') await this.#repair(io, failed, other, () => io.readFrom(other.file!, at))
       return
     }
     throw new UblkError('EIO', `read at ${io.offset}: no member could serve it`)
   }
 
-  /** Rewrites what a member failed to read, with writes to the range held off. */
-  async #repair(io: Io, failed: Member, good: Member): Promise<void> {
+  /**
+   * Rewrites what a member failed to read, with writes to the range held
+   * off; `reread` runs first under the hold (a write may have landed since).
+   */
+  async #repair(io: Extent & { queue?: number }, failed: Member, good: Member, reread?: () => Promise<unknown>): Promise<void> {
     const [first, last] = this.#bitmap.chunksOf(io)
     const releases = []
     for (let c = first; c <= last; c++) releases.push(await this.#lockChunk(c))
@@ -384,10 +415,9 @@ export class Mirror implements Target {
     const staging = this.#ctx.allocBuffer(io.length)
     try {
       const at = this.sb.dataOffset + io.offset
-      // Read again under the lock: a write may have landed since.
-      await io.readFrom(good.file!, at)
-      await this.#ctx.read(good.file!, staging, at, { queue: io.queue })
-      await this.#ctx.write(failed.file!, staging, at, { queue: io.queue })
+      await reread?.()
+      await this.#ctx.read(good.file!, staging, at, { queue: io.queue ?? 0 })
+      await this.#ctx.write(failed.file!, staging, at, { queue: io.queue ?? 0 })
       failed.repairedReads++
     } catch (e) {
       if (isCancel(e)) throw e
@@ -399,9 +429,15 @@ export class Mirror implements Target {
     }
   }
 
+  /** Marks writes once no chunk they touch is locked (`onMarked` when they are counted in). */
+  #markExtents(extents: Extent[], onMarked: () => void): Promise<void> | undefined {
+    if (this.#locks.size > 0) return this.#markWhenUnlocked(extents, onMarked)
+    return this.#mark(extents, onMarked)
+  }
+
   /** Marks the writes' chunks; once their bits are durable, later writes to them may bypass us. */
-  #mark(ios: readonly Io[], extents: Extent[]): Promise<void> | undefined {
-    this.#marked.set(ios, extents)
+  #mark(extents: Extent[], onMarked: () => void): Promise<void> | undefined {
+    onMarked()
     const durable = this.#bitmap.mark(extents)
     if (!durable) {
       this.#openChunksOf(extents)
@@ -426,10 +462,10 @@ export class Mirror implements Target {
    * (a resync copy, a read repair) would otherwise find the chunk idle and
    * copy it while these writes land on it.
    */
-  async #markWhenUnlocked(ios: readonly Io[], extents: Extent[]): Promise<void> {
+  async #markWhenUnlocked(extents: Extent[], onMarked: () => void): Promise<void> {
     for (;;) {
       const held = this.#lockOn(extents)
-      if (!held) return this.#mark(ios, extents)
+      if (!held) return this.#mark(extents, onMarked)
       await held
     }
   }
@@ -583,7 +619,7 @@ export class Mirror implements Target {
           kind,
           chunks,
           copy: (chunk) => this.#copyChunk(chunk, source, targets),
-          foregroundIos: () => this.#foreground + this.#ctx.routedReads() + this.#ctx.routedWrites(),
+          foregroundIos: () => this.#foreground + this.#links.foreground() + this.#ctx.routedReads() + this.#ctx.routedWrites(),
         },
         this.#speed,
       )

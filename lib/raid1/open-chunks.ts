@@ -53,8 +53,8 @@ export class OpenChunks {
     this.#failuresSeen++
   }
 
-  /** A routed write failed without reaching the mirror (the device was stopping). */
-  get failureUnseen(): boolean {
-    return this.#gate.failures() > this.#failuresSeen
+  /** A routed write failed without reaching the mirror or a worker's instance (`seenElsewhere`): the device was stopping. */
+  failureUnseen(seenElsewhere: number): boolean {
+    return this.#gate.failures() > this.#failuresSeen + seenElsewhere
   }
 }

@@ -1,17 +1,19 @@
 // A device whose queues are each served by a worker thread of their own,
 // each with its own instance of a target module: JavaScript then runs on
 // as many cores as the device has queues. This thread keeps the device and
-// a fallback handler that only hears of the stop.
+// either a fallback handler that only hears of the stop, or a primary
+// instance of the target that serves queue 0 and that the workers reach
+// through a port each.
 import { resolve } from 'node:path'
-import { Worker } from 'node:worker_threads'
+import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads'
 
 import binding = require('../binding.js')
 import { Dispatcher } from '../dispatch/index.js'
 import { native, UblkError } from '../errors.js'
 import { Handles } from '../handles.js'
-import { geometryOf, startBridge, type Served, type ServedDevice } from '../served.js'
+import { capabilitiesOf, contextFor, geometryOf, startBridge, type Served, type ServedDevice } from '../served.js'
 import type { TargetArgs } from '../target-module.js'
-import type { CloseReason } from '../target.js'
+import type { CloseReason, PrimaryTarget } from '../target.js'
 import type { ParentMessage, QueueWorkerData, WorkerMessage } from './protocol.js'
 
 import type { NativeCapabilities, NativeDeviceOptions, NativeRecoveryClaim } from '../../index.js'
@@ -31,7 +33,7 @@ class QueueWorker {
 
   constructor(data: QueueWorkerData) {
     this.queue = data.queue
-    this.#worker = new Worker(resolve(__dirname, 'queue-worker.js'), { workerData: data })
+    this.#worker = new Worker(resolve(__dirname, 'queue-worker.js'), { workerData: data, transferList: data.port ? [data.port] : [] })
     this.#worker.on('message', (message: WorkerMessage) => this.#arrived(message))
     this.#worker.on('error', (err) => this.#lost(new UblkError('EIO', `the worker of queue ${this.queue} failed: ${err.message}`, { cause: err })))
     this.#worker.on('exit', (code) => this.#lost(new UblkError('EIO', `the worker of queue ${this.queue} exited (code ${code})`)))
@@ -103,11 +105,13 @@ export interface WorkerTargetSpec {
 const same = (a: NativeCapabilities, b: NativeCapabilities): boolean => JSON.stringify(a) === JSON.stringify(b)
 
 /**
- * Serves a device with one worker per queue: each loads the module and
- * reports what its target can do (they must agree), attaches to its queue,
- * opens its target; then the device starts. `onLost` hears of a worker
- * that ends or fails while the device runs: its queue's IOs fail with EIO
- * from then on, so the device should be stopped.
+ * Serves a device with one worker per queue (per queue but 0 with a
+ * `primary`): each loads the module and reports what its target can do
+ * (they must agree), attaches to its queue, opens its target; then the
+ * device starts. A primary opens before the workers' instances do, and
+ * closes after them. `onLost` hears of a worker that ends or fails while
+ * the device runs: its queue's IOs fail with EIO from then on, so the
+ * device should be stopped.
  */
 export async function serveInWorkers(
   spec: WorkerTargetSpec,
@@ -115,38 +119,54 @@ export async function serveInWorkers(
   ioTimeoutMs: number,
   claim: NativeRecoveryClaim | undefined,
   onLost: (err: Error) => void,
+  primary?: PrimaryTarget,
 ): Promise<ServedDevice> {
   const device = geometryOf(geometry)
   const counters = new SharedArrayBuffer(device.queues * 2 * Float64Array.BYTES_PER_ELEMENT)
-  const workers = Array.from(
-    { length: device.queues },
-    (_, queue) => new QueueWorker({ file: spec.file, args: spec.args, geometry: device, queue, ioTimeoutMs, counters }),
-  )
+  const ports: MessagePort[] = []
+  const workers: QueueWorker[] = []
+  for (let queue = primary ? 1 : 0; queue < device.queues; queue++) {
+    let port: MessagePort | undefined
+    if (primary) {
+      const channel = new MessageChannel()
+      port = channel.port2
+      // The worker's own handles keep it alive; this side never should.
+      channel.port1.unref()
+      ports.push(channel.port1)
+    }
+    workers.push(new QueueWorker({ file: spec.file, args: spec.args, geometry: device, queue, ioTimeoutMs, counters, ...(port ? { port } : {}) }))
+  }
   const stopped: Array<() => void> = []
+  let primaryOpened = false
   try {
     const loaded = await Promise.all(workers.map((w) => w.next('loaded')))
-    const { capabilities, name } = loaded[0]!
+    const capabilities = primary ? capabilitiesOf(primary) : loaded[0]!.capabilities
+    const name = primary ? primary.name : loaded[0]!.name
     if (!loaded.every((l) => same(l.capabilities, capabilities))) {
       throw new UblkError('EINVAL', `${spec.file}: the target's instances differ in what they can do (one per queue); they must agree`)
     }
-    // Hears of the stop; IOs never come here once every queue has its worker.
-    const fallback = new Dispatcher(
-      { name, read: () => Promise.reject(new UblkError('EIO', 'no worker serves this queue')) },
-      {
-        queues: device.queues,
-        depth: device.depth,
-        ioTimeoutMs,
-        handles: new Handles(),
-        onStopped: () => {
-          for (const listener of stopped.splice(0)) listener()
-        },
+    const handles = new Handles()
+    // Serves queue 0 with a primary; else hears of the stop only, as IOs
+    // never come here once every queue has its worker.
+    const local = new Dispatcher(primary ?? { name, read: () => Promise.reject(new UblkError('EIO', 'no worker serves this queue')) }, {
+      queues: device.queues,
+      depth: device.depth,
+      ioTimeoutMs,
+      handles,
+      onStopped: () => {
+        for (const listener of stopped.splice(0)) listener()
       },
-    )
-    const bridge = await native(() => binding.createBridge({ ...geometry, target: name ?? 'typescript' }, capabilities, fallback.onBatch))
-    fallback.attach(bridge)
+    })
+    const bridge = await native(() => binding.createBridge({ ...geometry, target: name ?? 'typescript' }, capabilities, local.onBatch))
+    local.attach(bridge)
     const token = bridge.share()
-    for (const w of workers) w.post({ kind: 'attach', token })
     try {
+      if (primary) {
+        ports.forEach((port, i) => primary.connectQueue(i + 1, port))
+        await primary.open?.(contextFor(bridge, local, handles, device.size))
+        primaryOpened = true
+      }
+      for (const w of workers) w.post({ kind: 'attach', token })
       await Promise.all(workers.map((w) => w.next('ready')))
     } catch (err) {
       bridge.close()
@@ -163,16 +183,17 @@ export async function serveInWorkers(
     const perQueue = new Float64Array(counters)
     const served: Served = {
       shutdown: () => {
-        fallback.shutdown()
+        local.shutdown()
         for (const w of workers) w.post({ kind: 'shutdown' })
       },
       close: async (reason) => {
         await Promise.all(workers.map((w) => w.close(reason)))
+        await primary?.close?.(reason)
       },
       dispatch: () => {
-        let batches = 0
-        let total = 0
-        for (let q = 0; q < device.queues; q++) {
+        let batches = primary ? local.batches : 0
+        let total = primary ? local.ios : 0
+        for (let q = primary ? 1 : 0; q < device.queues; q++) {
           batches += perQueue[q * 2]!
           total += perQueue[q * 2 + 1]!
         }
@@ -185,6 +206,7 @@ export async function serveInWorkers(
     return { native: nativeDevice, served, onStopped: (listener) => stopped.push(listener) }
   } catch (err) {
     await Promise.all(workers.map((w) => w.close('stopped')))
+    if (primaryOpened) await Promise.resolve(primary?.close?.('stopped')).catch(() => {})
     throw err
   }
 }

@@ -1,6 +1,8 @@
 // What a queue's worker thread and the thread that runs the device say to
 // each other. Errors cross as code and message: a structured clone keeps
 // an Error's message but not its errno-style code.
+import type { MessagePort } from 'node:worker_threads'
+
 import type { DeviceGeometry, TargetArgs } from '../target-module.js'
 import type { CloseReason } from '../target.js'
 
@@ -17,6 +19,8 @@ export interface QueueWorkerData {
   ioTimeoutMs: number
   /** Per queue: hand-overs, IOs (the worker writes its own pair). */
   counters: SharedArrayBuffer
+  /** With a primary instance on the device's thread: this worker's end of a channel to it. */
+  port?: MessagePort
 }
 
 export interface WireError {

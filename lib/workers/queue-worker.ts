@@ -75,7 +75,7 @@ port.on('message', (message: ParentMessage) => {
 })
 
 async function load(): Promise<WorkerMessage> {
-  target = await loadTarget(data.file, data.args, { ...data.geometry, queue: data.queue })
+  target = await loadTarget(data.file, data.args, { ...data.geometry, queue: data.queue, ...(data.port ? { port: data.port } : {}) })
   return { kind: 'loaded', capabilities: capabilitiesOf(target), name: target.name }
 }
 
