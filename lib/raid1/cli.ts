@@ -20,6 +20,7 @@ interface ServeOptions {
   queues: number
   depth: number
   zeroCopy: boolean
+  workers: boolean
   recovery: Recovery
   recover?: number
   standby?: boolean
@@ -34,6 +35,7 @@ function summary(s: Raid1Status): string {
       (m) => `  slot ${m.slot} ${m.state.padEnd(10)} ${m.path}  (read errors ${m.readErrors}, write errors ${m.writeErrors}, repaired ${m.repairedReads})`,
     ),
   ]
+  if (s.queueWorkers > 0) lines.push(`  queues 1 to ${s.queueWorkers} served by worker threads`)
   if (s.resync) lines.push(`  ${s.resync.kind} resync: ${s.resync.done}/${s.resync.total} chunks`)
   return lines.join('\n')
 }
@@ -111,6 +113,7 @@ export function addRaid1Commands(cli: Command, parse: Parsers): void {
       .option('-q, --queues <n>', 'hardware queues', parseCount, 1)
       .option('-d, --depth <n>', 'IOs in flight per queue', parseCount, 128)
       .option('--no-zero-copy', 'copy IO data through user space even where the kernel has zero copy')
+      .option('--no-workers', 'serve every queue on this thread (by default each queue but queue 0 gets a worker thread)')
       .option('--recovery <mode>', "when this process dies: none (the device dies too) or reissue (it waits for 'raid1 assemble --recover')", parse.recovery, 'none')
       .addOption(metricsPortOption())
   geometry(
@@ -133,6 +136,7 @@ export function addRaid1Commands(cli: Command, parse: Parsers): void {
         queues: o.queues,
         depth: o.depth,
         zeroCopy: o.zeroCopy,
+        workers: o.workers,
         recovery: o.recovery,
         bitmap: o.bitmap,
         ...(o.chunk !== undefined ? { chunkSize: o.chunk } : {}),
@@ -160,7 +164,7 @@ export function addRaid1Commands(cli: Command, parse: Parsers): void {
     const handOver = o.takeOver ? await askForHandOver(o.recover!) : undefined
     if (o.standby) console.log(`standing by for /dev/ublkb${o.recover}: taking it over when its server dies`)
     const recover = o.recover !== undefined ? { recover: o.recover, standby: o.standby === true || handOver !== undefined } : {}
-    const md = await assembleRaid1({ members, queues: o.queues, depth: o.depth, zeroCopy: o.zeroCopy, recovery: o.recovery, ...recover })
+    const md = await assembleRaid1({ members, queues: o.queues, depth: o.depth, zeroCopy: o.zeroCopy, workers: o.workers, recovery: o.recovery, ...recover })
     if (handOver) console.log(`took /dev/ublkb${md.id} over from pid ${handOver.pid}: its IO waited at most ${Date.now() - handOver.at} ms`)
     await serve(md, exposed)
     await metrics?.close()

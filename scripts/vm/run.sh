@@ -7,6 +7,8 @@
 #
 # Environment: UBLK_VM_KERNEL, UBLK_VM_CACHE, ... (setup.sh), and
 #   UBLK_VM_TIMEOUT  wall-clock seconds before qemu is killed (default 1500)
+#   UBLK_VM_BOOT_TIMEOUT  seconds a boot may take to start CMD before it is tried again
+#                    (default 300)
 #   UBLK_VM_MEM      guest memory (default 4G)      UBLK_VM_CPUS  guest CPUs (default 2)
 #   UBLK_VM_ACCEL    kvm | tcg (default: kvm when /dev/kvm boots a guest, else tcg)
 #   UBLK_VM_OUT_DIR  a host directory shared writable at the same path in the guest
@@ -27,6 +29,8 @@ fi
 
 timeout_s=${UBLK_VM_TIMEOUT:-1500}
 [[ $timeout_s =~ ^[0-9]+$ ]] || { echo "[vm] error: UBLK_VM_TIMEOUT must be seconds" >&2; exit 2; }
+boot_timeout_s=${UBLK_VM_BOOT_TIMEOUT:-300}
+[[ $boot_timeout_s =~ ^[0-9]+$ ]] || { echo "[vm] error: UBLK_VM_BOOT_TIMEOUT must be seconds" >&2; exit 2; }
 
 kdir=$(bash "$here/setup.sh" | tail -n1)
 [[ -f $kdir/vmlinuz && -f $kdir/initrd.gz ]] || { echo "[vm] error: setup.sh gave no kernel" >&2; exit 1; }
@@ -38,6 +42,7 @@ q() { local s=$1; printf "'%s'" "${s//\'/\'\\\'\'}"; }
 ctl=$(mktemp -d "${TMPDIR:-/tmp}/ublk-vm.XXXXXX")
 qemu_pid=
 sleep_pid=
+watch_pid=
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
   if [[ -n $qemu_pid ]]; then
@@ -45,6 +50,7 @@ cleanup() {
     wait "$qemu_pid" 2>/dev/null || true
   fi
   if [[ -n $sleep_pid ]]; then kill "$sleep_pid" 2>/dev/null || true; fi
+  if [[ -n $watch_pid ]]; then kill "$watch_pid" 2>/dev/null || true; fi
   rm -rf "$ctl"
 }
 trap cleanup EXIT
@@ -148,7 +154,14 @@ qemu=(qemu-system-x86_64 -M q35 "${accel[@]}" -cpu max -smp "${UBLK_VM_CPUS:-2}"
   -virtfs "$(virtfs "$ctl" ctl)")
 if [[ -n $out_dir ]]; then qemu+=(-virtfs "$(virtfs "$out_dir" out)"); fi
 
-# One boot, run in the background; sets timed_out and qemu_status.
+# Stops qemu: asks, then kills.
+stop_qemu() {
+  kill "$qemu_pid" 2>/dev/null || true
+  for _ in $(seq 20); do kill -0 "$qemu_pid" 2>/dev/null || break; sleep 0.5; done
+  kill -9 "$qemu_pid" 2>/dev/null || true
+}
+
+# One boot, run in the background; sets timed_out, boot_hung and qemu_status.
 boot() {
   echo "[vm] booting $abi (${accel[1]}), timeout ${timeout_s}s" >&2
   start=$SECONDS
@@ -157,16 +170,41 @@ boot() {
   qemu_pid=$!
   sleep "$timeout_s" &
   sleep_pid=$!
+  # Ends with 0 once the guest started the command, 1 if it has not within the boot timeout.
+  (
+    for _ in $(seq "$boot_timeout_s"); do
+      [[ -e $ctl/started ]] && exit 0
+      sleep 1
+    done
+    exit 1
+  ) &
+  watch_pid=$!
 
-  done_pid=
-  wait -n -p done_pid "$qemu_pid" "$sleep_pid" || true
   timed_out=
-  if [[ $done_pid == "$sleep_pid" ]]; then
-    sleep_pid=
-    timed_out=1
-    kill "$qemu_pid" 2>/dev/null || true
-    for _ in $(seq 20); do kill -0 "$qemu_pid" 2>/dev/null || break; sleep 0.5; done
-    kill -9 "$qemu_pid" 2>/dev/null || true
+  boot_hung=
+  while :; do
+    done_pid=
+    watch_status=0
+    wait -n -p done_pid "$qemu_pid" "$sleep_pid" ${watch_pid:+"$watch_pid"} || watch_status=$?
+    if [[ $done_pid == "$watch_pid" ]]; then
+      watch_pid=
+      if ((watch_status != 0)); then
+        boot_hung=1
+        stop_qemu
+        break
+      fi
+      continue
+    fi
+    if [[ $done_pid == "$sleep_pid" ]]; then
+      sleep_pid=
+      timed_out=1
+      stop_qemu
+    fi
+    break
+  done
+  if [[ -n $watch_pid ]]; then
+    kill "$watch_pid" 2>/dev/null || true
+    watch_pid=
   fi
   qemu_status=0
   wait "$qemu_pid" || qemu_status=$?
@@ -178,13 +216,21 @@ boot() {
 }
 
 # Under TCG a guest kernel has been seen to oops in early boot, before any
-# of the command ran; such a boot is tried once more.
+# of the command ran, and to hang there; such a boot is tried once more.
 for attempt in 1 2; do
   rm -f "$ctl/started" "$ctl/rc"
   boot
   if [[ -n $timed_out || -s $ctl/rc || -e $ctl/started || $attempt == 2 ]]; then break; fi
-  echo "[vm] the guest died while booting (qemu status $qemu_status); booting again" >&2
+  if [[ -n $boot_hung ]]; then
+    echo "[vm] the guest had not started the command after ${boot_timeout_s}s; booting again" >&2
+  else
+    echo "[vm] the guest died while booting (qemu status $qemu_status); booting again" >&2
+  fi
 done
+if [[ -n $boot_hung && ! -e $ctl/started ]]; then
+  echo "[vm] error: the guest did not start the command within ${boot_timeout_s}s, twice" >&2
+  exit 125
+fi
 
 if [[ -n $timed_out ]]; then
   echo "[vm] error: timed out after ${timeout_s}s (UBLK_VM_TIMEOUT); killed qemu" >&2
