@@ -22,6 +22,12 @@ export declare class NativeBridge {
   /** Opens a backing file for this device's backend IO. */
   openBacking(path: string, direct: boolean, readOnly: boolean): Promise<NativeBackingFile>
   /**
+   * The backing file with `handle`, opened by any thread serving this
+   * device (a worker learns of the files a route it did not set names),
+   * or null.
+   */
+  backingFile(handle: number): NativeBackingFile | null
+  /**
    * Allocates a zeroed, page-aligned staging buffer of `size` bytes for
    * backend IO that is not an IO's data (metadata, resync copies).
    * Returns its handle; `stagingBuffer(handle)` gives the memory.
@@ -265,6 +271,8 @@ export declare function listDevices(): Promise<Array<DeviceInfo>>
 export interface NativeBackingFile {
   /** The file's handle in this device. */
   handle: number
+  /** The path it was opened by. */
+  path: string
   size: number
   direct: boolean
   readOnly: boolean

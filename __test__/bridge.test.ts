@@ -99,6 +99,10 @@ test('read routes are checked in native code: files of this device, a power-of-t
     t.is(code(() => b.setReadRoute([handle], 2 ** 64, 4096)), 'EINVAL', 'offset out of range')
     t.is(code(() => b.setReadRoute(null, 0, 0)), 'ok', 'null ends routing')
     t.is(b.routedReads(), 0)
+    // What a worker learns of a file a route it did not set names: this device's files only.
+    t.like(b.backingFile(handle), { handle, path, size: 1 << 20, readOnly: true })
+    t.is(b.backingFile(foreign), null, "another device's file")
+    t.is(b.backingFile(-1), null)
   } finally {
     b.close()
     other.close()

@@ -238,7 +238,8 @@ test.serial('read errors on a member are served from the other and repaired; the
       }
       const st = md.status()
       t.is(st.state, 'optimal', 'a read error alone does not fail a member')
-      t.true(st.members[1]!.readErrors > 0, 'reads routed to the failing member failed there')
+      // Half of each pass's 256 reads are routed to the failing member (1 MiB regions alternate).
+      t.true(st.members[1]!.readErrors >= 256, `reads routed to the failing member failed there, from both queues: ${st.members[1]!.readErrors}`)
       t.is(st.members[1]!.repairedReads, st.members[1]!.readErrors, 'each failed read was rewritten on the member')
       t.true(md.device.stats().dispatch!.routedReads - routedBefore >= 256, 'reads were served without JavaScript')
       const reads = md.device.stats().queues.map((q) => q.read.ios)

@@ -140,11 +140,13 @@ const scenarios: Scenario[] = [
     recover: (id, [f]) => ['recover', String(id), 'loop', '--ts', '--path', f!],
   },
   {
+    // On 2 queues, so queue 1 is served by a worker: the reissued IOs of
+    // both queues reach the new server's mirror and its worker.
     name: 'RAID1',
     cycles: CYCLES,
     files: 2,
     fileSize: 72 * MiB,
-    add: (members) => ['raid1', 'create', ...members, '--chunk', '64k', '--recovery', 'reissue'],
+    add: (members) => ['raid1', 'create', ...members, '--chunk', '64k', '--recovery', 'reissue', '--queues', '2'],
     recover: (id, members) => ['raid1', 'assemble', ...members, '--recover', String(id)],
     mirror: true,
   },
@@ -200,6 +202,7 @@ for (const s of scenarios) {
       t.log(`${killedWithIo} of ${s.cycles} servers were killed with IO in flight`)
       t.true(killedWithIo > 0, 'kills hit IO in flight')
       t.is((await deviceInfo(id)).batchIo, batchIo, 'the last recovered server runs the same transport')
+      if (s.mirror) t.is((await raid1Status(id)).queueWorkers, 1, 'the last recovered server serves queue 1 in a worker')
     } finally {
       writeFileSync(stopFlag, '')
     }

@@ -174,7 +174,7 @@ export class Dispatcher implements IoHost {
     const routeError = ios[i + 8]!
     if (routeError !== 0) {
       const handle = ios[i + 7]!
-      const file = this.handles.fileOf(handle) ?? { path: `(file ${handle})`, size: 0, direct: false, readOnly: true, blockDevice: false }
+      const file = this.handles.fileOf(handle) ?? this.#deviceFile(handle)
       const failure = { file, error: backendError(routeError, `${op} of ${file.path}`) }
       if (op === 'write') io.failedWrite = failure
       else io.failedRead = failure
@@ -204,6 +204,16 @@ export class Dispatcher implements IoHost {
   }
 
   /** Completes an IO once: late answers (after a timeout or stop) are dropped. */
+  /**
+   * A file a route named that this thread did not open (a primary's, for
+   * a worker), known here from now on; a stand-in if the device has none.
+   */
+  #deviceFile(handle: number): BackingFile {
+    const opened = this.#bridge?.backingFile(handle)
+    if (opened) return this.handles.file(opened.path, opened)
+    return { path: `(file ${handle})`, size: 0, direct: false, readOnly: true, blockDevice: false }
+  }
+
   #finish(queue: number, tag: number, entry: Outstanding, result: number): void {
     const slots = this.#outstanding[queue]!
     if (slots[tag] !== entry) return

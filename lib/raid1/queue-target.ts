@@ -129,7 +129,8 @@ export class MirrorQueue implements Target {
     this.#counters[COUNTER_FOREGROUND]!++
     if (io.failedRead) {
       const { file, error } = io.failedRead
-      return this.#recoverRead(io, this.#members.find((m) => m.file === file), error)
+      // The route is the mirror's: its file, opened on the device's thread, has this queue's member's path.
+      return this.#recoverRead(io, this.#members.find((m) => m.file === file || m.path === file.path), error)
     }
     return this.#readUnrouted(io)
   }

@@ -31,6 +31,8 @@ pub(crate) fn new_handle() -> Result<u32> {
 #[derive(Debug)]
 pub struct BackingFile {
     file: File,
+    /// As it was opened.
+    pub path: String,
     /// Bytes; for a block device, its capacity.
     pub size: u64,
     /// Opened with O_DIRECT.
@@ -69,6 +71,7 @@ impl BackingFile {
         };
         Ok(BackingFile {
             file,
+            path: path.to_owned(),
             size,
             direct,
             read_only,

@@ -227,6 +227,17 @@ impl NativeBridge {
         })
     }
 
+    /// The backing file with `handle`, opened by any thread serving this
+    /// device (a worker learns of the files a route it did not set names),
+    /// or null.
+    #[napi]
+    pub fn backing_file(&self, handle: f64) -> Option<NativeBackingFile> {
+        let handle = u32_arg("handle", handle).ok()?;
+        self.target
+            .backing_file(handle)
+            .map(|f| NativeBackingFile::new(handle, &f))
+    }
+
     /// Allocates a zeroed, page-aligned staging buffer of `size` bytes for
     /// backend IO that is not an IO's data (metadata, resync copies).
     /// Returns its handle; `stagingBuffer(handle)` gives the memory.
@@ -380,6 +391,8 @@ fn route_offset(file_offset: f64) -> napi::Result<u64> {
 pub struct NativeBackingFile {
     /// The file's handle in this device.
     pub handle: u32,
+    /// The path it was opened by.
+    pub path: String,
     pub size: f64,
     pub direct: bool,
     pub read_only: bool,
@@ -406,12 +419,19 @@ impl Task for OpenBacking {
     }
 
     fn resolve(&mut self, _: Env, (handle, f): Self::Output) -> napi::Result<NativeBackingFile> {
-        Ok(NativeBackingFile {
+        Ok(NativeBackingFile::new(handle, &f))
+    }
+}
+
+impl NativeBackingFile {
+    fn new(handle: u32, f: &BackingFile) -> Self {
+        NativeBackingFile {
             handle,
+            path: f.path.clone(),
             size: f.size as f64,
             direct: f.direct,
             read_only: f.read_only,
             block_device: f.block_device,
-        })
+        }
     }
 }

@@ -161,6 +161,12 @@ impl BridgeTarget {
         self.device.sink.detach(qid);
     }
 
+    /// The backing file with `handle`, whichever thread of the
+    /// application opened it.
+    pub fn backing_file(&self, handle: u32) -> Option<Arc<BackingFile>> {
+        self.device.files.get(handle)
+    }
+
     /// Opens a backing file for this device's backend IO; returns its handle.
     pub fn open_file(
         &self,
