@@ -7,11 +7,15 @@ import { geometryOf, serve, type Served, type ServedDevice } from './served.js'
 import { loadTarget, type TargetArgs } from './target-module.js'
 import type { CloseReason, PrimaryTarget, Target } from './target.js'
 import { serveInWorkers } from './workers/pool.js'
+import { warmUpWorkers, type WorkerTargetSpec } from './workers/threads.js'
 import type { DeviceStats } from './metrics/stats.js'
 
 import type { DeviceInfo, KernelFeatures, NativeDevice, NativeRecoveryClaim } from '../index.js'
 
 export type { DeviceInfo, KernelFeatures }
+
+/** `ioTimeoutMs` when none is given. */
+const DEFAULT_IO_TIMEOUT_MS = 30_000
 
 /** Targets implemented in Rust inside the addon. */
 export type BuiltinTarget = 'null' | 'loop'
@@ -400,12 +404,48 @@ export async function createDevice(options: DeviceOptions): Promise<Device> {
   return new Device(nativeDevice)
 }
 
+/** The file and options each worker loads. */
+function moduleSpec({ module, args = {} }: Pick<TargetModule, 'module' | 'args'>): WorkerTargetSpec {
+  if (typeof module !== 'string' && !(module instanceof URL)) throw new UblkError('EINVAL', 'target.module must be a path or a file: URL')
+  const file = module instanceof URL || module.startsWith('file:') ? fileURLToPath(module) : module
+  return { file, args: { ...args, _: args._ ?? [] } }
+}
+
+/** Whether a module target runs in workers: by default with more than one queue; a primary alone serves one queue. */
+function servedInWorkers(workers: boolean | undefined, queues: number, withPrimary: boolean): boolean {
+  return (workers ?? queues > 1) && !(withPrimary && queues === 1)
+}
+
+/**
+ * For a process about to take device `id` over with a module target:
+ * spawns the workers serving it will need now, so that the take-over
+ * does not wait for threads to start. Returns what ends them if unused.
+ * @internal
+ */
+export async function warmUpForRecovery(
+  id: number,
+  target: Pick<TargetModule, 'module' | 'args'>,
+  withPrimary: boolean,
+  options: { workers?: boolean | undefined; ioTimeoutMs?: number | undefined },
+): Promise<() => Promise<void>> {
+  let info: DeviceInfo
+  try {
+    info = await deviceInfo(id)
+  } catch {
+    // No such device: the claim says so.
+    return async () => {}
+  }
+  if (!servedInWorkers(options.workers, info.queues, withPrimary)) return async () => {}
+  const device = geometryOf({ size: info.size, queues: info.queues, depth: info.depth, logicalBlockSize: info.logicalBlockSize })
+  return warmUpWorkers(moduleSpec(target), device, options.ioTimeoutMs ?? DEFAULT_IO_TIMEOUT_MS, withPrimary)
+}
+
 function isTargetModule(target: Target | TargetModule): target is TargetModule {
   return 'module' in target && typeof (target as Partial<Target>).read !== 'function'
 }
 
 async function createServedDevice(options: DeviceOptions, target: Target | TargetModule, claim?: NativeRecoveryClaim): Promise<Device> {
-  const { target: _target, ioTimeoutMs = 30_000, path: _path, workers, ...geometry } = options
+  const { target: _target, ioTimeoutMs = DEFAULT_IO_TIMEOUT_MS, path: _path, workers, ...geometry } = options
   if (typeof ioTimeoutMs !== 'number' || !(ioTimeoutMs >= 0)) {
     throw new UblkError('EINVAL', `ioTimeoutMs must be a number of milliseconds >= 0, got ${String(ioTimeoutMs)}`)
   }
@@ -414,15 +454,13 @@ async function createServedDevice(options: DeviceOptions, target: Target | Targe
   // A worker lost while the device starts fails the start; later ones stop the device.
   const started: { device?: Device } = {}
   if (isTargetModule(target)) {
-    const { module, args = {}, primary } = target
-    if (typeof module !== 'string' && !(module instanceof URL)) throw new UblkError('EINVAL', 'target.module must be a path or a file: URL')
+    const { primary } = target
+    const spec = moduleSpec(target)
     if (primary !== undefined && (typeof primary?.read !== 'function' || typeof primary.connectQueue !== 'function')) {
       throw new UblkError('EINVAL', 'target.primary must be a target with a connectQueue(queue, port) method')
     }
-    const file = module instanceof URL || module.startsWith('file:') ? fileURLToPath(module) : module
-    const spec = { file, args: { ...args, _: args._ ?? [] } }
-    const queues = geometryOf(geometry).queues
-    if ((workers ?? queues > 1) && !(primary && queues === 1)) {
+    const { file } = spec
+    if (servedInWorkers(workers, geometryOf(geometry).queues, primary !== undefined)) {
       served = await serveInWorkers(spec, geometry, ioTimeoutMs, claim, (err) => started.device?.lost(err), primary)
     } else if (primary) {
       served = await serve(primary, geometry, ioTimeoutMs, claim)
@@ -459,7 +497,18 @@ export async function recoverDevice(id: number, options: RecoverOptions): Promis
   if (typeof target !== 'string' && (typeof target !== 'object' || target === null)) {
     throw new UblkError('EINVAL', 'options.target must be a built-in target name ("null") or a target object')
   }
-  const claim = (options.claim as NativeRecoveryClaim | undefined) ?? (await claimRecovery(id, { standby: options.standby === true }))
+  // A standby may wait long for the claim: its workers start meanwhile.
+  const unused =
+    options.standby === true && options.claim === undefined && typeof target === 'object' && isTargetModule(target)
+      ? await warmUpForRecovery(id, target, target.primary !== undefined, options)
+      : async () => {}
+  let claim: NativeRecoveryClaim
+  try {
+    claim = (options.claim as NativeRecoveryClaim | undefined) ?? (await claimRecovery(id, { standby: options.standby === true }))
+  } catch (err) {
+    await unused()
+    throw err
+  }
   try {
     const info = claim.info
     if (info.id !== id) throw new UblkError('EINVAL', `the recovery claim is for ublk device ${info.id}, not ${id}`)
@@ -482,6 +531,7 @@ export async function recoverDevice(id: number, options: RecoverOptions): Promis
     return new Device(nativeDevice)
   } finally {
     claim.release()
+    await unused()
   }
 }
 

@@ -31,6 +31,12 @@ const MiB = 1 << 20
  * not take 20 on both.
  */
 const CYCLES = Number(release().split('.')[0]) >= 7 ? 20 : 10
+/**
+ * The RAID1's kill cycles run on 2 queues, the second served by a worker,
+ * on 7.x; on 6.12 on one queue, so each way of serving it is recovered on
+ * one kernel (a take-over with workers is slower under TCG).
+ */
+const RAID1_QUEUES = Number(release().split('.')[0]) >= 7 ? 2 : 1
 /** Standbys waiting at once in the kill cycles: they race for each dead server. */
 const STANDBYS = 2
 /** Live upgrades in a row under one fio run: the upgraded server is upgraded again. */
@@ -140,13 +146,11 @@ const scenarios: Scenario[] = [
     recover: (id, [f]) => ['recover', String(id), 'loop', '--ts', '--path', f!],
   },
   {
-    // On 2 queues, so queue 1 is served by a worker: the reissued IOs of
-    // both queues reach the new server's mirror and its worker.
-    name: 'RAID1',
+    name: `RAID1 on ${RAID1_QUEUES} queue(s)`,
     cycles: CYCLES,
     files: 2,
     fileSize: 72 * MiB,
-    add: (members) => ['raid1', 'create', ...members, '--chunk', '64k', '--recovery', 'reissue', '--queues', '2'],
+    add: (members) => ['raid1', 'create', ...members, '--chunk', '64k', '--recovery', 'reissue', '--queues', String(RAID1_QUEUES)],
     recover: (id, members) => ['raid1', 'assemble', ...members, '--recover', String(id)],
     mirror: true,
   },
@@ -202,7 +206,7 @@ for (const s of scenarios) {
       t.log(`${killedWithIo} of ${s.cycles} servers were killed with IO in flight`)
       t.true(killedWithIo > 0, 'kills hit IO in flight')
       t.is((await deviceInfo(id)).batchIo, batchIo, 'the last recovered server runs the same transport')
-      if (s.mirror) t.is((await raid1Status(id)).queueWorkers, 1, 'the last recovered server serves queue 1 in a worker')
+      if (s.mirror) t.is((await raid1Status(id)).queueWorkers, RAID1_QUEUES - 1, 'the last recovered server serves queues 1 and up in workers')
     } finally {
       writeFileSync(stopFlag, '')
     }

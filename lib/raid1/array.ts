@@ -2,7 +2,7 @@
 import { EventEmitter } from 'node:events'
 import { resolve } from 'node:path'
 
-import { claimRecovery, createDevice, recoverDevice, type Device, type DeviceOptions, type RecoveryClaim, type TargetModule } from '../device.js'
+import { claimRecovery, createDevice, recoverDevice, warmUpForRecovery, type Device, type DeviceOptions, type RecoveryClaim, type TargetModule } from '../device.js'
 import { toUblkError, UblkError } from '../errors.js'
 import { parseSize } from '../size.js'
 import type { Member, MemberStatus, MirrorEvent } from './mirror.js'
@@ -362,14 +362,20 @@ export async function assembleRaid1(options: AssembleRaid1Options): Promise<Raid
   if (typeof options !== 'object' || options === null) throw new UblkError('EINVAL', 'assembleRaid1 needs options')
   const paths = checkMemberList(options.members, 1)
   if (options.recover === undefined) return assembleFrom(paths, options)
+  // A standby may wait long for the claim: the workers for queues 1 and up start meanwhile.
+  const unused = options.standby === true ? await warmUpForRecovery(options.recover, { module: QUEUE_TARGET }, true, options) : async () => {}
   // The members are read, and their metadata written, only under the
   // device's recovery claim: once their last writer is gone, and by one
   // recoverer only.
-  const claim = await claimRecovery(options.recover, { standby: options.standby === true })
   try {
-    return await assembleFrom(paths, options, claim)
+    const claim = await claimRecovery(options.recover, { standby: options.standby === true })
+    try {
+      return await assembleFrom(paths, options, claim)
+    } finally {
+      claim.release()
+    }
   } finally {
-    claim.release()
+    await unused()
   }
 }
 
