@@ -36,7 +36,6 @@ export async function serveInWorkers(
   const device = geometryOf(geometry)
   const { workers, ports, counters } = takeWarm(spec, device, ioTimeoutMs, primary !== undefined) ?? spawnWorkers(spec, device, ioTimeoutMs, primary !== undefined)
   const stopped: Array<() => void> = []
-  let primaryOpened = false
   try {
     const loaded = await Promise.all(workers.map((w) => w.next('loaded')))
     const capabilities = primary ? capabilitiesOf(primary) : loaded[0]!.capabilities
@@ -63,7 +62,6 @@ export async function serveInWorkers(
       if (primary) {
         ports.forEach((port, i) => primary.connectQueue(i + 1, port))
         await primary.open?.(contextFor(bridge, local, handles, device.size))
-        primaryOpened = true
       }
       for (const w of workers) w.post({ kind: 'attach', token })
       await Promise.all(workers.map((w) => w.next('ready')))
@@ -104,8 +102,8 @@ export async function serveInWorkers(
     }
     return { native: nativeDevice, served, onStopped: (listener) => stopped.push(listener) }
   } catch (err) {
+    // The primary is not closed, as `serve` does not close a target whose device did not start: nothing is recorded.
     await Promise.all(workers.map((w) => w.close('stopped')))
-    if (primaryOpened) await Promise.resolve(primary?.close?.('stopped')).catch(() => {})
     throw err
   }
 }
