@@ -76,10 +76,15 @@ test.serial('attaching checks the token and the queue', async (t) => {
   t.is(codeOf(() => binding.attachBridgeQueue(token, 1, () => {})), 'ENODEV', 'a released bridge takes no handler')
 })
 
-test.serial('createDevice with workers: a target object is EINVAL, a module that fails to load is EINVAL naming it', async (t) => {
+test.serial('createDevice with workers: a target object is EINVAL, a module that fails to load is EINVAL naming it, so are a primary that is not one and the RAID1 queue module alone', async (t) => {
   const size = 1 << 20
   await rejectsWithCode(t, createDevice({ target: nullTarget(), size, queues: 2, workers: true }), 'EINVAL', /workers need the target as a module/)
   const missing = join(__dirname, 'fixtures', 'no-such-target.js')
   await rejectsWithCode(t, createDevice({ target: { module: missing }, size, queues: 2 }), 'EINVAL', /cannot load .*no-such-target\.js/)
   await rejectsWithCode(t, createDevice({ target: { module: 42 as unknown as string }, size, queues: 2 }), 'EINVAL', /target.module must be a path/)
+  const nullModule = require.resolve('../lib/targets/null.js')
+  await rejectsWithCode(t, createDevice({ target: { module: nullModule, primary: {} as never }, size, queues: 2 }), 'EINVAL', /target.primary must be a target/)
+  // The RAID1's queue instance, loaded without the array that gives it its port.
+  const raid1Queue = require.resolve('../lib/raid1/queue-target.js')
+  await rejectsWithCode(t, createDevice({ target: { module: raid1Queue }, size, queues: 2 }), 'EINVAL', /serves one queue of a RAID1 array/)
 })
