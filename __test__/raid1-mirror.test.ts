@@ -7,7 +7,7 @@
 // Writes to chunks the mirror opened in its write gate bypass it, as the
 // queue threads' gated write route does: `RoutedWrites` plays that part,
 // with the rules of the native gate (unit-tested in Rust).
-import { MessageChannel } from 'node:worker_threads'
+import { MessageChannel, type MessagePort } from 'node:worker_threads'
 
 import test, { type ExecutionContext } from 'ava'
 
@@ -243,11 +243,13 @@ async function resyncUnderWrites(t: ExecutionContext, seed: number, withQueue: b
     const bitmap = new Uint8Array(sb.bitmapBytes).fill(0xff)
     const mirror = new Mirror({ superblock: sb, members, bitmap, unclean: true, bitmapClearDelayMs: 10, resync: { maxBytesPerSec: 2 ** 40, minBytesPerSec: 2 ** 40 } })
     let queue: MirrorQueue | undefined
+    let queuePort: MessagePort | undefined
     if (withQueue) {
       const { port1, port2 } = new MessageChannel()
       port1.unref()
       mirror.connectQueue(1, port1)
       queue = new MirrorQueue(port2)
+      queuePort = port2
     }
     await mirror.open(ctx)
     await queue?.open(ctx)
@@ -300,7 +302,10 @@ async function resyncUnderWrites(t: ExecutionContext, seed: number, withQueue: b
     }
     t.deepEqual(differing, [], 'chunks that differ between the members')
     routedTotal += routed.served
-    await mirror.close()
+    // The mirror records its stop once the queue's worker is gone: here, once its port closes.
+    const closed = mirror.close()
+    queuePort?.close()
+    await closed
   }
 }
 

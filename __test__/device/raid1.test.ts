@@ -42,8 +42,8 @@ function identical(t: { is(a: unknown, b: unknown, m?: string): void }, a: strin
   t.is(digestRange(a, DATA_OFFSET, ARRAY), digestRange(b, DATA_OFFSET, ARRAY), `${a} and ${b} hold the same data`)
 }
 
-test.serial('fio crc32c verify through the mirror on 2 queues, the second in a worker; members identical after stop', async (t) => {
-  const [a, b] = members('verify')
+test.serial('fio crc32c verify through the mirror on 2 queues, the second in a worker, and while a new member is rebuilt; members identical after stop', async (t) => {
+  const [a, b, c] = members('verify', 3)
   const md = await createRaid1({ members: [a!, b!], chunkSize: '64k', depth: 64, queues: 2 })
   try {
     t.is(md.status().state, 'optimal')
@@ -65,13 +65,24 @@ test.serial('fio crc32c verify through the mirror on 2 queues, the second in a w
     const routedWrites = md.device.stats().dispatch?.routedWrites ?? 0
     t.true(routedWrites > 0, `routed writes: ${routedWrites}`)
     t.log(`writes routed past JavaScript: ${routedWrites}`)
+
+    // A new member takes slot 1 while both queues write: the worker opens
+    // its file before it writes again, so writes to chunks the rebuild has
+    // already copied reach it too.
+    await md.failMember(1)
+    await md.addMember(c!)
+    const during = await fio(md.path, { rw: 'randwrite', bs: '4k', iodepth: 16, size: '4M', verify: 'crc32c', ...perCpu('16M') })
+    t.is(during.errors, 0, 'writes during the rebuild')
+    await md.whenResynced()
+    t.like(md.status().lastResync, { kind: 'full' })
+    t.is(md.status().state, 'optimal')
   } finally {
     await md.stop()
   }
   t.true(deviceGone(md.id))
-  identical(t, a!, b!)
+  identical(t, a!, c!)
   t.is(bitsSetOnDisk(a!, 4096), 0, 'a clean stop clears the bitmap')
-  for (const f of [a!, b!]) unlinkSync(f)
+  for (const f of [a!, b!, c!]) unlinkSync(f)
 })
 
 test.serial('kill -9 during random writes: only dirty chunks are resynced, earlier data verifies', async (t) => {

@@ -32,9 +32,10 @@ const MiB = 1 << 20
  */
 const CYCLES = Number(release().split('.')[0]) >= 7 ? 20 : 10
 /**
- * The RAID1's kill cycles run on 2 queues, the second served by a worker,
- * on 7.x; on 6.12 on one queue, so each way of serving it is recovered on
- * one kernel (a take-over with workers is slower under TCG).
+ * The RAID1's kill cycles and live upgrades run on 2 queues, the second
+ * served by a worker, on 7.x; on 6.12 on one queue, so each way of
+ * serving it is recovered on one kernel (a take-over with workers is
+ * slower under TCG).
  */
 const RAID1_QUEUES = Number(release().split('.')[0]) >= 7 ? 2 : 1
 /** Standbys waiting at once in the kill cycles: they race for each dead server. */
@@ -287,7 +288,7 @@ for (const [name, add, upgrade] of [
   ],
   [
     'RAID1',
-    (f: string[]) => ['raid1', 'create', ...f, '--chunk', '64k', '--recovery', 'reissue'],
+    (f: string[]) => ['raid1', 'create', ...f, '--chunk', '64k', '--recovery', 'reissue', '--queues', String(RAID1_QUEUES)],
     (id: number, f: string[]) => ['raid1', 'assemble', ...f, '--recover', String(id), '--take-over'],
   ],
 ] as const) {

@@ -226,16 +226,22 @@ export class Mirror implements PrimaryTarget {
     this.#bitmap.unmark(extents)
   }
 
+  /**
+   * Called once the device stopped, while the workers serving other queues
+   * close too: stops the resync and the routes at once, and records the
+   * stop once the workers are gone, with what they reported.
+   */
   async close(how: CloseReason = 'stopped'): Promise<void> {
     this.#closing = true
-    this.#links.closeAll()
     this.#route()
-    // A routed write that failed while the device stopped never reached
-    // `write`: its members may differ, so the stop is not recorded clean.
-    if (this.#openChunks?.failureUnseen(this.#links.routedFailuresSeen())) this.#cancelledWrites = true
     this.#resync?.abort()
     if (this.#sweeper) clearInterval(this.#sweeper)
     await this.#resyncRunning
+    await this.#links.whenClosed()
+    this.#links.closeAll()
+    // A routed write that failed while the device stopped never reached
+    // `write`: its members may differ, so the stop is not recorded clean.
+    if (this.#openChunks?.failureUnseen(this.#links.routedFailuresSeen())) this.#cancelledWrites = true
     // Handed over, the array lives on in the next server, which assembles
     // it from the members as this one left them: nothing is recorded.
     if (how === 'stopped') await this.#afterStop?.(this)
@@ -634,7 +640,7 @@ export class Mirror implements PrimaryTarget {
         this.#lastResync = { ...resync.progress }
         this.#resync = undefined
         this.#resyncSource = undefined
-        this.#route()
+        this.#routeAfterResync()
       }
       if (!done) {
         if (kind === 'dirty') this.#needsDirtyResync = true
@@ -643,6 +649,19 @@ export class Mirror implements PrimaryTarget {
         return
       }
       await this.#finishResync(kind, targets)
+    }
+  }
+
+  /**
+   * The routes without the resync. A resync cut short by the device going
+   * away (handed over, its files released) may end before `close` says so:
+   * routes cannot be set then, and need not be.
+   */
+  #routeAfterResync(): void {
+    try {
+      this.#route()
+    } catch (err) {
+      process.emitWarning(`RAID1: the routes could not be set after the resync: ${(err as Error).message}`, 'UblkWarning')
     }
   }
 

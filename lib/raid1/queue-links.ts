@@ -38,12 +38,16 @@ class Link {
   readonly counters = new Float64Array(new SharedArrayBuffer(QUEUE_COUNTERS * Float64Array.BYTES_PER_ELEMENT))
   /** Marks the worker holds: the extents each counted in. */
   readonly marks = new Map<number, Extent[]>()
+  /** Resolves once the channel closed (the worker ended, or the mirror closed it). */
+  readonly closed: Promise<void>
   #nextMark = 0
 
   constructor(
     readonly queue: number,
     readonly port: MessagePort,
-  ) {}
+  ) {
+    this.closed = new Promise((resolve) => port.once('close', () => resolve()))
+  }
 
   hold(extents: Extent[]): number {
     const id = ++this.#nextMark
@@ -86,6 +90,11 @@ export class QueueLinks {
     let n = 0
     for (const l of this.#links) n += l.counters[COUNTER_ROUTED_FAILURES]!
     return n
+  }
+
+  /** Resolves once every worker is gone: all it had to say has been heard. */
+  async whenClosed(): Promise<void> {
+    await Promise.all(this.#links.map((l) => l.closed))
   }
 
   /** After the workers closed: forgets their marks and closes the channels. */

@@ -84,8 +84,12 @@ export async function serveInWorkers(
         for (const w of workers) w.post({ kind: 'shutdown' })
       },
       close: async (reason) => {
+        // The primary stops its own work at once (a resync must not outlive
+        // the device), and answers the workers until they are gone.
+        const primaryClosed = Promise.resolve(primary?.close?.(reason))
+        primaryClosed.catch(() => {})
         await Promise.all(workers.map((w) => w.close(reason)))
-        await primary?.close?.(reason)
+        await primaryClosed
       },
       dispatch: () => {
         let batches = primary ? local.batches : 0
