@@ -21,7 +21,7 @@ const same = (a: NativeCapabilities, b: NativeCapabilities): boolean => JSON.str
  * `primary`): each loads the module and reports what its target can do
  * (they must agree), attaches to its queue, opens its target; then the
  * device starts. A primary opens before the workers' instances do, and
- * closes after them. `onLost` hears of a worker that ends or fails while
+ * closes alongside them. `onLost` hears of a worker that ends or fails while
  * the device runs: its queue's IOs fail with EIO from then on, so the
  * device should be stopped.
  */
