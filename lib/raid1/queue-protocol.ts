@@ -4,7 +4,7 @@
 // are shared words, set before the IO that failed a member completes, so
 // every queue stops writing to it at once; everything that changes the
 // array's state is a request to the mirror.
-import { errnoCodeOf, toUblkError, UblkError } from '../errors.js'
+import type { WireError } from '../workers/protocol.js'
 import type { Extent } from './bitmap.js'
 import { MAX_MEMBERS, type SlotState } from './superblock.js'
 
@@ -45,19 +45,7 @@ export const COUNTER_FOREGROUND = 0
 export const COUNTER_ROUTED_FAILURES = 1
 export const QUEUE_COUNTERS = 2
 
-export interface WireError {
-  code: string
-  message: string
-}
-
-export function toWire(err: unknown): WireError {
-  const e = toUblkError(err)
-  return { code: errnoCodeOf(e) ?? 'EIO', message: e.message }
-}
-
-export function fromWire(err: WireError): UblkError {
-  return new UblkError(err.code, err.message)
-}
+export { fromWire, toWire, type WireError } from '../workers/protocol.js'
 
 /** The array as a queue's instance needs it: where data starts, and which file is in which slot. */
 export interface MemberList {

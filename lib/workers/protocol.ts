@@ -3,6 +3,8 @@
 // an Error's message but not its errno-style code.
 import type { MessagePort } from 'node:worker_threads'
 
+import { errnoCodeOf, toUblkError, UblkError } from '../errors.js'
+
 import type { DeviceGeometry, TargetArgs } from '../target-module.js'
 import type { CloseReason } from '../target.js'
 
@@ -26,6 +28,17 @@ export interface QueueWorkerData {
 export interface WireError {
   code: string
   message: string
+}
+
+/** An error as it crosses between threads. */
+export function toWire(err: unknown): WireError {
+  const e = toUblkError(err)
+  return { code: errnoCodeOf(e) ?? 'EIO', message: e.message }
+}
+
+/** An error that crossed, with its code again. */
+export function fromWire(err: WireError): UblkError {
+  return new UblkError(err.code, err.message)
 }
 
 /** From the worker. */

@@ -5,23 +5,17 @@ import { parentPort, workerData } from 'node:worker_threads'
 
 import binding = require('../binding.js')
 import { Dispatcher } from '../dispatch/index.js'
-import { errnoCodeOf, toUblkError } from '../errors.js'
 import { Handles } from '../handles.js'
 import { capabilitiesOf, contextFor } from '../served.js'
 import { loadTarget } from '../target-module.js'
 import type { Target } from '../target.js'
-import type { ParentMessage, QueueWorkerData, WireError, WorkerMessage } from './protocol.js'
+import { toWire, type ParentMessage, type QueueWorkerData, type WorkerMessage } from './protocol.js'
 
 import type { NativeBridge } from '../../index.js'
 
 const data = workerData as QueueWorkerData
 const port = parentPort!
 const send = (message: WorkerMessage): void => port.postMessage(message)
-
-function wireError(err: unknown): WireError {
-  const e = toUblkError(err)
-  return { code: errnoCodeOf(e) ?? 'EIO', message: e.message }
-}
 
 let target: Target | undefined
 let dispatcher: Dispatcher | undefined
@@ -59,7 +53,7 @@ port.on('message', (message: ParentMessage) => {
     case 'attach':
       attach(message.token).then(
         () => send({ kind: 'ready' }),
-        (err: unknown) => send({ kind: 'failed', error: wireError(err) }),
+        (err: unknown) => send({ kind: 'failed', error: toWire(err) }),
       )
       break
     case 'shutdown':
@@ -68,7 +62,7 @@ port.on('message', (message: ParentMessage) => {
     case 'close':
       close(message).then(
         () => send({ kind: 'closed' }),
-        (err: unknown) => send({ kind: 'failed', error: wireError(err) }),
+        (err: unknown) => send({ kind: 'failed', error: toWire(err) }),
       )
       break
   }
@@ -79,4 +73,4 @@ async function load(): Promise<WorkerMessage> {
   return { kind: 'loaded', capabilities: capabilitiesOf(target), name: target.name }
 }
 
-load().then(send, (err: unknown) => send({ kind: 'failed', error: wireError(err) }))
+load().then(send, (err: unknown) => send({ kind: 'failed', error: toWire(err) }))

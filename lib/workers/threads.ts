@@ -8,7 +8,7 @@ import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads'
 import { UblkError } from '../errors.js'
 import type { DeviceGeometry, TargetArgs } from '../target-module.js'
 import type { CloseReason } from '../target.js'
-import type { ParentMessage, QueueWorkerData, WorkerMessage } from './protocol.js'
+import { fromWire, type ParentMessage, type QueueWorkerData, type WorkerMessage } from './protocol.js'
 
 /** How long a worker may take to close its target before it is ended. */
 const CLOSE_TIMEOUT_MS = 30_000
@@ -62,7 +62,7 @@ export class QueueWorker {
   async next<K extends WorkerMessage['kind']>(kind: K): Promise<WorkerMessage & { kind: K }> {
     const message = this.#inbox.shift() ?? (this.#gone ? this.#gone : await new Promise<WorkerMessage | Error>((r) => (this.#waiting = r)))
     if (message instanceof Error) throw message
-    if (message.kind === 'failed') throw new UblkError(message.error.code, message.error.message)
+    if (message.kind === 'failed') throw fromWire(message.error)
     if (message.kind !== kind) throw new UblkError('EPROTO', `the worker of queue ${this.queue} said ${message.kind}, not ${kind}`)
     return message as WorkerMessage & { kind: K }
   }
