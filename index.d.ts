@@ -77,6 +77,12 @@ export declare class NativeBridge {
    */
   close(): void
   /**
+   * Serves queue `queue`'s ring from this thread's event loop instead of
+   * a queue thread of its own: an IO then wakes this thread only. Call
+   * before the device starts; a thread hosts one queue at most.
+   */
+  hostQueue(queue: number, onBatch: (queue: number, ios: Float64Array, buffers: Array<ArrayBuffer | null>, backend: Float64Array, events: Float64Array) => void): void
+  /**
    * A token for `attachBridgeQueue`, by which a worker thread of this
    * process serves one queue of this bridge's device.
    */

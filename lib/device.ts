@@ -56,6 +56,17 @@ export interface DeviceOptions {
    * when `queues > 1`. A worker that dies stops the device (its IOs fail).
    */
   workers?: boolean
+  /**
+   * False: no queue thread. A TypeScript target's one queue is served by
+   * the event loop of the thread that creates the device, which polls the
+   * queue's io_uring itself, so each IO wakes this thread alone instead
+   * of a queue thread and then this one. That thread must never block
+   * (no `execFileSync`, `readFileSync` of the device, `Atomics.wait`):
+   * while it does, the device's IO waits. One queue only, served on this
+   * thread (no workers), without `batchIo`; a thread serves one such
+   * queue at a time. Default true.
+   */
+  queueThreads?: boolean
   /** Capacity in bytes; a whole number of logical blocks. */
   size: number
   /** Backing file or block device of the built-in 'loop' target. */
@@ -399,7 +410,10 @@ export async function createDevice(options: DeviceOptions): Promise<Device> {
   if (typeof options.target === 'object' && options.target !== null) {
     return createServedDevice(options, options.target)
   }
-  const { target, ...rest } = options
+  if (options.queueThreads === false) {
+    throw new UblkError('EINVAL', 'queueThreads: false is for TypeScript targets: a built-in target is served by its queue threads')
+  }
+  const { target, queueThreads: _queueThreads, ...rest } = options
   const nativeDevice = await native(() => binding.createDevice({ ...rest, target }))
   return new Device(nativeDevice)
 }
@@ -440,16 +454,28 @@ export async function warmUpForRecovery(
   return warmUpWorkers(moduleSpec(target), device, options.ioTimeoutMs ?? DEFAULT_IO_TIMEOUT_MS, withPrimary)
 }
 
+/** What `queueThreads: false` needs: one queue, served on this thread. */
+function checkHostable(queues: number, batchIo: boolean | undefined, inWorker: boolean): void {
+  if (queues !== 1) {
+    throw new UblkError('EINVAL', `queueThreads: false serves one queue, on the thread that creates the device; this device has ${queues}`)
+  }
+  if (inWorker) throw new UblkError('EINVAL', 'queueThreads: false serves the queue on this thread, not in a worker')
+  if (batchIo === true) throw new UblkError('EINVAL', 'queueThreads: false does not run the batch IO transport')
+}
+
 function isTargetModule(target: Target | TargetModule): target is TargetModule {
   return 'module' in target && typeof (target as Partial<Target>).read !== 'function'
 }
 
 async function createServedDevice(options: DeviceOptions, target: Target | TargetModule, claim?: NativeRecoveryClaim): Promise<Device> {
-  const { target: _target, ioTimeoutMs = DEFAULT_IO_TIMEOUT_MS, path: _path, workers, ...geometry } = options
+  const { target: _target, ioTimeoutMs = DEFAULT_IO_TIMEOUT_MS, path: _path, workers, queueThreads, ...geometry } = options
   if (typeof ioTimeoutMs !== 'number' || !(ioTimeoutMs >= 0)) {
     throw new UblkError('EINVAL', `ioTimeoutMs must be a number of milliseconds >= 0, got ${String(ioTimeoutMs)}`)
   }
   if (workers !== undefined && typeof workers !== 'boolean') throw new UblkError('EINVAL', 'workers must be true or false')
+  if (queueThreads !== undefined && typeof queueThreads !== 'boolean') throw new UblkError('EINVAL', 'queueThreads must be true or false')
+  const hostQueue = queueThreads === false
+  if (hostQueue) checkHostable(geometryOf(geometry).queues, geometry.batchIo, isTargetModule(target) && servedInWorkers(workers, 1, target.primary !== undefined))
   let served: ServedDevice
   // A worker lost while the device starts fails the start; later ones stop the device.
   const started: { device?: Device } = {}
@@ -463,14 +489,14 @@ async function createServedDevice(options: DeviceOptions, target: Target | Targe
     if (servedInWorkers(workers, geometryOf(geometry).queues, primary !== undefined)) {
       served = await serveInWorkers(spec, geometry, ioTimeoutMs, claim, (err) => started.device?.lost(err), primary)
     } else if (primary) {
-      served = await serve(primary, geometry, ioTimeoutMs, claim)
+      served = await serve(primary, geometry, ioTimeoutMs, claim, hostQueue)
     } else {
       const instance = await loadTarget(file, spec.args, geometryOf(geometry))
-      served = await serve(instance, geometry, ioTimeoutMs, claim)
+      served = await serve(instance, geometry, ioTimeoutMs, claim, hostQueue)
     }
   } else {
     if (workers === true) throw new UblkError('EINVAL', 'workers need the target as a module ({ module: path }), which each worker loads')
-    served = await serve(target, geometry, ioTimeoutMs, claim)
+    served = await serve(target, geometry, ioTimeoutMs, claim, hostQueue)
   }
   const device = new Device(served.native, served.served)
   started.device = device

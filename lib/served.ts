@@ -65,12 +65,14 @@ export function startBridge(bridge: NativeBridge, claim?: NativeRecoveryClaim): 
 /**
  * Prepares the bridge, opens the target, starts the device, or with a
  * recovery claim takes over the claimed device from its dead server.
+ * With `hostQueue`, this thread's event loop serves queue 0's ring.
  */
 export async function serve(
   target: Target,
   geometry: Omit<NativeDeviceOptions, 'target' | 'path'>,
   ioTimeoutMs: number,
   claim?: NativeRecoveryClaim,
+  hostQueue = false,
 ): Promise<ServedDevice> {
   const capabilities = capabilitiesOf(target)
   const stopped: Array<() => void> = []
@@ -89,6 +91,14 @@ export async function serve(
     binding.createBridge({ ...geometry, target: target.name ?? 'typescript' }, capabilities, dispatcher.onBatch),
   )
   dispatcher.attach(bridge)
+  if (hostQueue) {
+    try {
+      nativeSync(() => bridge.hostQueue(0, dispatcher.onBatch))
+    } catch (err) {
+      bridge.close()
+      throw err
+    }
+  }
   try {
     await target.open?.(contextFor(bridge, dispatcher, handles, geometry.size))
   } catch (err) {

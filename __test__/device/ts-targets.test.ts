@@ -17,6 +17,7 @@ import { ddRead, sh } from '../helpers/shell.ts'
 import './parts/filters.ts'
 // And targets given as modules, a worker thread per queue.
 import './parts/workers.ts'
+import './parts/event-loop.ts'
 
 const MiB = 1 << 20
 

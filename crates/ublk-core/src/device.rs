@@ -20,6 +20,7 @@ use crate::control::{check_control, ensure_control_ring, info_from_ctrl, DeviceI
 use crate::error::{Error, Result};
 use crate::options::{kernel_max_queues, DeviceOptions};
 use crate::recovery::{self, RecoveryClaim};
+use crate::runtime::hosted::{Finished, HostedQueue};
 use crate::runtime::{basic_params, IoBuffers, QueueArgs, QueueControl, Serve, Served, Target};
 use crate::stats::{DeviceStats, StatsRegion};
 
@@ -49,11 +50,62 @@ struct Inner {
 struct Running {
     ctrl: Arc<UblkCtrl>,
     runtime: Arc<dyn Serve>,
-    queues: Vec<JoinHandle<()>>,
+    queues: Vec<QueueHandle>,
     controls: Vec<Arc<QueueControl>>,
     /// First error any queue thread ended with.
     queue_error: Arc<Mutex<Option<Error>>>,
     stats: Arc<StatsRegion>,
+}
+
+/// A queue's server: its own thread, or a host's (see
+/// [`crate::runtime::hosted`]).
+enum QueueHandle {
+    Thread(JoinHandle<()>),
+    Hosted(Arc<Finished>),
+}
+
+impl QueueHandle {
+    fn is_finished(&self) -> bool {
+        match self {
+            QueueHandle::Thread(handle) => handle.is_finished(),
+            QueueHandle::Hosted(finished) => finished.is_finished(),
+        }
+    }
+
+    /// Whether this thread serves the queue.
+    fn hosted_here(&self) -> bool {
+        matches!(self, QueueHandle::Hosted(finished) if finished.is_host())
+    }
+
+    fn join(self) {
+        match self {
+            QueueHandle::Thread(handle) => {
+                let _ = handle.join();
+            }
+            QueueHandle::Hosted(finished) => finished.wait(),
+        }
+    }
+}
+
+/// How long a stop on the thread that serves a queue serves it meanwhile.
+const HOSTED_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How a queue's server ended: records what went wrong.
+fn queue_ended(
+    id: u32,
+    qid: u16,
+    control: &QueueControl,
+    errors: &Mutex<Option<Error>>,
+    outcome: std::thread::Result<Result<()>>,
+) {
+    let err = match outcome {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) if control.aborted() && e.errno() == libc::ECANCELED => return,
+        Ok(Err(e)) => e,
+        Err(_) => Error::new(libc::EIO, format!("queue {qid} thread panicked")),
+    };
+    log::error!("ublk device {id}: {err}");
+    errors.lock().unwrap().get_or_insert(err);
 }
 
 /// Every device this process serves, by id.
@@ -338,7 +390,7 @@ impl Inner {
             control.quiesced();
         }
         for handle in run.queues {
-            let _ = handle.join();
+            handle.join();
         }
         run.stats.unpublish();
         run.runtime.stopped();
@@ -383,9 +435,27 @@ impl Inner {
             control.stopping();
         }
         run.runtime.stopping();
-        let stopped = run.ctrl.kill_dev();
+        let stopped = if run.queues.iter().any(QueueHandle::hosted_here) {
+            // Stopping waits for the IO in flight, which this thread serves:
+            // another thread stops the device while this one serves it.
+            std::thread::scope(|scope| {
+                let stop = scope.spawn(|| {
+                    ensure_control_ring()
+                        .map_err(|e| libublk::UblkError::OtherError(-e.errno()))?;
+                    run.ctrl.kill_dev()
+                });
+                crate::runtime::hosted::serve_here_until(
+                    || stop.is_finished(),
+                    HOSTED_STOP_TIMEOUT,
+                );
+                stop.join()
+                    .unwrap_or(Err(libublk::UblkError::OtherError(-libc::EIO)))
+            })
+        } else {
+            run.ctrl.kill_dev()
+        };
         for handle in run.queues {
-            let _ = handle.join();
+            handle.join();
         }
         run.stats.unpublish();
         let deleted = run.ctrl.del_dev();
@@ -545,6 +615,8 @@ fn start(
     let mut queues = Vec::with_capacity(opts.queues as usize);
     let (tx, rx) = mpsc::channel();
     let mut spawn_error = None;
+    // Queues served by a host's thread: it is not pinned to their CPUs.
+    let mut hosted = Vec::new();
     for qid in 0..opts.queues {
         let control = match QueueControl::new() {
             Ok(c) => c,
@@ -567,6 +639,49 @@ fn start(
             stats.clone(),
         );
         let io_delay = opts.io_delay;
+        if let Some(host) = runtime.queue_host(qid) {
+            hosted.push(qid);
+            let finished = Arc::new(Finished::default());
+            let done = finished.clone();
+            let job = HostedQueue::new(
+                qid,
+                Box::new(move || {
+                    Box::pin(async move {
+                        done.started_here();
+                        let _ = q_tx.send((qid, UblkCtrl::init_queue_thread()));
+                        let args = QueueArgs {
+                            qid,
+                            dev: &q_dev,
+                            buffers: &buffers,
+                            control: &control,
+                            io_delay,
+                            stats: &q_stats,
+                        };
+                        let ring_entries = q_runtime.ring_depth(q_dev.dev_info.queue_depth);
+                        let outcome = match crate::runtime::hosted::fresh_ring(ring_entries) {
+                            Ok(()) => q_runtime.serve_queue_hosted(args).await,
+                            Err(e) => {
+                                q_dev.notify_buffer_registration_complete(true);
+                                Err(e)
+                            }
+                        };
+                        queue_ended(id, qid, &control, &q_error, Ok(outcome));
+                        done.finish();
+                    })
+                }),
+            );
+            match host.host(job) {
+                Ok(()) => queues.push(QueueHandle::Hosted(finished)),
+                Err(_) => {
+                    spawn_error = Some(Error::new(
+                        libc::ESHUTDOWN,
+                        format!("the thread that was to serve queue {qid} is gone"),
+                    ));
+                    break;
+                }
+            }
+            continue;
+        }
         let spawned = std::thread::Builder::new()
             .name(queue_thread_name(id, qid))
             .spawn(move || {
@@ -580,17 +695,10 @@ fn start(
                     stats: &q_stats,
                 };
                 let outcome = catch_unwind(AssertUnwindSafe(|| q_runtime.serve_queue(args)));
-                let err = match outcome {
-                    Ok(Ok(())) => return,
-                    Ok(Err(e)) if control.aborted() && e.errno() == libc::ECANCELED => return,
-                    Ok(Err(e)) => e,
-                    Err(_) => Error::new(libc::EIO, format!("queue {qid} thread panicked")),
-                };
-                log::error!("ublk device {id}: {err}");
-                q_error.lock().unwrap().get_or_insert(err);
+                queue_ended(id, qid, &control, &q_error, outcome);
             });
         match spawned {
-            Ok(handle) => queues.push(handle),
+            Ok(handle) => queues.push(QueueHandle::Thread(handle)),
             Err(e) => {
                 spawn_error = Some(Error::from(e).context("spawn queue thread"));
                 break;
@@ -603,7 +711,9 @@ fn start(
         dev.notify_buffer_registration_complete(true);
     }
     for (qid, tid) in rx.iter().take(queues.len()) {
-        ctrl.set_thread_affinity(qid, tid);
+        if !hosted.contains(&qid) {
+            ctrl.set_thread_affinity(qid, tid);
+        }
         let _ = ctrl.configure_queue(&dev, qid, tid);
     }
     let started = match spawn_error {
@@ -642,7 +752,7 @@ fn start(
             control.abort();
         }
         for handle in queues {
-            let _ = handle.join();
+            handle.join();
         }
         drop(dev);
         // A queue's own failure explains a failed start better.

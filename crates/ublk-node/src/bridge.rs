@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use napi::bindgen_prelude::{AsyncTask, Float64Array, Function, JsValue, Unknown};
+use napi::bindgen_prelude::{AsyncTask, Float64ArraySlice, Function, JsValue, Unknown};
 use napi::{Env, Task};
 use napi_derive::napi;
 use ublk_core::bridge::{wire, BatchSink, BridgeTarget, QueueShared, ReadRoute, WriteRoute};
@@ -186,8 +186,8 @@ impl NativeBridge {
         &self,
         env: Env,
         queue: u32,
-        results: Float64Array,
-        requests: Float64Array,
+        results: Float64ArraySlice<'_>,
+        requests: Float64ArraySlice<'_>,
         detach: Unknown<'_>,
         batch_taken: bool,
     ) -> napi::Result<()> {
@@ -207,7 +207,7 @@ impl NativeBridge {
         // Detach first: once the queue thread has the result, the buffer
         // belongs to the tag's next IO.
         detach_all(&env, detach.raw())?;
-        shared.inbox.post(results, requests, batch_taken);
+        shared.post(results, requests, batch_taken);
         Ok(())
     }
 
@@ -363,6 +363,24 @@ impl NativeBridge {
         } else if !self.started.load(Ordering::SeqCst) {
             self.target.release();
         }
+    }
+
+    /// Serves queue `queue`'s ring from this thread's event loop instead of
+    /// a queue thread of its own: an IO then wakes this thread only. Call
+    /// before the device starts; a thread hosts one queue at most.
+    #[napi(
+        ts_args_type = "queue: number, onBatch: (queue: number, ios: Float64Array, buffers: Array<ArrayBuffer | null>, backend: Float64Array, events: Float64Array) => void"
+    )]
+    pub fn host_queue(
+        &self,
+        env: Env,
+        queue: u32,
+        on_batch: Function<'_, crate::handover::JsBatch, ()>,
+    ) -> napi::Result<()> {
+        let qid = u16::try_from(queue)
+            .map_err(|_| to_napi(ublk_core::Error::invalid(format!("no queue {queue}"))))?;
+        let host = crate::host::JsQueueHost::new(&env, on_batch.raw(), self.target.clone())?;
+        self.target.host_queue(qid, Arc::new(host)).map_err(to_napi)
     }
 
     /// A token for `attachBridgeQueue`, by which a worker thread of this

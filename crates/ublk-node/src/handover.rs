@@ -10,7 +10,7 @@
 use std::ptr;
 use std::sync::{Arc, Mutex};
 
-use napi::bindgen_prelude::{Float64Array, ToNapiValue};
+use napi::bindgen_prelude::ToNapiValue;
 use napi::sys;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, Status};
@@ -26,6 +26,12 @@ pub type BatchFn = ThreadsafeFunction<Batch, (), JsBatch, Status, false, true, 0
 /// The arguments the JS batch handler receives: queue, IO table, one
 /// buffer per IO (or null), backend results, events.
 pub struct JsBatch([sys::napi_value; 5]);
+
+impl JsBatch {
+    pub fn values(&self) -> &[sys::napi_value; 5] {
+        &self.0
+    }
+}
 
 impl napi::bindgen_prelude::JsValuesTupleIntoVec for JsBatch {
     fn into_vec(self, _env: sys::napi_env) -> napi::Result<Vec<sys::napi_value>> {
@@ -49,6 +55,12 @@ impl JsSink {
 
 impl BatchSink for JsSink {
     fn deliver(&self, batch: Batch) -> Result<(), Batch> {
+        if ublk_core::runtime::hosted::driving() {
+            // This thread hosts the queue and is polling it: the batch goes
+            // to JavaScript straight from here once the poll returns.
+            crate::host::defer_batch(batch);
+            return Ok(());
+        }
         let func = self.func.lock().unwrap().clone();
         let Some(func) = func else {
             return Err(batch);
@@ -91,21 +103,43 @@ pub fn batch_to_js(env: &Env, queues: &[Arc<QueueShared>], batch: Batch) -> napi
         check(unsafe { sys::napi_set_element(raw_env, buffers, i as u32, value) })?;
     }
     // SAFETY: each conversion makes a new JS value in this env.
-    unsafe {
-        Ok(JsBatch([
-            u32::to_napi_value(raw_env, batch.qid as u32)?,
-            Float64Array::to_napi_value(raw_env, Float64Array::new(table))?,
-            buffers,
-            Float64Array::to_napi_value(
-                raw_env,
-                Float64Array::new(wire::encode_backend(&batch.backend)),
-            )?,
-            Float64Array::to_napi_value(
-                raw_env,
-                Float64Array::new(wire::encode_events(&batch.events)),
-            )?,
-        ]))
+    let queue = unsafe { u32::to_napi_value(raw_env, batch.qid as u32)? };
+    Ok(JsBatch([
+        queue,
+        f64_table(raw_env, &table)?,
+        buffers,
+        f64_table(raw_env, &wire::encode_backend(&batch.backend))?,
+        f64_table(raw_env, &wire::encode_events(&batch.events))?,
+    ]))
+}
+
+/// A Float64Array holding a copy of `values`, in memory the JS engine
+/// owns: a table is a few dozen bytes, and an external buffer would cost
+/// a finalizer and a weak handle per hand-over.
+fn f64_table(env: sys::napi_env, values: &[f64]) -> napi::Result<sys::napi_value> {
+    let bytes = std::mem::size_of_val(values);
+    let mut data = ptr::null_mut();
+    let mut buffer = ptr::null_mut();
+    // SAFETY: a plain napi call on the JS thread with valid out pointers.
+    check(unsafe { sys::napi_create_arraybuffer(env, bytes, &mut data, &mut buffer) })?;
+    if bytes > 0 {
+        // SAFETY: napi just allocated `bytes` writable bytes at `data`,
+        // which no other value uses yet.
+        unsafe { ptr::copy_nonoverlapping(values.as_ptr().cast::<u8>(), data.cast(), bytes) };
     }
+    let mut array = ptr::null_mut();
+    // SAFETY: `buffer` is the ArrayBuffer made above, exactly `values.len()` f64s long.
+    check(unsafe {
+        sys::napi_create_typedarray(
+            env,
+            sys::TypedarrayType::float64_array,
+            values.len(),
+            buffer,
+            0,
+            &mut array,
+        )
+    })?;
+    Ok(array)
 }
 
 pub fn check(status: sys::napi_status) -> napi::Result<()> {

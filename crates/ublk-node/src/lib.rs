@@ -16,6 +16,7 @@ mod gate;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod glibc_compat;
 mod handover;
+mod host;
 mod info;
 mod log_forward;
 mod recovery;

@@ -3,6 +3,7 @@
 //! only when the list goes from empty to non-empty.
 
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use super::wire::{BackendRequest, IoResult, Refused};
@@ -29,6 +30,8 @@ impl Pending {
 pub struct QueueInbox {
     pending: Mutex<Pending>,
     eventfd: EventFd,
+    /// Something was posted without a wake-up (see `post_local`).
+    posted_locally: AtomicBool,
 }
 
 impl QueueInbox {
@@ -36,6 +39,7 @@ impl QueueInbox {
         Ok(QueueInbox {
             pending: Mutex::new(Pending::default()),
             eventfd: EventFd::new()?,
+            posted_locally: AtomicBool::new(false),
         })
     }
 
@@ -57,6 +61,22 @@ impl QueueInbox {
         if was_empty {
             self.wake();
         }
+    }
+
+    /// Queues results and requests from the thread that hosts the queue,
+    /// while it polls it: that poll takes them in, no wake-up needed.
+    pub fn post_local(&self, results: Vec<IoResult>, requests: Vec<Request>, batch_taken: bool) {
+        let mut p = self.pending.lock().unwrap();
+        p.results.extend(results);
+        p.requests.extend(requests);
+        p.batch_taken |= batch_taken;
+        self.posted_locally.store(true, Ordering::Release);
+    }
+
+    /// Whether something was posted without a wake-up since the last call.
+    pub(crate) fn take_posted_locally(&self) -> bool {
+        self.posted_locally.load(Ordering::Acquire)
+            && self.posted_locally.swap(false, Ordering::AcqRel)
     }
 
     /// Wakes the queue thread without posting anything.

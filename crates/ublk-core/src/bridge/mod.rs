@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Error, Result};
 use crate::files::{BackingFile, BackingFiles};
+use crate::runtime::hosted::QueueHost;
 use crate::runtime::{Capabilities, Io, IoBuffers, QueueContext, Target, WriteBatch};
 use crate::staging::StagingBuffers;
 
@@ -30,7 +31,7 @@ pub use gate::{WriteGate, MAX_GATE_CHUNKS};
 pub use inbox::QueueInbox;
 pub use queue::BridgeQueue;
 pub use route::{ReadRoute, WriteRoute, MAX_ROUTE_FILES};
-use wire::{Event, IoRequest};
+use wire::{Event, IoRequest, IoResult};
 
 /// Everything one hand-over carries to the application.
 #[derive(Debug, Default)]
@@ -64,9 +65,32 @@ pub struct QueueShared {
     pub qid: u16,
     pub inbox: QueueInbox,
     buffers: OnceLock<Arc<IoBuffers>>,
+    /// The application's thread that serves this queue's ring, if not a
+    /// queue thread.
+    host: OnceLock<Arc<dyn QueueHost>>,
+    /// That thread, once the queue started there.
+    host_thread: OnceLock<std::thread::ThreadId>,
 }
 
 impl QueueShared {
+    /// Hands the application's answers to the queue: without a wake-up
+    /// when this thread hosts the queue and is polling it now.
+    pub fn post(&self, results: Vec<IoResult>, requests: Vec<inbox::Request>, batch_taken: bool) {
+        let here = crate::runtime::hosted::driving()
+            && self.host_thread.get() == Some(&std::thread::current().id());
+        if here {
+            self.inbox.post_local(results, requests, batch_taken);
+            crate::runtime::hosted::nudge();
+        } else {
+            self.inbox.post(results, requests, batch_taken);
+        }
+    }
+
+    /// Whether this thread hosts the queue.
+    pub fn hosted_here(&self) -> bool {
+        self.host_thread.get() == Some(&std::thread::current().id())
+    }
+
     /// The queue's IO data buffers, once its thread has started; never
     /// for a zero-copy target.
     pub fn buffers(&self) -> Option<&Arc<IoBuffers>> {
@@ -112,6 +136,8 @@ impl BridgeTarget {
                     qid,
                     inbox: QueueInbox::new()?,
                     buffers: OnceLock::new(),
+                    host: OnceLock::new(),
+                    host_thread: OnceLock::new(),
                 }))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -153,6 +179,20 @@ impl BridgeTarget {
             ));
         }
         self.device.sink.attach(qid, sink)
+    }
+
+    /// Serves queue `qid`'s ring from `host`'s thread instead of a queue
+    /// thread (see [`crate::runtime::hosted`]). Before the device starts;
+    /// EBUSY if the queue has a host already.
+    pub fn host_queue(&self, qid: u16, host: Arc<dyn QueueHost>) -> Result<()> {
+        let queue = self
+            .queues
+            .get(qid as usize)
+            .ok_or_else(|| Error::invalid(format!("no queue {qid}")))?;
+        queue
+            .host
+            .set(host)
+            .map_err(|_| Error::new(libc::EBUSY, format!("queue {qid} has a host already")))
     }
 
     /// Lets go of queue `qid`'s own sink: its IOs fail with EIO from then
@@ -282,6 +322,10 @@ impl Target for BridgeTarget {
         depth.saturating_mul(4).saturating_add(8)
     }
 
+    fn queue_host(&self, qid: u16) -> Option<Arc<dyn QueueHost>> {
+        self.queues.get(qid as usize)?.host.get().cloned()
+    }
+
     fn open_queue(&self, ctx: &QueueContext) -> Result<Self::Queue> {
         let shared = self
             .queues
@@ -291,6 +335,9 @@ impl Target for BridgeTarget {
         // A zero-copy target is never shown the IOs' data, on either path.
         if !self.caps.zero_copy {
             let _ = shared.buffers.set(ctx.buffers().clone());
+        }
+        if ctx.hosted {
+            let _ = shared.host_thread.set(std::thread::current().id());
         }
         BridgeQueue::start(ctx, shared, self.device.clone())
     }
@@ -312,6 +359,10 @@ impl Target for BridgeTarget {
         if self.device.batch_hooks {
             queue.finish_batch(batch);
         }
+    }
+
+    fn before_tasks(&self, queue: &Self::Queue) {
+        queue.take_posted();
     }
 
     fn after_reap(&self, queue: &Self::Queue) {

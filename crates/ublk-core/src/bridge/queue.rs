@@ -386,6 +386,14 @@ impl BridgeQueue {
             .filter(|s| s.open.get() && s.seq.get() == seq)
     }
 
+    /// Takes in what the thread that hosts the queue posted while it
+    /// polled it (no wake-up came through the ring for it).
+    pub(crate) fn take_posted(self: &Rc<Self>) {
+        if self.shared.inbox.take_posted_locally() {
+            self.take_inbox();
+        }
+    }
+
     /// Takes in what the application posted.
     fn take_inbox(self: &Rc<Self>) {
         let pending = self.shared.inbox.take();

@@ -13,6 +13,7 @@ mod answer;
 mod batch;
 mod batch_io;
 mod eventfd;
+pub mod hosted;
 mod io;
 pub mod ops;
 mod queue;
@@ -112,6 +113,9 @@ pub trait Target: Send + Sync + 'static {
     /// concurrently with later IO.
     async fn after_writes(&self, _queue: &Self::Queue, _batch: &WriteBatch) {}
 
+    /// Runs once per reap of the queue's ring, before its tasks run.
+    fn before_tasks(&self, _queue: &Self::Queue) {}
+
     /// Runs once per reap of the queue's ring, after every task the reap
     /// woke has run as far as it could.
     fn after_reap(&self, _queue: &Self::Queue) {}
@@ -119,6 +123,12 @@ pub trait Target: Send + Sync + 'static {
     /// The queue is going down and its IOs are all done: cancel what the
     /// queue's own background tasks wait for, so their operations end.
     fn close_queue(&self, _queue: &Self::Queue) {}
+
+    /// A thread with an event loop of its own that serves queue `qid`
+    /// instead of a queue thread (see [`hosted`]).
+    fn queue_host(&self, _qid: u16) -> Option<Arc<dyn hosted::QueueHost>> {
+        None
+    }
 
     /// The device is about to stop: fail whatever IO is held outside the
     /// queue threads, so that stopping never waits for it.
@@ -133,6 +143,8 @@ pub trait Target: Send + Sync + 'static {
 pub struct QueueContext {
     pub qid: u16,
     pub depth: u16,
+    /// Served from a host's thread (see [`hosted`]), not a queue thread.
+    pub hosted: bool,
     buffers: Arc<IoBuffers>,
     spawner: Spawner,
 }
@@ -175,6 +187,11 @@ pub(crate) trait Serve: Send + Sync {
     fn ring_depth(&self, depth: u16) -> u16;
     fn set_params(&self, params: &mut DeviceParams) -> Result<()>;
     fn serve_queue(&self, queue: QueueArgs<'_>) -> Result<()>;
+    fn serve_queue_hosted<'a>(
+        &'a self,
+        queue: QueueArgs<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<()>> + 'a>>;
+    fn queue_host(&self, qid: u16) -> Option<Arc<dyn hosted::QueueHost>>;
     fn stopping(&self);
     fn stopped(&self);
 }
@@ -216,6 +233,17 @@ impl<T: Target> Serve for Served<T> {
 
     fn serve_queue(&self, queue: QueueArgs<'_>) -> Result<()> {
         queue::serve(&*self.0, queue)
+    }
+
+    fn serve_queue_hosted<'a>(
+        &'a self,
+        queue: QueueArgs<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<()>> + 'a>> {
+        Box::pin(queue::serve_async(&*self.0, queue, true))
+    }
+
+    fn queue_host(&self, qid: u16) -> Option<Arc<dyn hosted::QueueHost>> {
+        self.0.queue_host(qid)
     }
 
     fn stopping(&self) {

@@ -124,7 +124,19 @@ pub(crate) struct QueueRun<'a, T: Target> {
     batch_io: Option<BatchIo<'a, 'a>>,
 }
 
+/// Serves a queue on its own thread: sleeps in the ring between reaps.
 pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
+    smol::block_on(serve_async(target, args, false))
+}
+
+/// Serves a queue; with `hosted`, the future never blocks: it waits for
+/// the ring by returning pending, and the thread that hosts it polls it
+/// again once the ring's fd is readable (see [`super::hosted`]).
+pub(crate) async fn serve_async<T: Target>(
+    target: &T,
+    args: QueueArgs<'_>,
+    hosted: bool,
+) -> Result<()> {
     let QueueArgs {
         qid,
         dev,
@@ -157,6 +169,7 @@ pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
     let ctx = QueueContext {
         qid,
         depth: buffers.depth(),
+        hosted,
         buffers: buffers.clone(),
         spawner: spawner.clone(),
     };
@@ -188,6 +201,7 @@ pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
         .collect();
     let tick = || {
         run.batches.seal();
+        target.before_tasks(&state);
         loop {
             while exe.try_tick() {}
             let finished = run.batches.take_finished();
@@ -264,6 +278,9 @@ pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
         if quiesce_done() {
             return Err(UblkError::QueueIsDown);
         }
+        if hosted {
+            return super::hosted::ring_ready(&queue).await;
+        }
         let idle = types::Timespec::from(IDLE);
         libublk::uring_poll_io_fn::<squeue::Entry>(&queue, Some(idle), 1)
     };
@@ -279,7 +296,9 @@ pub(crate) fn serve<T: Target>(target: &T, args: QueueArgs<'_>) -> Result<()> {
         reaped
     };
     let done = || aborted.get() || tasks.iter().all(|t| t.is_finished()) || quiesce_done();
-    let outcome = smol::block_on(exe.run(libublk::run_uring_tasks(poll, reap, tick, done)));
+    let outcome = exe
+        .run(libublk::run_uring_tasks(poll, reap, tick, done))
+        .await;
     if control.is_quiescing() {
         // The last commits must reach the kernel before the ring goes.
         let _ = libublk::io::with_task_io_ring_mut(|ring| ring.submit());
