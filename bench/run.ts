@@ -20,6 +20,7 @@ import {
   rustNull,
   tsLoop,
   tsNull,
+  tsNullNoQueueThread,
   type Prepared,
   type System,
 } from './systems.ts'
@@ -82,7 +83,7 @@ async function main(): Promise<void> {
   const queueCounts = opts.quick ? [1] : [1, 2]
   const loopSize = 256 * MiB
   const backing = await loopBackingFile(loopSize)
-  const systems: System[] = [kernelNull, rustNull, tsNull, kernelLoop(backing.file), rustLoop(backing.file, loopSize), tsLoop(backing.file, loopSize)]
+  const systems: System[] = [kernelNull, rustNull, tsNull, tsNullNoQueueThread, kernelLoop(backing.file), rustLoop(backing.file, loopSize), tsLoop(backing.file, loopSize)]
   if (opts.rublk && existsSync(opts.rublk)) {
     systems.push(rublk(opts.rublk, 'null', 900), rublk(opts.rublk, 'loop', 901, ['-f', backing.file]))
   } else {
@@ -134,6 +135,7 @@ async function main(): Promise<void> {
         for (const qd of qds) {
           // One system at a time, each for the same workload back to back.
           for (const system of systems) {
+            if (system.queueCounts && !system.queueCounts.includes(queues)) continue
             let dev: Prepared | undefined
             try {
               dev = await system.prepare(queues)
@@ -170,6 +172,8 @@ async function main(): Promise<void> {
     rust_loop_vs_rublk_loop: ratio('Rust loop', 'rublk loop'),
     ts_null_vs_rust_null_2q: ratio('TypeScript null', 'Rust null', 'randread', 32, 2),
     ts_null_vs_rust_null_qd1: ratio('TypeScript null', 'Rust null', 'randread', 1, 1),
+    ts_null_no_queue_thread_vs_rust_null: ratio(tsNullNoQueueThread.name, 'Rust null'),
+    ts_null_no_queue_thread_vs_rust_null_qd1: ratio(tsNullNoQueueThread.name, 'Rust null', 'randread', 1, 1),
     ts_loop_vs_rust_loop_randwrite: ratio('TypeScript loop', 'Rust loop', 'randwrite', 32, 1),
   }
 

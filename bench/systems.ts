@@ -5,7 +5,7 @@ import { execFile, spawn } from 'node:child_process'
 import { existsSync, mkdirSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs'
 import { promisify } from 'node:util'
 
-import { createDevice, loopTarget, type Device } from '../lib/index.ts'
+import { createDevice, loopTarget, nullTarget, type Device } from '../lib/index.ts'
 
 const run = promisify(execFile)
 
@@ -18,6 +18,8 @@ export interface System {
   name: string
   /** Sets the system up with `queues` hardware queues. */
   prepare(queues: number): Promise<Prepared>
+  /** The queue counts it runs with, if not every one. */
+  queueCounts?: number[]
 }
 
 export const DEPTH = 128
@@ -77,6 +79,16 @@ export const tsNull: System = {
     const target = { module: require.resolve('../lib/targets/null.js') }
     const dev = await createDevice({ target, size: 1 << 30, queues, depth: DEPTH })
     return { path: dev.path, teardown: () => (batchNote(dev, 'TypeScript null'), dev.stop()) }
+  },
+}
+
+/** The TypeScript null target on one queue with no queue thread: this thread's event loop serves its ring. */
+export const tsNullNoQueueThread: System = {
+  name: 'TS null, no q thread',
+  queueCounts: [1],
+  async prepare(queues) {
+    const dev = await createDevice({ target: nullTarget(), size: 1 << 30, queues, depth: DEPTH, queueThreads: false })
+    return { path: dev.path, teardown: () => (batchNote(dev, 'TS null, no q thread'), dev.stop()) }
   },
 }
 

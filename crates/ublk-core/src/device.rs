@@ -672,11 +672,8 @@ fn start(
             );
             match host.host(job) {
                 Ok(()) => queues.push(QueueHandle::Hosted(finished)),
-                Err(_) => {
-                    spawn_error = Some(Error::new(
-                        libc::ESHUTDOWN,
-                        format!("the thread that was to serve queue {qid} is gone"),
-                    ));
+                Err(e) => {
+                    spawn_error = Some(e.context(format!("serve queue {qid} on its host")));
                     break;
                 }
             }

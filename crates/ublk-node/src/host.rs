@@ -257,10 +257,8 @@ fn host_here(env: &Env, queue: HostedQueue, direct: Arc<Direct>) {
         hosted.direct.release();
         return;
     }
-    let Some(uv) = uv() else {
-        log::error!("libuv's functions are not in this process: the hosted queue cannot be served");
-        return;
-    };
+    // Found when the host was made (JsQueueHost::new).
+    let uv = uv().expect("libuv's functions were found before");
     let mut uv_loop = std::ptr::null_mut();
     // SAFETY: a plain napi call on this env's thread.
     unsafe { sys::napi_get_uv_event_loop(env.raw(), &mut uv_loop) };
@@ -275,9 +273,18 @@ fn host_here(env: &Env, queue: HostedQueue, direct: Arc<Direct>) {
     // SAFETY: `handle` is fresh memory for a uv_poll_t on this thread's
     // loop; its data field points at the leaked `Hosted` until on_closed.
     unsafe {
-        (uv.poll_init)(uv_loop.cast(), handle.cast(), ring_fd());
+        let watched = (uv.poll_init)(uv_loop.cast(), handle.cast(), ring_fd());
         *handle.cast::<*mut Hosted>() = hosted;
-        (uv.poll_start)(handle.cast(), UV_READABLE, on_readable);
+        let watched = if watched == 0 {
+            (uv.poll_start)(handle.cast(), UV_READABLE, on_readable)
+        } else {
+            watched
+        };
+        if watched != 0 {
+            // Never seen: an io_uring fd is pollable. The queue is then
+            // served only by a stop on this thread.
+            log::error!("libuv cannot watch the queue's ring (error {watched})");
+        }
         // The device's own handle in the TypeScript layer keeps the loop alive.
         (uv.unref)(handle.cast());
     }
@@ -303,6 +310,12 @@ impl JsQueueHost {
         on_batch: sys::napi_value,
         target: Arc<BridgeTarget>,
     ) -> napi::Result<JsQueueHost> {
+        if uv().is_none() {
+            return Err(crate::errors::to_napi(ublk_core::Error::new(
+                libc::ENOTSUP,
+                "libuv's functions are not exported by this process: queueThreads: false needs Node's own libuv",
+            )));
+        }
         if hosted::hosting() {
             return Err(crate::errors::to_napi(ublk_core::Error::new(
                 libc::EBUSY,
@@ -349,18 +362,16 @@ impl JsQueueHost {
 }
 
 impl QueueHost for JsQueueHost {
-    fn host(&self, queue: HostedQueue) -> Result<(), HostedQueue> {
-        // A failed call drops the queue; the device's start then fails on
-        // the queue never reporting in, which it notices by the error.
+    fn host(&self, queue: HostedQueue) -> ublk_core::Result<()> {
         match self
             .func
             .call(queue, ThreadsafeFunctionCallMode::NonBlocking)
         {
             Status::Ok => Ok(()),
-            status => {
-                log::error!("cannot reach the thread that hosts the queue: {status}");
-                Ok(())
-            }
+            status => Err(ublk_core::Error::new(
+                libc::ESHUTDOWN,
+                format!("the JavaScript thread that was to serve the queue is gone ({status})"),
+            )),
         }
     }
 }

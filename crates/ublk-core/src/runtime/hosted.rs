@@ -19,8 +19,9 @@ use libublk::UblkError;
 pub trait QueueHost: Send + Sync + 'static {
     /// Takes `queue` over: its thread must poll [`HostedQueue::run`]'s
     /// future once soon, and again each time [`ring_fd`] is readable,
-    /// until it is done. Gives the queue back if the thread is gone.
-    fn host(&self, queue: HostedQueue) -> std::result::Result<(), HostedQueue>;
+    /// until it is done. An error (the thread is gone) drops the queue,
+    /// and the device does not start.
+    fn host(&self, queue: HostedQueue) -> crate::Result<()>;
 }
 
 type Start = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
@@ -216,5 +217,46 @@ impl Finished {
         if !serve_here_until(|| self.is_finished(), HOST_STOP_TIMEOUT) {
             log::error!("a hosted queue did not end within {HOST_STOP_TIMEOUT:?} of its stop");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_hosted_queue_gets_a_fresh_ring_of_its_own_size() {
+        std::thread::spawn(|| {
+            // No ring yet: the queue makes its own (libublk's default).
+            fresh_ring(64).unwrap();
+            let _ = libublk::io::ublk_init_task_ring(|cell| {
+                let ring = io_uring::IoUring::builder().build(16).unwrap();
+                let _ = cell.set(std::cell::RefCell::new(ring));
+                Ok(())
+            });
+            assert_eq!(
+                libublk::io::with_task_io_ring(|r| r.params().sq_entries()),
+                16
+            );
+            fresh_ring(64).unwrap();
+            assert_eq!(
+                libublk::io::with_task_io_ring(|r| r.params().sq_entries()),
+                64
+            );
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn nudges_are_per_thread() {
+        std::thread::spawn(|| {
+            assert!(!nudged());
+            nudge();
+            assert!(nudged());
+            std::thread::spawn(|| assert!(!nudged())).join().unwrap();
+        })
+        .join()
+        .unwrap();
     }
 }
