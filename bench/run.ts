@@ -174,7 +174,6 @@ async function main(): Promise<void> {
     ts_null_vs_rust_null_qd1: ratio('TypeScript null', 'Rust null', 'randread', 1, 1),
     ts_null_no_queue_thread_vs_rust_null: ratio(tsNullNoQueueThread.name, 'Rust null'),
     ts_null_no_queue_thread_vs_rust_null_qd1: ratio(tsNullNoQueueThread.name, 'Rust null', 'randread', 1, 1),
-    ts_null_no_queue_thread_vs_rust_null_2q: ratio(tsNullNoQueueThread.name, 'Rust null', 'randread', 32, 2),
     ts_loop_vs_rust_loop_randwrite: ratio('TypeScript loop', 'Rust loop', 'randwrite', 32, 1),
   }
 

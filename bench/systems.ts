@@ -5,7 +5,7 @@ import { execFile, spawn } from 'node:child_process'
 import { existsSync, mkdirSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs'
 import { promisify } from 'node:util'
 
-import { createDevice, loopTarget, type Device } from '../lib/index.ts'
+import { createDevice, loopTarget, nullTarget, type Device } from '../lib/index.ts'
 
 const run = promisify(execFile)
 
@@ -82,16 +82,12 @@ export const tsNull: System = {
   },
 }
 
-/**
- * The TypeScript null target with no queue threads: the event loop of the
- * JavaScript thread that serves a queue polls its ring (this thread's for
- * one queue, each queue's worker's for several).
- */
+/** The TypeScript null target on one queue with no queue thread: this thread's event loop serves its ring. */
 export const tsNullNoQueueThread: System = {
   name: 'TS null, no q thread',
+  queueCounts: [1],
   async prepare(queues) {
-    const target = { module: require.resolve('../lib/targets/null.js') }
-    const dev = await createDevice({ target, size: 1 << 30, queues, depth: DEPTH, queueThreads: false })
+    const dev = await createDevice({ target: nullTarget(), size: 1 << 30, queues, depth: DEPTH, queueThreads: false })
     return { path: dev.path, teardown: () => (batchNote(dev, 'TS null, no q thread'), dev.stop()) }
   },
 }

@@ -57,15 +57,14 @@ export interface DeviceOptions {
    */
   workers?: boolean
   /**
-   * False: no queue thread. Each queue of a TypeScript target is served
-   * by the event loop of the JavaScript thread that runs its handler (the
-   * thread that creates the device, or the queue's worker), which polls
-   * the queue's io_uring itself, so each IO wakes that thread alone
-   * instead of a queue thread and then it. Such a thread must never block
+   * False: no queue thread. A TypeScript target's one queue is served by
+   * the event loop of the thread that creates the device, which polls the
+   * queue's io_uring itself, so each IO wakes this thread alone instead
+   * of a queue thread and then this one. That thread must never block
    * (no `execFileSync`, `readFileSync` of the device, `Atomics.wait`):
-   * while it does, its queue's IO waits. Several queues need workers (a
-   * target given as a module); not with `batchIo`; a thread serves one
-   * such queue at a time. Default true.
+   * while it does, the device's IO waits. One queue only, served on this
+   * thread (no workers), without `batchIo`; a thread serves one such
+   * queue at a time. Default true.
    */
   queueThreads?: boolean
   /** Capacity in bytes; a whole number of logical blocks. */
@@ -455,14 +454,12 @@ export async function warmUpForRecovery(
   return warmUpWorkers(moduleSpec(target), device, options.ioTimeoutMs ?? DEFAULT_IO_TIMEOUT_MS, withPrimary)
 }
 
-/** What `queueThreads: false` needs: one queue per JavaScript thread. */
-function checkHostable(queues: number, batchIo: boolean | undefined, inWorkers: boolean): void {
-  if (queues !== 1 && !inWorkers) {
-    throw new UblkError(
-      'EINVAL',
-      `queueThreads: false serves each queue from a JavaScript thread of its own: this device has ${queues} queues on one thread (give the target as a module, served by workers)`,
-    )
+/** What `queueThreads: false` needs: one queue, served on this thread. */
+function checkHostable(queues: number, batchIo: boolean | undefined, inWorker: boolean): void {
+  if (queues !== 1) {
+    throw new UblkError('EINVAL', `queueThreads: false serves one queue, on the thread that creates the device; this device has ${queues}`)
   }
+  if (inWorker) throw new UblkError('EINVAL', 'queueThreads: false serves the queue on this thread, not in a worker')
   if (batchIo === true) throw new UblkError('EINVAL', 'queueThreads: false does not run the batch IO transport')
 }
 
@@ -478,8 +475,7 @@ async function createServedDevice(options: DeviceOptions, target: Target | Targe
   if (workers !== undefined && typeof workers !== 'boolean') throw new UblkError('EINVAL', 'workers must be true or false')
   if (queueThreads !== undefined && typeof queueThreads !== 'boolean') throw new UblkError('EINVAL', 'queueThreads must be true or false')
   const hostQueue = queueThreads === false
-  const inWorkers = isTargetModule(target) && servedInWorkers(workers, geometryOf(geometry).queues, target.primary !== undefined)
-  if (hostQueue) checkHostable(geometryOf(geometry).queues, geometry.batchIo, inWorkers)
+  if (hostQueue) checkHostable(geometryOf(geometry).queues, geometry.batchIo, isTargetModule(target) && servedInWorkers(workers, 1, target.primary !== undefined))
   let served: ServedDevice
   // A worker lost while the device starts fails the start; later ones stop the device.
   const started: { device?: Device } = {}
@@ -490,8 +486,8 @@ async function createServedDevice(options: DeviceOptions, target: Target | Targe
       throw new UblkError('EINVAL', 'target.primary must be a target with a connectQueue(queue, port) method')
     }
     const { file } = spec
-    if (inWorkers) {
-      served = await serveInWorkers(spec, geometry, ioTimeoutMs, claim, (err) => started.device?.lost(err), primary, !hostQueue)
+    if (servedInWorkers(workers, geometryOf(geometry).queues, primary !== undefined)) {
+      served = await serveInWorkers(spec, geometry, ioTimeoutMs, claim, (err) => started.device?.lost(err), primary)
     } else if (primary) {
       served = await serve(primary, geometry, ioTimeoutMs, claim, hostQueue)
     } else {

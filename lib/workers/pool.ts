@@ -6,7 +6,7 @@
 // through a port each.
 import binding = require('../binding.js')
 import { Dispatcher } from '../dispatch/index.js'
-import { native, nativeSync, UblkError } from '../errors.js'
+import { native, UblkError } from '../errors.js'
 import { Handles } from '../handles.js'
 import { capabilitiesOf, contextFor, geometryOf, startBridge, type Served, type ServedDevice } from '../served.js'
 import type { PrimaryTarget } from '../target.js'
@@ -32,7 +32,6 @@ export async function serveInWorkers(
   claim: NativeRecoveryClaim | undefined,
   onLost: (err: Error) => void,
   primary?: PrimaryTarget,
-  queueThreads = true,
 ): Promise<ServedDevice> {
   const device = geometryOf(geometry)
   const { workers, ports, counters } = takeWarm(spec, device, ioTimeoutMs, primary !== undefined) ?? spawnWorkers(spec, device, ioTimeoutMs, primary !== undefined)
@@ -60,13 +59,11 @@ export async function serveInWorkers(
     local.attach(bridge)
     const token = bridge.share()
     try {
-      // With no queue threads, each thread that serves a queue polls its ring.
-      if (!queueThreads && primary) nativeSync(() => bridge.hostQueue(0, local.onBatch))
       if (primary) {
         ports.forEach((port, i) => primary.connectQueue(i + 1, port))
         await primary.open?.(contextFor(bridge, local, handles, device.size))
       }
-      for (const w of workers) w.post({ kind: 'attach', token, hostQueue: !queueThreads })
+      for (const w of workers) w.post({ kind: 'attach', token })
       await Promise.all(workers.map((w) => w.next('ready')))
     } catch (err) {
       bridge.close()

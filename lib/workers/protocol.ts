@@ -50,7 +50,6 @@ export type WorkerMessage =
 
 /** To the worker. */
 export type ParentMessage =
-  /** `hostQueue`: serve the queue's ring from the worker's event loop (`queueThreads: false`). */
-  | { kind: 'attach'; token: number; hostQueue: boolean }
+  | { kind: 'attach'; token: number }
   | { kind: 'shutdown' }
   | { kind: 'close'; reason: CloseReason }

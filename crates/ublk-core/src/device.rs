@@ -643,13 +643,11 @@ fn start(
             hosted.push(qid);
             let finished = Arc::new(Finished::default());
             let done = finished.clone();
-            let hosted_control = control.clone();
             let job = HostedQueue::new(
                 qid,
                 Box::new(move || {
                     Box::pin(async move {
                         done.started_here();
-                        crate::runtime::hosted::finish_on_exit(Some(done.clone()));
                         let _ = q_tx.send((qid, UblkCtrl::init_queue_thread()));
                         let args = QueueArgs {
                             qid,
@@ -668,12 +666,9 @@ fn start(
                             }
                         };
                         queue_ended(id, qid, &control, &q_error, Ok(outcome));
-                        crate::runtime::hosted::finish_on_exit(None);
                         done.finish();
                     })
                 }),
-                hosted_control,
-                finished.clone(),
             );
             match host.host(job) {
                 Ok(()) => queues.push(QueueHandle::Hosted(finished)),
