@@ -12,13 +12,16 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 /** The JavaScript side of a device served by JavaScript. */
 export declare class NativeBridge {
   /**
-   * Hands IO results (`[tag, seq, result]*`) and backend requests
-   * (`[id, kind, mode, file, tag, seq, bufOffset, length, fileOffset]*`)
-   * to queue `queue`, after detaching the completed IOs' buffers.
+   * Hands the first `resultCount` IO results of `results` (`[tag, seq,
+   * result]*`) and the first `requestCount` backend requests of
+   * `requests` (`[id, kind, mode, file, tag, seq, bufOffset, length,
+   * fileOffset]*`) to queue `queue`, after detaching the completed IOs'
+   * buffers (`detach`, or null). The tables may be longer than their
+   * rows, so a caller can keep them from one post to the next.
    * `batchTaken` tells the queue its last hand-over was taken in.
    * A malformed request is refused alone (its id gets the errno).
    */
-  post(queue: number, results: Float64Array, requests: Float64Array, detach: Array<ArrayBuffer | null>, batchTaken: boolean): void
+  post(queue: number, results: Float64Array, resultCount: number, requests: Float64Array, requestCount: number, detach: Array<ArrayBuffer | null> | null, batchTaken: boolean): void
   /** Opens a backing file for this device's backend IO. */
   openBacking(path: string, direct: boolean, readOnly: boolean): Promise<NativeBackingFile>
   /**
@@ -79,9 +82,11 @@ export declare class NativeBridge {
   /**
    * Serves queue `queue`'s ring from this thread's event loop instead of
    * a queue thread of its own: an IO then wakes this thread only. Call
-   * before the device starts; a thread hosts one queue at most.
+   * before the device starts, with the handler the bridge was made
+   * with (both write into the same tables); a thread hosts one queue
+   * at most.
    */
-  hostQueue(queue: number, onBatch: (queue: number, ios: Float64Array, buffers: Array<ArrayBuffer | null>, backend: Float64Array, events: Float64Array) => void): void
+  hostQueue(queue: number, onBatch: (queue: number, ios: number, backend: number, events: number, buffers: Array<ArrayBuffer | null> | null, table: Float64Array | null) => void): void
   /**
    * A token for `attachBridgeQueue`, by which a worker thread of this
    * process serves one queue of this bridge's device.
@@ -176,7 +181,7 @@ export declare class NativeWriteGate {
  * Attach before the device starts. ENOENT for an unknown token, EBUSY
  * for a queue that has its handler already.
  */
-export declare function attachBridgeQueue(token: number, queue: number, onBatch: (queue: number, ios: Float64Array, buffers: Array<ArrayBuffer | null>, backend: Float64Array, events: Float64Array) => void): NativeBridge
+export declare function attachBridgeQueue(token: number, queue: number, onBatch: (queue: number, ios: number, backend: number, events: number, buffers: Array<ArrayBuffer | null> | null, table: Float64Array | null) => void): NativeBridge
 
 /**
  * Claims the recovery of device `id`: resolves once its server is gone
@@ -189,11 +194,19 @@ export declare function attachBridgeQueue(token: number, queue: number, onBatch:
 export declare function claimRecovery(id: number, standby: boolean, timeoutMs?: number | undefined | null): Promise<NativeRecoveryClaim>
 
 /**
- * Prepares a device served by JavaScript: `onBatch(queue, ios, buffers,
- * backendResults, events)` is called once per hand-over, answers go back
+ * Prepares a device served by JavaScript: `onBatch(queue, ios, backend,
+ * events, buffers, table)` is called once per hand-over, answers go back
  * through `NativeBridge.post`. Start it with `startBridgedDevice`.
+ *
+ * The hand-over's rows are in the queue's table: `ios` IO rows, then
+ * `backend` finished backend requests, then `events` events. The table
+ * is the same Float64Array from one hand-over to the next, rewritten each
+ * time, so it is read during the call; it comes as `table` when it is new
+ * (the first hand-over of the queue, or one that outgrew it), else `table`
+ * is null. `buffers` holds one ArrayBuffer (or null) per IO, or is null
+ * when no IO of the hand-over has one.
  */
-export declare function createBridge(options: NativeDeviceOptions, capabilities: NativeCapabilities, onBatch: (queue: number, ios: Float64Array, buffers: Array<ArrayBuffer | null>, backend: Float64Array, events: Float64Array) => void): NativeBridge
+export declare function createBridge(options: NativeDeviceOptions, capabilities: NativeCapabilities, onBatch: (queue: number, ios: number, backend: number, events: number, buffers: Array<ArrayBuffer | null> | null, table: Float64Array | null) => void): NativeBridge
 
 /**
  * Adds a device served by a built-in target and starts it; resolves once

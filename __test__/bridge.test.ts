@@ -29,10 +29,13 @@ test('post refuses malformed tables as a whole, and takes malformed requests one
   const b = bridge()
   try {
     const none = new Float64Array(0)
-    t.is(code(() => b.post(0, Float64Array.of(1, 2), none, [], false)), 'EINVAL', 'results come in triples')
-    t.is(code(() => b.post(0, none, Float64Array.of(1, 2, 3), [], false)), 'EINVAL', 'requests come in nines')
-    t.is(code(() => b.post(3, none, none, [], false)), 'EINVAL', 'no such queue')
-    t.is(code(() => b.post(0, none, none, [], true)), 'ok', 'an empty post is fine')
+    t.is(code(() => b.post(0, Float64Array.of(1, 2), 1, none, 0, null, false)), 'EINVAL', 'a result is three numbers')
+    t.is(code(() => b.post(0, none, 0, Float64Array.of(1, 2, 3), 1, null, false)), 'EINVAL', 'a request is nine numbers')
+    t.is(code(() => b.post(0, Float64Array.of(1, 2, 3), 1.5, none, 0, null, false)), 'EINVAL', 'counts are whole numbers')
+    t.is(code(() => b.post(0, Float64Array.of(1, 2, 3), -1, none, 0, null, false)), 'EINVAL', 'counts are not negative')
+    t.is(code(() => b.post(3, none, 0, none, 0, null, false)), 'EINVAL', 'no such queue')
+    t.is(code(() => b.post(0, none, 0, none, 0, null, true)), 'ok', 'an empty post is fine')
+    t.is(code(() => b.post(0, new Float64Array(64), 0, new Float64Array(64), 0, [], true)), 'ok', 'tables longer than their rows are fine')
     // Each of these is refused on its own by the queue thread, with its errno
     // to its id (a device test watches that happen): none takes the post down.
     const read = KIND_READ | FOR_IO
@@ -43,7 +46,7 @@ test('post refuses malformed tables as a whole, and takes malformed requests one
       [4, read, 0, 0, 0, 0, 0, 4096, Number.NaN], // not a number
       [5, KIND_READ | STAGING, 0, 0, -1, 0, 0, 4096, 0], // no such staging buffer
     ]
-    t.is(code(() => b.post(0, Float64Array.of(0, 1, 0.5), Float64Array.from(requests.flat()), [], false)), 'ok')
+    t.is(code(() => b.post(0, Float64Array.of(0, 1, 0.5), 1, Float64Array.from(requests.flat()), requests.length, [], false)), 'ok')
   } finally {
     b.close()
   }

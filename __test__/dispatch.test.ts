@@ -32,9 +32,9 @@ function harness(target: Target) {
   const results: Array<[number, number, number]> = []
   const requests: Request[] = []
   const bridge = {
-    post(_queue: number, res: Float64Array, req: Float64Array) {
-      for (let i = 0; i < res.length; i += RESULT_FIELDS) results.push([res[i]!, res[i + 1]!, res[i + 2]!])
-      for (let i = 0; i < req.length; i += REQUEST_FIELDS) {
+    post(_queue: number, res: Float64Array, resultCount: number, req: Float64Array, requestCount: number) {
+      for (let i = 0; i < resultCount * RESULT_FIELDS; i += RESULT_FIELDS) results.push([res[i]!, res[i + 1]!, res[i + 2]!])
+      for (let i = 0; i < requestCount * REQUEST_FIELDS; i += REQUEST_FIELDS) {
         const [id, kind, , file, tag, seq, , length, fileOffset] = req.subarray(i, i + REQUEST_FIELDS)
         requests.push({ id: id!, kind: kind!, file: file!, tag: tag!, seq: seq!, length: length!, fileOffset: fileOffset! })
       }
@@ -42,11 +42,16 @@ function harness(target: Target) {
   } as unknown as NativeBridge
   const dispatcher = new Dispatcher(target, { queues: 1, depth: 4, ioTimeoutMs: 0, handles })
   dispatcher.attach(bridge)
+  const table = new Float64Array(256)
+  let handed = false
   /** Hands IO `tag`/`seq` to the target, with the backend answers `[id, result]` before it. */
   const batch = (ios: Array<[tag: number, seq: number, op: number]>, answers: Array<[number, number]> = []) => {
-    const rows = new Float64Array(ios.length * IO_FIELDS)
-    ios.forEach(([tag, seq, op], i) => rows.set([tag, seq, op, 0, 8192, LENGTH, NO_BATCH, 0, 0], i * IO_FIELDS))
-    dispatcher.onBatch(0, rows, ios.map(() => null), Float64Array.from(answers.flat()), new Float64Array(0))
+    // Like the native side: one table, rewritten for each hand-over, given once.
+    table.fill(Number.NaN)
+    ios.forEach(([tag, seq, op], i) => table.set([tag, seq, op, 0, 8192, LENGTH, NO_BATCH, 0, 0], i * IO_FIELDS))
+    table.set(answers.flat(), ios.length * IO_FIELDS)
+    dispatcher.onBatch(0, ios.length, answers.length, 0, null, handed ? null : table)
+    handed = true
   }
   return { dispatcher, a, b, results, requests, batch }
 }

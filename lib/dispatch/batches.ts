@@ -7,7 +7,8 @@ import type { Io, Target } from '../target.js'
 /** A write, discard or write-zeroes ready for its method. */
 export interface Member {
   io: Io
-  run(): Promise<void>
+  /** A promise if the IO is answered later. */
+  run(): Promise<void> | undefined
   fail(errno: number): void
 }
 

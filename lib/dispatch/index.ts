@@ -38,21 +38,15 @@ const EOPNOTSUPP = errnoNumber('EOPNOTSUPP')
 const ECANCELED = errnoNumber('ECANCELED')
 
 /** IO ops by the kernel's code. */
-const OP_BY_CODE = new Map<number, IoOp>([
-  [OP_READ, 'read'],
-  [OP_WRITE, 'write'],
-  [OP_FLUSH, 'flush'],
-  [OP_DISCARD, 'discard'],
-  [OP_WRITE_ZEROES, 'writeZeroes'],
-])
+const OP_BY_CODE: ReadonlyArray<IoOp | undefined> = Object.assign([], {
+  [OP_READ]: 'read',
+  [OP_WRITE]: 'write',
+  [OP_FLUSH]: 'flush',
+  [OP_DISCARD]: 'discard',
+  [OP_WRITE_ZEROES]: 'writeZeroes',
+})
 
-/** An IO recorded and ready for its method. */
-interface Admitted {
-  io: IoRequest
-  entry: Outstanding
-  handler: (io: Io) => Promise<void> | void
-  success: number
-}
+type Handler = (io: Io) => Promise<void> | void
 
 export interface DispatcherOptions {
   queues: number
@@ -70,7 +64,11 @@ export class Dispatcher implements IoHost {
   readonly handles: Handles
   readonly zeroCopy: boolean
   readonly #target: Target
+  /** The target's methods by op, looked up once. */
+  readonly #handlers: Partial<Record<IoOp, Handler>>
   readonly #outstanding: Array<Array<Outstanding | undefined>>
+  /** Each queue's table of hand-over rows, as the native side last gave it. */
+  readonly #tables: Array<Float64Array | undefined> = []
   readonly #batches: WriteBatches | undefined
   readonly #timeoutMs: number
   readonly #onStopped: (() => void) | undefined
@@ -84,6 +82,11 @@ export class Dispatcher implements IoHost {
 
   constructor(target: Target, options: DispatcherOptions) {
     this.#target = target
+    this.#handlers = {}
+    for (const op of OP_BY_CODE) {
+      const method: unknown = op && target[op]
+      if (op && typeof method === 'function') this.#handlers[op] = method as Handler
+    }
     this.zeroCopy = target.zeroCopy === true
     this.handles = options.handles
     this.#timeoutMs = options.ioTimeoutMs
@@ -113,22 +116,33 @@ export class Dispatcher implements IoHost {
     return this.#bridge?.routedWrites() ?? 0
   }
 
-  /** The native batch handler; never throws back into native code. */
-  onBatch = (queue: number, ios: Float64Array, buffers: Array<ArrayBuffer | null>, backend: Float64Array, events: Float64Array): void => {
+  /**
+   * The native batch handler; never throws back into native code. The
+   * hand-over's rows are in the queue's table (see `createBridge`), which
+   * comes along only when it is new.
+   */
+  onBatch = (queue: number, ios: number, backend: number, events: number, buffers: Array<ArrayBuffer | null> | null, table: Float64Array | null): void => {
     try {
-      for (let i = 0; i < backend.length; i += BACKEND_RESULT_FIELDS) {
-        this.outbox.settle(backend[i]!, backend[i + 1]!)
-      }
-      for (let i = 0; i < events.length; i += EVENT_FIELDS) this.#event(queue, events[i]!, events[i + 1]!, events[i + 2]!)
+      if (table) this.#tables[queue] = table
+      const rows = this.#tables[queue]
+      if (!rows) throw new Error(`queue ${queue} handed over rows before its table`)
+      let i = 0
+      const iosEnd = ios * IO_FIELDS
+      const backendEnd = iosEnd + backend * BACKEND_RESULT_FIELDS
+      const eventsEnd = backendEnd + events * EVENT_FIELDS
+      // Backend results and events first: rows of IOs the target
+      // answers at once are read before any of its code runs.
+      for (i = iosEnd; i < backendEnd; i += BACKEND_RESULT_FIELDS) this.outbox.settle(rows[i]!, rows[i + 1]!)
+      for (; i < eventsEnd; i += EVENT_FIELDS) this.#event(queue, rows[i]!, rows[i + 1]!, rows[i + 2]!)
       const now = Date.now()
-      for (let i = 0, n = 0; i < ios.length; i += IO_FIELDS, n++) {
-        const admitted = this.#admit(queue, ios, i, buffers[n] ?? null, now)
-        const batch = ios[i + 6]!
-        if (batch !== NO_BATCH && this.#batches?.add(queue, batch, admitted && this.#member(admitted))) continue
-        if (admitted) void this.#run(admitted)
+      for (i = 0; i < iosEnd; i += IO_FIELDS) {
+        const io = this.#admit(queue, rows, i, buffers?.[i / IO_FIELDS] ?? null, now)
+        const batch = rows[i + 6]!
+        if (batch !== NO_BATCH && this.#batches?.add(queue, batch, io && this.#member(io))) continue
+        if (io) void this.#run(io, this.#handlers[io.op]!, successOf(io))
       }
       this.batches++
-      this.ios += ios.length / IO_FIELDS
+      this.ios += ios
     } catch (err) {
       // A bug here must not take the process down; the IOs time out.
       process.emitWarning(`ublk dispatch failed: ${String(err)}`, 'UblkWarning')
@@ -145,27 +159,26 @@ export class Dispatcher implements IoHost {
     else if (kind === EVENT_STOPPED) this.#onStopped?.()
   }
 
-  #member(a: Admitted) {
+  #member(io: IoRequest) {
     return {
-      io: a.io,
-      run: () => this.#run(a),
-      fail: (errno: number) => this.#finish(a.io.queue, a.io.tag, a.entry, -errno),
+      io,
+      run: () => this.#run(io, this.#handlers[io.op]!, successOf(io)),
+      fail: (errno: number) => this.#finish(io.queue, io.tag, io.entry, -errno),
     }
   }
 
   /** Records a new IO; returns it ready to run, or undefined if it was answered at once. */
-  #admit(queue: number, ios: Float64Array, i: number, data: ArrayBuffer | null, now: number): Admitted | undefined {
+  #admit(queue: number, ios: Float64Array, i: number, data: ArrayBuffer | null, now: number): IoRequest | undefined {
     const tag = ios[i]!
     const seq = ios[i + 1]!
-    const op = OP_BY_CODE.get(ios[i + 2]!)
+    const op = OP_BY_CODE[ios[i + 2]!]
     const entry: Outstanding = { seq, buffer: data, deadline: now + this.#timeoutMs, native: false }
     this.#outstanding[queue]![tag] = entry
     if (this.#stopping) {
       this.#finish(queue, tag, entry, -ECANCELED)
       return undefined
     }
-    const handler = op && this.#target[op]
-    if (!op || !handler) {
+    if (!op || !this.#handlers[op]) {
       this.#finish(queue, tag, entry, -EOPNOTSUPP)
       return undefined
     }
@@ -179,19 +192,22 @@ export class Dispatcher implements IoHost {
       if (op === 'write') io.failedWrite = failure
       else io.failedRead = failure
     }
-    const success = op === 'read' || op === 'write' ? length : 0
-    return { io, entry, handler, success }
+    return io
   }
 
-  /** Calls the target's method for an IO; resolves when the IO is answered. */
-  #run(a: Admitted): Promise<void> {
-    const { io, entry, handler, success } = a
+  /**
+   * Calls `handler` for an IO (the target's method, or what answers a
+   * handed-over IO that failed); if it returns a promise, so does this,
+   * settled when the IO is answered.
+   */
+  #run(io: IoRequest, handler: Handler, success: number): Promise<void> | undefined {
+    const entry = io.entry
     let outcome: Promise<void> | void
     try {
       outcome = handler.call(this.#target, io)
     } catch (err) {
       this.#finish(io.queue, io.tag, entry, -errnoOf(err))
-      return Promise.resolve()
+      return undefined
     }
     if (outcome && typeof (outcome as Promise<void>).then === 'function') {
       return (outcome as Promise<void>).then(
@@ -200,7 +216,7 @@ export class Dispatcher implements IoHost {
       )
     }
     this.#finish(io.queue, io.tag, entry, success)
-    return Promise.resolve()
+    return undefined
   }
 
   /** Completes an IO once: late answers (after a timeout or stop) are dropped. */
@@ -306,7 +322,7 @@ export class Dispatcher implements IoHost {
     // The queue thread gave the IO back: it is answered from here on.
     entry.native = false
     entry.deadline = Date.now() + this.#timeoutMs
-    void this.#run({ io, entry, handler: () => onFailure(failures), success: io.length })
+    void this.#run(io, () => onFailure(failures), io.length)
   }
 
   #expire(): void {
@@ -342,6 +358,11 @@ export class Dispatcher implements IoHost {
     }
     this.outbox.close()
   }
+}
+
+/** What a completed IO answers: its length for a read or write, else 0. */
+function successOf(io: IoRequest): number {
+  return io.op === 'read' || io.op === 'write' ? io.length : 0
 }
 
 /** Whether a target runs batch hooks, and so must be told of write batches. */

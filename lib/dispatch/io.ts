@@ -9,6 +9,12 @@ import type { Outbox } from './outbox.js'
 
 const EMPTY = new Uint8Array(0)
 
+/** A view of an IO's data; empty once the IO completed and its buffer was detached. */
+function viewOf(data: ArrayBuffer | null): Uint8Array {
+  if (!data || data.byteLength === 0) return EMPTY
+  return new Uint8Array(data)
+}
+
 /** The dispatcher's record of an IO the target holds. */
 export interface Outstanding {
   seq: number
@@ -41,7 +47,9 @@ export interface IoHost {
 }
 
 export class IoRequest implements Io {
-  readonly #view: Uint8Array
+  readonly #data: ArrayBuffer | null
+  /** Made when the target first asks for `io.buffer`. */
+  #view: Uint8Array | undefined
   failedRead?: FailedRead
   failedWrite?: FailedTransfer
 
@@ -57,7 +65,7 @@ export class IoRequest implements Io {
     readonly fua: boolean,
     data: ArrayBuffer | null,
   ) {
-    this.#view = data ? new Uint8Array(data) : EMPTY
+    this.#data = data
   }
 
   get buffer(): Uint8Array {
@@ -67,6 +75,7 @@ export class IoRequest implements Io {
         `io.buffer of a ${this.op}: the target declared zeroCopy, so the IO's data never reaches JavaScript (use passthrough, readFrom or writeTo)`,
       )
     }
+    this.#view ??= viewOf(this.#data)
     return this.#view
   }
 

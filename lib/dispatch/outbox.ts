@@ -3,19 +3,51 @@
 // JavaScript tick. Backend requests are promises settled by the results
 // that come back with later batches.
 import { backendError, errnoOf, UblkError } from '../errors.js'
-import { REQUEST_FIELDS } from '../wire.js'
+import { REQUEST_FIELDS, RESULT_FIELDS } from '../wire.js'
 
 import type { NativeBridge } from '../../index.js'
 
+/** Rows of numbers for a native call, in a Float64Array kept from one call to the next. */
+class Rows {
+  table: Float64Array
+  /** Numbers written so far. */
+  size = 0
+
+  constructor(readonly fields: number) {
+    this.table = new Float64Array(fields * 32)
+  }
+
+  /** The table, with room for one more row at `size`. */
+  room(): Float64Array {
+    if (this.size + this.fields > this.table.length) {
+      const bigger = new Float64Array(this.table.length * 2)
+      bigger.set(this.table)
+      this.table = bigger
+    }
+    return this.table
+  }
+
+  get count(): number {
+    return this.size / this.fields
+  }
+}
+
 class QueueOut {
-  results: number[] = []
-  requests: number[] = []
-  detach: Array<ArrayBuffer | null> = []
+  readonly results = new Rows(RESULT_FIELDS)
+  readonly requests = new Rows(REQUEST_FIELDS)
+  detach: ArrayBuffer[] = []
   /** A batch was taken in since the last post: the queue may send the next. */
   batchTaken = false
 
   get empty(): boolean {
-    return this.results.length === 0 && this.requests.length === 0 && this.detach.length === 0 && !this.batchTaken
+    return this.results.size === 0 && this.requests.size === 0 && this.detach.length === 0 && !this.batchTaken
+  }
+
+  clear(): void {
+    this.results.size = 0
+    this.requests.size = 0
+    if (this.detach.length > 0) this.detach = []
+    this.batchTaken = false
   }
 }
 
@@ -52,14 +84,20 @@ export class Outbox {
   /** An IO's result; its buffer is detached in the same native call. */
   result(queue: number, tag: number, seq: number, result: number, buffer: ArrayBuffer | null): void {
     const out = this.#queues[queue]!
-    out.results.push(tag, seq, result)
-    out.detach.push(buffer)
+    const rows = out.results
+    const table = rows.room()
+    const at = rows.size
+    table[at] = tag
+    table[at + 1] = seq
+    table[at + 2] = result
+    rows.size = at + RESULT_FIELDS
+    if (buffer) out.detach.push(buffer)
     this.#schedule()
   }
 
   /** Detaches a buffer the native side takes over (a passthrough). */
   detach(queue: number, buffer: ArrayBuffer | null): void {
-    this.#queues[queue]!.detach.push(buffer)
+    if (buffer) this.#queues[queue]!.detach.push(buffer)
   }
 
   batchTaken(queue: number): void {
@@ -86,8 +124,21 @@ export class Outbox {
     length: number,
     fileOffset: number,
   ): void {
-    const [tag, seq] = target === null ? [0, 0] : 'staging' in target ? [target.staging, 0] : [target.tag, target.seq]
-    this.#queues[queue]!.requests.push(id, kind, mode, file, tag, seq, bufOffset, length, fileOffset)
+    const tag = target === null ? 0 : 'staging' in target ? target.staging : target.tag
+    const seq = target === null || 'staging' in target ? 0 : target.seq
+    const rows = this.#queues[queue]!.requests
+    const table = rows.room()
+    const at = rows.size
+    table[at] = id
+    table[at + 1] = kind
+    table[at + 2] = mode
+    table[at + 3] = file
+    table[at + 4] = tag
+    table[at + 5] = seq
+    table[at + 6] = bufOffset
+    table[at + 7] = length
+    table[at + 8] = fileOffset
+    rows.size = at + REQUEST_FIELDS
     this.#schedule()
   }
 
@@ -141,8 +192,10 @@ export class Outbox {
   #schedule(): void {
     if (this.#scheduled) return
     this.#scheduled = true
-    queueMicrotask(() => this.flush())
+    queueMicrotask(this.#flushNow)
   }
+
+  readonly #flushNow = (): void => this.flush()
 
   flush(): void {
     this.#scheduled = false
@@ -152,17 +205,21 @@ export class Outbox {
     for (let q = 0; q < this.#queues.length; q++) {
       const out = this.#queues[q]!
       if (out.empty) continue
-      this.#queues[q] = new QueueOut()
-      const { results, requests, detach, batchTaken } = out
+      const { results, requests, batchTaken } = out
+      const detach = out.detach.length > 0 ? out.detach : null
       try {
-        bridge.post(q, Float64Array.from(results), Float64Array.from(requests), detach, batchTaken)
+        bridge.post(q, results.table, results.count, requests.table, requests.count, detach, batchTaken)
       } catch (err) {
         // Each request is checked on its own natively; a whole post fails
         // only if its tables are malformed. Fail its requests, keep the results.
-        for (let i = 0; i < requests.length; i += REQUEST_FIELDS) {
-          this.settle(requests[i]!, -errnoOf(err))
+        const failed = requests.table.slice(0, requests.size)
+        bridge.post(q, results.table, results.count, requests.table, 0, detach, batchTaken)
+        for (let i = 0; i < failed.length; i += REQUEST_FIELDS) {
+          this.settle(failed[i]!, -errnoOf(err))
         }
-        bridge.post(q, Float64Array.from(results), new Float64Array(0), detach, batchTaken)
+      } finally {
+        // The tables are kept for the next post; the native side is done with them.
+        out.clear()
       }
     }
   }

@@ -27,8 +27,8 @@ async function attach(token: number): Promise<void> {
   const handles = new Handles()
   const served = new Dispatcher(target!, { queues: geometry.queues, depth: geometry.depth, ioTimeoutMs: data.ioTimeoutMs, handles })
   const counters = new Float64Array(data.counters, queue * 2 * 8, 2)
-  const onBatch: typeof served.onBatch = (q, ios, buffers, backend, events) => {
-    served.onBatch(q, ios, buffers, backend, events)
+  const onBatch: typeof served.onBatch = (q, ios, backend, events, buffers, table) => {
+    served.onBatch(q, ios, backend, events, buffers, table)
     counters[0] = served.batches
     counters[1] = served.ios
   }

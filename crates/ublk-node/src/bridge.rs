@@ -17,7 +17,9 @@ use ublk_core::{Capabilities, Device};
 use crate::device::{core_options, register_env_cleanup, CreateDevice, NativeDeviceOptions};
 use crate::errors::{guard, to_napi};
 use crate::gate::NativeWriteGate;
-use crate::handover::{batch_to_js, detach_all, staging_array_buffer, BatchFn, JsSink, RawValue};
+use crate::handover::{
+    batch_to_js, detach_all, staging_array_buffer, BatchFn, Inbound, JsSink, RawValue,
+};
 use crate::recovery::NativeRecoveryClaim;
 
 /// What a JS target can do; decides the device's parameters.
@@ -35,11 +37,19 @@ pub struct NativeCapabilities {
     pub zero_copy: bool,
 }
 
-/// Prepares a device served by JavaScript: `onBatch(queue, ios, buffers,
-/// backendResults, events)` is called once per hand-over, answers go back
+/// Prepares a device served by JavaScript: `onBatch(queue, ios, backend,
+/// events, buffers, table)` is called once per hand-over, answers go back
 /// through `NativeBridge.post`. Start it with `startBridgedDevice`.
+///
+/// The hand-over's rows are in the queue's table: `ios` IO rows, then
+/// `backend` finished backend requests, then `events` events. The table
+/// is the same Float64Array from one hand-over to the next, rewritten each
+/// time, so it is read during the call; it comes as `table` when it is new
+/// (the first hand-over of the queue, or one that outgrew it), else `table`
+/// is null. `buffers` holds one ArrayBuffer (or null) per IO, or is null
+/// when no IO of the hand-over has one.
 #[napi(
-    ts_args_type = "options: NativeDeviceOptions, capabilities: NativeCapabilities, onBatch: (queue: number, ios: Float64Array, buffers: Array<ArrayBuffer | null>, backend: Float64Array, events: Float64Array) => void"
+    ts_args_type = "options: NativeDeviceOptions, capabilities: NativeCapabilities, onBatch: (queue: number, ios: number, backend: number, events: number, buffers: Array<ArrayBuffer | null> | null, table: Float64Array | null) => void"
 )]
 pub fn create_bridge(
     options: NativeDeviceOptions,
@@ -50,7 +60,8 @@ pub fn create_bridge(
     opts.validate(ublk_core::kernel_max_queues())
         .map_err(to_napi)?;
     let queues: Arc<OnceLock<Vec<Arc<QueueShared>>>> = Arc::new(OnceLock::new());
-    let func = batch_function(on_batch, queues.clone())?;
+    let inbound = Arc::new(Inbound::default());
+    let func = batch_function(on_batch, queues.clone(), inbound.clone())?;
     let caps = Capabilities {
         read_only: capabilities.read_only,
         flush: capabilities.flush,
@@ -59,7 +70,7 @@ pub fn create_bridge(
         write_zeroes: capabilities.write_zeroes,
         zero_copy: capabilities.zero_copy,
     };
-    let sink: Arc<dyn BatchSink> = Arc::new(JsSink::new(func));
+    let sink: Arc<dyn BatchSink> = Arc::new(JsSink::new(func, inbound.clone()));
     let target = BridgeTarget::new(
         options.target,
         caps,
@@ -74,6 +85,7 @@ pub fn create_bridge(
         opts,
         started: AtomicBool::new(false),
         own_queue: None,
+        inbound,
     })
 }
 
@@ -82,12 +94,14 @@ pub fn create_bridge(
 pub(crate) fn batch_function(
     on_batch: Function<'_, crate::handover::JsBatch, ()>,
     queues: Arc<OnceLock<Vec<Arc<QueueShared>>>>,
+    inbound: Arc<Inbound>,
 ) -> napi::Result<BatchFn> {
     on_batch
         .build_threadsafe_function::<ublk_core::bridge::Batch>()
         .weak::<true>()
         .build_callback(move |ctx| {
-            batch_to_js(&ctx.env, queues.get().map_or(&[], Vec::as_slice), ctx.value)
+            let queues: &[Arc<QueueShared>] = queues.get().map_or(&[], Vec::as_slice);
+            batch_to_js(&ctx.env, queues, &inbound, ctx.value)
         })
 }
 
@@ -99,6 +113,8 @@ pub struct NativeBridge {
     started: AtomicBool,
     /// A bridge attached in a worker thread serves this queue alone.
     own_queue: Option<u16>,
+    /// The tables this thread's batch handler reads its hand-overs from.
+    inbound: Arc<Inbound>,
 }
 
 impl NativeBridge {
@@ -108,12 +124,14 @@ impl NativeBridge {
         target: Arc<BridgeTarget>,
         opts: ublk_core::DeviceOptions,
         qid: u16,
+        inbound: Arc<Inbound>,
     ) -> NativeBridge {
         NativeBridge {
             target,
             opts,
             started: AtomicBool::new(true),
             own_queue: Some(qid),
+            inbound,
         }
     }
 
@@ -174,20 +192,26 @@ fn start_bridge(
 
 #[napi]
 impl NativeBridge {
-    /// Hands IO results (`[tag, seq, result]*`) and backend requests
-    /// (`[id, kind, mode, file, tag, seq, bufOffset, length, fileOffset]*`)
-    /// to queue `queue`, after detaching the completed IOs' buffers.
+    /// Hands the first `resultCount` IO results of `results` (`[tag, seq,
+    /// result]*`) and the first `requestCount` backend requests of
+    /// `requests` (`[id, kind, mode, file, tag, seq, bufOffset, length,
+    /// fileOffset]*`) to queue `queue`, after detaching the completed IOs'
+    /// buffers (`detach`, or null). The tables may be longer than their
+    /// rows, so a caller can keep them from one post to the next.
     /// `batchTaken` tells the queue its last hand-over was taken in.
     /// A malformed request is refused alone (its id gets the errno).
     #[napi(
-        ts_args_type = "queue: number, results: Float64Array, requests: Float64Array, detach: Array<ArrayBuffer | null>, batchTaken: boolean"
+        ts_args_type = "queue: number, results: Float64Array, resultCount: number, requests: Float64Array, requestCount: number, detach: Array<ArrayBuffer | null> | null, batchTaken: boolean"
     )]
+    #[allow(clippy::too_many_arguments)]
     pub fn post(
         &self,
         env: Env,
         queue: u32,
         results: Float64ArraySlice<'_>,
+        result_count: f64,
         requests: Float64ArraySlice<'_>,
+        request_count: f64,
         detach: Unknown<'_>,
         batch_taken: bool,
     ) -> napi::Result<()> {
@@ -202,8 +226,12 @@ impl NativeBridge {
             .target
             .queue(qid)
             .ok_or_else(|| to_napi(ublk_core::Error::invalid(format!("no queue {queue}"))))?;
-        let results = wire::decode_results(&results).map_err(to_napi)?;
-        let requests = wire::decode_requests(&requests).map_err(to_napi)?;
+        let results = wire::rows(&results, result_count, wire::RESULT_FIELDS, "results")
+            .and_then(wire::decode_results)
+            .map_err(to_napi)?;
+        let requests = wire::rows(&requests, request_count, wire::REQUEST_FIELDS, "requests")
+            .and_then(wire::decode_requests)
+            .map_err(to_napi)?;
         // Detach first: once the queue thread has the result, the buffer
         // belongs to the tag's next IO.
         detach_all(&env, detach.raw())?;
@@ -367,9 +395,11 @@ impl NativeBridge {
 
     /// Serves queue `queue`'s ring from this thread's event loop instead of
     /// a queue thread of its own: an IO then wakes this thread only. Call
-    /// before the device starts; a thread hosts one queue at most.
+    /// before the device starts, with the handler the bridge was made
+    /// with (both write into the same tables); a thread hosts one queue
+    /// at most.
     #[napi(
-        ts_args_type = "queue: number, onBatch: (queue: number, ios: Float64Array, buffers: Array<ArrayBuffer | null>, backend: Float64Array, events: Float64Array) => void"
+        ts_args_type = "queue: number, onBatch: (queue: number, ios: number, backend: number, events: number, buffers: Array<ArrayBuffer | null> | null, table: Float64Array | null) => void"
     )]
     pub fn host_queue(
         &self,
@@ -379,7 +409,12 @@ impl NativeBridge {
     ) -> napi::Result<()> {
         let qid = u16::try_from(queue)
             .map_err(|_| to_napi(ublk_core::Error::invalid(format!("no queue {queue}"))))?;
-        let host = crate::host::JsQueueHost::new(&env, on_batch.raw(), self.target.clone())?;
+        let host = crate::host::JsQueueHost::new(
+            &env,
+            on_batch.raw(),
+            self.target.clone(),
+            self.inbound.clone(),
+        )?;
         self.target.host_queue(qid, Arc::new(host)).map_err(to_napi)
     }
 

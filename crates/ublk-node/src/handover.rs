@@ -1,5 +1,6 @@
-//! Batches to JavaScript and back: one ThreadsafeFunction call per
-//! hand-over, whose tables the core's wire module encodes; answers come
+//! Batches to JavaScript and back: one call of the batch handler per
+//! hand-over, whose rows the core's wire module encodes into the queue's
+//! table (one Float64Array per queue and thread, reused); answers come
 //! back through one synchronous `post` call per JavaScript tick.
 //!
 //! Each IO's data is an external ArrayBuffer over its tag's buffer,
@@ -23,12 +24,13 @@ use ublk_core::staging::StagingBuffer;
 /// handle in the TypeScript layer, which `unref()` can release.
 pub type BatchFn = ThreadsafeFunction<Batch, (), JsBatch, Status, false, true, 0>;
 
-/// The arguments the JS batch handler receives: queue, IO table, one
-/// buffer per IO (or null), backend results, events.
-pub struct JsBatch([sys::napi_value; 5]);
+/// The arguments the JS batch handler receives: queue, the counts of IO
+/// rows, backend results and events in the queue's table, one buffer per
+/// IO (or null when no IO has one), and the table itself when it is new.
+pub struct JsBatch([sys::napi_value; 6]);
 
 impl JsBatch {
-    pub fn values(&self) -> &[sys::napi_value; 5] {
+    pub fn values(&self) -> &[sys::napi_value; 6] {
         &self.0
     }
 }
@@ -43,12 +45,15 @@ impl napi::bindgen_prelude::JsValuesTupleIntoVec for JsBatch {
 /// function so the event loop may end.
 pub struct JsSink {
     func: Mutex<Option<Arc<BatchFn>>>,
+    /// The tables `func`'s hand-overs are written into.
+    inbound: Arc<Inbound>,
 }
 
 impl JsSink {
-    pub fn new(func: BatchFn) -> Self {
+    pub fn new(func: BatchFn, inbound: Arc<Inbound>) -> Self {
         JsSink {
             func: Mutex::new(Some(Arc::new(func))),
+            inbound,
         }
     }
 }
@@ -68,7 +73,13 @@ impl BatchSink for JsSink {
         // The batch moves into the call; on failure napi-rs drops it, so keep
         // what is needed to fail its IOs.
         let (qid, ios) = (batch.qid, batch.ios.clone());
-        match func.call(batch, ThreadsafeFunctionCallMode::NonBlocking) {
+        let inbound = self.inbound.clone();
+        let returned = move |outcome: napi::Result<()>, _: Env| {
+            inbound.give_back(qid);
+            outcome
+        };
+        match func.call_with_return_value(batch, ThreadsafeFunctionCallMode::NonBlocking, returned)
+        {
             Status::Ok => Ok(()),
             _ => Err(Batch {
                 qid,
@@ -83,63 +94,187 @@ impl BatchSink for JsSink {
     }
 }
 
-/// Builds the JS arguments for a batch.
-pub fn batch_to_js(env: &Env, queues: &[Arc<QueueShared>], batch: Batch) -> napi::Result<JsBatch> {
-    let raw_env = env.raw();
-    let mut table = Vec::new();
-    wire::encode_ios(&batch.ios, &mut table);
-    let mut buffers = ptr::null_mut();
-    // SAFETY: a plain napi call on the JS thread with a valid env.
-    check(unsafe { sys::napi_create_array_with_length(raw_env, batch.ios.len(), &mut buffers) })?;
-    let io_buffers = queues.get(batch.qid as usize).and_then(|q| q.buffers());
-    for (i, io) in batch.ios.iter().enumerate() {
-        let value = match io_buffers {
-            Some(bufs) if io.op.carries_data() && io.length > 0 && !bufs.is_registered() => {
-                external_buffer(raw_env, bufs, io.tag, io.length as usize)?
-            }
-            _ => null(raw_env)?,
-        };
-        // SAFETY: `buffers` is the array made above, `value` a live value.
-        check(unsafe { sys::napi_set_element(raw_env, buffers, i as u32, value) })?;
-    }
-    // SAFETY: each conversion makes a new JS value in this env.
-    let queue = unsafe { u32::to_napi_value(raw_env, batch.qid as u32)? };
-    Ok(JsBatch([
-        queue,
-        f64_table(raw_env, &table)?,
-        buffers,
-        f64_table(raw_env, &wire::encode_backend(&batch.backend))?,
-        f64_table(raw_env, &wire::encode_events(&batch.events))?,
-    ]))
+/// Numbers a queue's table holds at first (8 KiB, the rows of 113 IOs);
+/// it grows to the next power of two when a hand-over needs more.
+const FIRST_TABLE_LEN: usize = 1024;
+
+/// Memory for one queue's table, which JavaScript sees as a Float64Array
+/// for as long as it keeps it; this addon rewrites it for each hand-over.
+struct TableMemory {
+    data: *mut f64,
+    len: usize,
 }
 
-/// A Float64Array holding a copy of `values`, in memory the JS engine
-/// owns: a table is a few dozen bytes, and an external buffer would cost
-/// a finalizer and a weak handle per hand-over.
-fn f64_table(env: sys::napi_env, values: &[f64]) -> napi::Result<sys::napi_value> {
-    let bytes = std::mem::size_of_val(values);
-    let mut data = ptr::null_mut();
-    let mut buffer = ptr::null_mut();
-    // SAFETY: a plain napi call on the JS thread with valid out pointers.
-    check(unsafe { sys::napi_create_arraybuffer(env, bytes, &mut data, &mut buffer) })?;
-    if bytes > 0 {
-        // SAFETY: napi just allocated `bytes` writable bytes at `data`,
-        // which no other value uses yet.
-        unsafe { ptr::copy_nonoverlapping(values.as_ptr().cast::<u8>(), data.cast(), bytes) };
+// SAFETY: the memory is written only on the JavaScript thread that the
+// table was handed to (hand-overs run there), and freed once, on drop.
+unsafe impl Send for TableMemory {}
+// SAFETY: as above.
+unsafe impl Sync for TableMemory {}
+
+impl TableMemory {
+    fn new(len: usize) -> Arc<TableMemory> {
+        let data = Box::into_raw(vec![0.0f64; len].into_boxed_slice()).cast::<f64>();
+        Arc::new(TableMemory { data, len })
     }
-    let mut array = ptr::null_mut();
-    // SAFETY: `buffer` is the ArrayBuffer made above, exactly `values.len()` f64s long.
-    check(unsafe {
-        sys::napi_create_typedarray(
-            env,
-            sys::TypedarrayType::float64_array,
-            values.len(),
-            buffer,
-            0,
-            &mut array,
-        )
-    })?;
-    Ok(array)
+
+    /// Copies `values` to the start of the table.
+    fn fill(&self, values: &[f64]) {
+        assert!(values.len() <= self.len, "a table too short for its rows");
+        // SAFETY: `data` holds `len` f64s, of which `values` fills the
+        // first; JavaScript, the only other user, runs on this very thread
+        // and is not running while this copies.
+        unsafe { ptr::copy_nonoverlapping(values.as_ptr(), self.data, values.len()) };
+    }
+}
+
+impl Drop for TableMemory {
+    fn drop(&mut self) {
+        // SAFETY: `data` and `len` come from the boxed slice leaked in `new`.
+        drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(self.data, self.len)) });
+    }
+}
+
+/// A queue's table, and how many calls of the handler may be reading it.
+#[derive(Default, Clone)]
+struct TableSlot {
+    memory: Option<Arc<TableMemory>>,
+    lent: u32,
+}
+
+/// The tables one JavaScript thread was handed for a device, by queue. A
+/// hand-over writes its rows into its queue's table, so the thread makes
+/// no new typed array per hand-over. A new table goes along when there was
+/// none yet, when the rows outgrew it, or when a call of the handler that
+/// may still read it is under way (a hand-over nested in another, as when
+/// the handler stops a device this thread serves).
+#[derive(Default)]
+pub struct Inbound {
+    tables: Mutex<Vec<TableSlot>>,
+    /// The rows being encoded, kept to spare an allocation per hand-over.
+    rows: Mutex<Vec<f64>>,
+}
+
+impl Inbound {
+    /// A new table for `len` numbers of queue `qid`, if its table cannot
+    /// take them now; `lend` installs it.
+    fn table_needed(&self, qid: usize, len: usize) -> Option<Arc<TableMemory>> {
+        let tables = self.tables.lock().unwrap();
+        match tables.get(qid) {
+            Some(TableSlot {
+                memory: Some(table),
+                lent: 0,
+            }) if table.len >= len => None,
+            _ => Some(TableMemory::new(
+                FIRST_TABLE_LEN.max(len.next_power_of_two()),
+            )),
+        }
+    }
+
+    /// Writes `rows` into queue `qid`'s table (`fresh` from now on, if
+    /// given) and lends it to one call of the handler, until `give_back`.
+    fn lend(&self, qid: usize, rows: &[f64], fresh: Option<Arc<TableMemory>>) {
+        let mut tables = self.tables.lock().unwrap();
+        if tables.len() <= qid {
+            tables.resize(qid + 1, TableSlot::default());
+        }
+        let slot = &mut tables[qid];
+        if fresh.is_some() {
+            slot.memory = fresh;
+        }
+        slot.memory
+            .as_ref()
+            .expect("a table is made before the first hand-over")
+            .fill(rows);
+        slot.lent += 1;
+    }
+
+    /// A call of the handler with queue `qid`'s table returned.
+    pub fn give_back(&self, qid: u16) {
+        if let Some(slot) = self.tables.lock().unwrap().get_mut(qid as usize) {
+            slot.lent = slot.lent.saturating_sub(1);
+        }
+    }
+}
+
+/// Builds the JS arguments for a batch.
+pub fn batch_to_js(
+    env: &Env,
+    queues: &[Arc<QueueShared>],
+    inbound: &Inbound,
+    batch: Batch,
+) -> napi::Result<JsBatch> {
+    let raw_env = env.raw();
+    let qid = batch.qid as usize;
+    let queue = queues.get(qid);
+    let io_buffers = queue
+        .and_then(|q| q.buffers())
+        .filter(|bufs| !bufs.is_registered());
+    let has_buffer =
+        |io: &wire::IoRequest| io_buffers.is_some() && io.op.carries_data() && io.length > 0;
+    let buffers = match io_buffers {
+        Some(bufs) if batch.ios.iter().any(has_buffer) => {
+            let mut list = ptr::null_mut();
+            // SAFETY: a plain napi call on the JS thread with a valid env.
+            check(unsafe {
+                sys::napi_create_array_with_length(raw_env, batch.ios.len(), &mut list)
+            })?;
+            for (i, io) in batch.ios.iter().enumerate() {
+                let value = if has_buffer(io) {
+                    external_buffer(raw_env, bufs, io.tag, io.length as usize)?
+                } else {
+                    null(raw_env)?
+                };
+                // SAFETY: `list` is the array made above, `value` a live value.
+                check(unsafe { sys::napi_set_element(raw_env, list, i as u32, value) })?;
+            }
+            list
+        }
+        _ => null(raw_env)?,
+    };
+    let mut rows = inbound.rows.lock().unwrap();
+    rows.clear();
+    wire::encode_ios(&batch.ios, &mut rows);
+    wire::encode_backend(&batch.backend, &mut rows);
+    wire::encode_events(&batch.events, &mut rows);
+    let fresh = inbound.table_needed(qid, rows.len());
+    let table = match &fresh {
+        Some(memory) => {
+            let (data, len) = (memory.data, memory.len);
+            let buffer = external_array_buffer(
+                raw_env,
+                data.cast(),
+                len * std::mem::size_of::<f64>(),
+                memory.clone(),
+            )?;
+            let mut array = ptr::null_mut();
+            // SAFETY: `buffer` is the ArrayBuffer made above, `len` f64s long.
+            check(unsafe {
+                sys::napi_create_typedarray(
+                    raw_env,
+                    sys::TypedarrayType::float64_array,
+                    len,
+                    buffer,
+                    0,
+                    &mut array,
+                )
+            })?;
+            array
+        }
+        None => null(raw_env)?,
+    };
+    // SAFETY: each conversion makes a new JS value in this env.
+    let number = |n: usize| unsafe { u32::to_napi_value(raw_env, n as u32) };
+    let args = JsBatch([
+        number(qid)?,
+        number(batch.ios.len())?,
+        number(batch.backend.len())?,
+        number(batch.events.len())?,
+        buffers,
+        table,
+    ]);
+    // Nothing fails from here: the handler will be called with the table.
+    inbound.lend(qid, &rows, fresh);
+    Ok(args)
 }
 
 pub fn check(status: sys::napi_status) -> napi::Result<()> {
@@ -230,9 +365,16 @@ pub fn staging_array_buffer(env: &Env, buffer: Arc<StagingBuffer>) -> napi::Resu
     external_array_buffer(env.raw(), data, len, buffer).map(RawValue)
 }
 
-/// Detaches each ArrayBuffer in the JS array `list` (nulls are skipped).
+/// Detaches each ArrayBuffer in the JS array `list` (nulls are skipped;
+/// a `list` of null or undefined detaches nothing).
 pub fn detach_all(env: &Env, list: sys::napi_value) -> napi::Result<()> {
     let env = env.raw();
+    let mut kind = 0;
+    // SAFETY: a plain napi call on the JS thread; `list` is a live value.
+    check(unsafe { sys::napi_typeof(env, list, &mut kind) })?;
+    if kind == sys::ValueType::napi_null || kind == sys::ValueType::napi_undefined {
+        return Ok(());
+    }
     let mut len = 0u32;
     // SAFETY: plain napi calls on the JS thread with a valid env; `list`
     // comes from JavaScript, and napi checks that it is an array.

@@ -20,7 +20,7 @@ use napi::{Env, Status};
 use ublk_core::bridge::{Batch, BridgeTarget};
 use ublk_core::runtime::hosted::{self, ring_fd, HostedQueue, QueueHost};
 
-use crate::handover::batch_to_js;
+use crate::handover::{batch_to_js, Inbound};
 
 std::thread_local! {
     /// Batches the hosted queue handed over while this thread polled it.
@@ -38,6 +38,8 @@ struct Direct {
     func: sys::napi_ref,
     context: sys::napi_async_context,
     target: Arc<BridgeTarget>,
+    /// Shared with the bridge's ThreadsafeFunction: one handler, one set of tables.
+    inbound: Arc<Inbound>,
 }
 
 // SAFETY: the env, reference and context are used only on the thread they
@@ -50,7 +52,7 @@ impl Direct {
     /// Calls the batch handler with `batch`, as a callback from the event
     /// loop: microtasks (the handler's answers) run before it returns.
     fn call(&self, batch: Batch) {
-        let env = self.env;
+        let (env, qid) = (self.env, batch.qid);
         // SAFETY: napi calls on the env's own thread, inside a handle scope
         // opened and closed here; every value made lives in that scope.
         unsafe {
@@ -60,7 +62,12 @@ impl Direct {
             sys::napi_get_reference_value(env, self.func, &mut func);
             let mut global = std::ptr::null_mut();
             sys::napi_get_global(env, &mut global);
-            match batch_to_js(&Env::from_raw(env), self.target.queues(), batch) {
+            match batch_to_js(
+                &Env::from_raw(env),
+                self.target.queues(),
+                &self.inbound,
+                batch,
+            ) {
                 Ok(args) if !func.is_null() => {
                     let mut result = std::ptr::null_mut();
                     let status = sys::napi_make_callback(
@@ -72,13 +79,17 @@ impl Direct {
                         args.values().as_ptr(),
                         &mut result,
                     );
+                    self.inbound.give_back(qid);
                     if status == sys::Status::napi_pending_exception {
                         let mut error = std::ptr::null_mut();
                         sys::napi_get_and_clear_last_exception(env, &mut error);
                         sys::napi_fatal_exception(env, error);
                     }
                 }
-                Ok(_) => log::error!("the batch handler is gone"),
+                Ok(_) => {
+                    self.inbound.give_back(qid);
+                    log::error!("the batch handler is gone")
+                }
                 Err(e) => log::error!("cannot hand a batch to JavaScript: {e}"),
             }
             sys::napi_close_handle_scope(env, scope);
@@ -309,6 +320,7 @@ impl JsQueueHost {
         env: &Env,
         on_batch: sys::napi_value,
         target: Arc<BridgeTarget>,
+        inbound: Arc<Inbound>,
     ) -> napi::Result<JsQueueHost> {
         if uv().is_none() {
             return Err(crate::errors::to_napi(ublk_core::Error::new(
@@ -348,6 +360,7 @@ impl JsQueueHost {
             func,
             context,
             target,
+            inbound,
         });
         let noop = env.create_function_from_closure::<(), (), _>("hostQueue", |_| Ok(()))?;
         let func = noop

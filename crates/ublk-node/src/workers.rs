@@ -13,7 +13,7 @@ use ublk_core::js_numbers::u32_arg;
 
 use crate::bridge::{batch_function, NativeBridge};
 use crate::errors::to_napi;
-use crate::handover::{JsBatch, JsSink};
+use crate::handover::{Inbound, JsBatch, JsSink};
 
 struct Shared {
     target: Weak<BridgeTarget>,
@@ -51,7 +51,7 @@ pub(crate) fn share(target: &Arc<BridgeTarget>, opts: &ublk_core::DeviceOptions)
 /// Attach before the device starts. ENOENT for an unknown token, EBUSY
 /// for a queue that has its handler already.
 #[napi(
-    ts_args_type = "token: number, queue: number, onBatch: (queue: number, ios: Float64Array, buffers: Array<ArrayBuffer | null>, backend: Float64Array, events: Float64Array) => void"
+    ts_args_type = "token: number, queue: number, onBatch: (queue: number, ios: number, backend: number, events: number, buffers: Array<ArrayBuffer | null> | null, table: Float64Array | null) => void"
 )]
 pub fn attach_bridge_queue(
     token: f64,
@@ -84,7 +84,9 @@ pub fn attach_bridge_queue(
         })?;
     let queues = Arc::new(OnceLock::new());
     let _ = queues.set(target.queues().to_vec());
-    let sink: Arc<dyn BatchSink> = Arc::new(JsSink::new(batch_function(on_batch, queues)?));
+    let inbound = Arc::new(Inbound::default());
+    let func = batch_function(on_batch, queues, inbound.clone())?;
+    let sink: Arc<dyn BatchSink> = Arc::new(JsSink::new(func, inbound.clone()));
     target.attach_queue_sink(qid, sink).map_err(to_napi)?;
-    Ok(NativeBridge::for_queue(target, opts, qid))
+    Ok(NativeBridge::for_queue(target, opts, qid, inbound))
 }

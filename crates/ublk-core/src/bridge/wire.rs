@@ -182,26 +182,39 @@ pub fn encode_ios(ios: &[IoRequest], table: &mut Vec<f64>) {
     }
 }
 
-/// The table of finished backend requests.
-pub fn encode_backend(results: &[(u32, i32)]) -> Vec<f64> {
-    results
-        .iter()
-        .flat_map(|(id, result)| [*id as f64, *result as f64])
-        .collect()
+/// Appends the rows of finished backend requests to a table.
+pub fn encode_backend(results: &[(u32, i32)], table: &mut Vec<f64>) {
+    table.reserve(results.len() * BACKEND_RESULT_FIELDS);
+    for (id, result) in results {
+        table.extend_from_slice(&[*id as f64, *result as f64]);
+    }
 }
 
-/// The table of events.
-pub fn encode_events(events: &[Event]) -> Vec<f64> {
-    events
-        .iter()
-        .flat_map(|e| match *e {
+/// Appends the rows of `events` to a table.
+pub fn encode_events(events: &[Event], table: &mut Vec<f64>) {
+    table.reserve(events.len() * EVENT_FIELDS);
+    for event in events {
+        table.extend_from_slice(&match *event {
             Event::BatchOpen { batch, count } => {
                 [EVENT_BATCH_OPEN as f64, batch as f64, count as f64]
             }
             Event::BatchDone { batch } => [EVENT_BATCH_DONE as f64, batch as f64, 0.0],
             Event::Stopped => [EVENT_STOPPED as f64, 0.0, 0.0],
-        })
-        .collect()
+        });
+    }
+}
+
+/// The first `count` rows of `fields` numbers of a table JavaScript
+/// filled; EINVAL if `count` is not a whole number or the table is shorter.
+pub fn rows<'a>(table: &'a [f64], count: f64, fields: usize, what: &str) -> Result<&'a [f64]> {
+    let count = u32_arg(what, count)? as usize;
+    table.get(..count * fields).ok_or_else(|| {
+        Error::invalid(format!(
+            "{count} {what} need {} numbers, the table holds {}",
+            count * fields,
+            table.len()
+        ))
+    })
 }
 
 fn check_rows(values: &[f64], fields: usize, what: &str) -> Result<()> {
@@ -431,13 +444,19 @@ mod tests {
             &table[IO_FIELDS + 6..],
             &[NO_BATCH, 17.0, -libc::EIO as f64]
         );
-        let events = encode_events(&[
-            Event::BatchOpen { batch: 4, count: 2 },
-            Event::BatchDone { batch: 4 },
-            Event::Stopped,
-        ]);
+        let mut events = Vec::new();
+        encode_events(
+            &[
+                Event::BatchOpen { batch: 4, count: 2 },
+                Event::BatchDone { batch: 4 },
+                Event::Stopped,
+            ],
+            &mut events,
+        );
         assert_eq!(events, vec![1.0, 4.0, 2.0, 2.0, 4.0, 0.0, 3.0, 0.0, 0.0]);
-        assert_eq!(encode_backend(&[(3, -5)]), vec![3.0, -5.0]);
+        let mut backend = vec![7.0];
+        encode_backend(&[(3, -5)], &mut backend);
+        assert_eq!(backend, vec![7.0, 3.0, -5.0], "rows are appended");
     }
 
     #[test]
