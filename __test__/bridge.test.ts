@@ -8,7 +8,7 @@ import test from 'ava'
 
 import binding = require('../lib/binding.js')
 import { toUblkError } from '../lib/errors.ts'
-import { FOR_IO, KIND_READ, STAGING } from '../lib/wire.ts'
+import { FOR_IO, IO_FIELDS, KIND_READ, NO_BATCH, OP_READ, RESULT_FIELDS, STAGING } from '../lib/wire.ts'
 
 const noCaps = { readOnly: false, flush: false, fua: false, discard: false, writeZeroes: false, batchHooks: false, zeroCopy: false }
 
@@ -110,5 +110,39 @@ test('read routes are checked in native code: files of this device, a power-of-t
     b.close()
     other.close()
     rmSync(dir, { recursive: true })
+  }
+})
+
+test("a queue's table is handed over once, then rewritten for each hand-over with the rows of its IOs", async (t) => {
+  const tables: Float64Array[] = []
+  let handOvers = 0
+  let answered = 0
+  let badRows = 0
+  let withBuffers = 0
+  const none = new Float64Array(0)
+  const b = binding.createBridge({ target: 'test', size: 1 << 20, queues: 1, depth: 8 }, { ...noCaps, zeroCopy: true }, (queue, ios, _backend, _events, buffers, table) => {
+    handOvers++
+    if (table) tables.push(table)
+    if (buffers !== null) withBuffers++
+    const rows = tables.at(-1)!
+    const results = new Float64Array(ios * RESULT_FIELDS)
+    for (let i = 0; i < ios; i++) {
+      const row = rows.subarray(i * IO_FIELDS, (i + 1) * IO_FIELDS)
+      if (row[2] !== OP_READ || row[5] !== 4096 || row[6] !== NO_BATCH || row[0]! >= 8) badRows++
+      results.set([row[0]!, row[1]!, 4096], i * RESULT_FIELDS)
+    }
+    answered += ios
+    b.post(queue, results, ios, none, 0, null, true)
+  })
+  try {
+    // Resolves once every read was answered: each answer named its IO by the row's tag and seq.
+    t.true((await binding.runSyntheticBridge(b, 2000, 8)) > 0)
+    t.is(answered, 2000)
+    t.is(badRows, 0, 'every row reads as a 4 KiB read of a tag of the queue, in no write batch')
+    t.true(handOvers > 1)
+    t.is(tables.length, 1, 'the table came with the first hand-over only')
+    t.is(withBuffers, 0, 'a zero-copy target gets no buffers, not even an array of nulls')
+  } finally {
+    b.close()
   }
 })

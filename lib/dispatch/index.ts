@@ -122,6 +122,9 @@ export class Dispatcher implements IoHost {
    * comes along only when it is new.
    */
   onBatch = (queue: number, ios: number, backend: number, events: number, buffers: Array<ArrayBuffer | null> | null, table: Float64Array | null): void => {
+    this.outbox.beginHandOver()
+    // Whether something of this hand-over settles in a later microtask.
+    let later = backend > 0 || events > 0
     try {
       if (table) this.#tables[queue] = table
       const rows = this.#tables[queue]
@@ -138,8 +141,11 @@ export class Dispatcher implements IoHost {
       for (i = 0; i < iosEnd; i += IO_FIELDS) {
         const io = this.#admit(queue, rows, i, buffers?.[i / IO_FIELDS] ?? null, now)
         const batch = rows[i + 6]!
-        if (batch !== NO_BATCH && this.#batches?.add(queue, batch, io && this.#member(io))) continue
-        if (io) void this.#run(io, this.#handlers[io.op]!, successOf(io))
+        if (batch !== NO_BATCH && this.#batches?.add(queue, batch, io && this.#member(io))) {
+          later = true
+          continue
+        }
+        if (io && this.#run(io, this.#handlers[io.op]!, successOf(io))) later = true
       }
       this.batches++
       this.ios += ios
@@ -150,6 +156,9 @@ export class Dispatcher implements IoHost {
       // The queue holds further IOs until this hand-over is acknowledged,
       // so that hand-overs grow with load rather than multiply.
       if (queue >= 0 && queue < this.outbox.queues) this.outbox.batchTaken(queue)
+      // Answered at once (a synchronous target): posted before returning,
+      // without waiting for a microtask.
+      this.outbox.endHandOver(!later)
     }
   }
 

@@ -66,6 +66,8 @@ export class Outbox {
   readonly #pending = new Map<number, Pending>()
   #nextId = 1
   #scheduled = false
+  /** Hand-overs being taken in: what they answer waits for `endHandOver`. */
+  #handOvers = 0
   #closed = false
 
   constructor(queues: number) {
@@ -189,8 +191,25 @@ export class Outbox {
     }
   }
 
+  /** A hand-over is being taken in (see `endHandOver`). */
+  beginHandOver(): void {
+    this.#handOvers++
+  }
+
+  /**
+   * The hand-over was taken in. With `postNow` (its IOs were answered at
+   * once, and no promise of it is left to settle in this tick), its
+   * answers are posted now; otherwise in a microtask, with those that the
+   * promises settle first.
+   */
+  endHandOver(postNow: boolean): void {
+    if (--this.#handOvers > 0) return
+    if (postNow) this.flush()
+    else this.#schedule()
+  }
+
   #schedule(): void {
-    if (this.#scheduled) return
+    if (this.#scheduled || this.#handOvers > 0) return
     this.#scheduled = true
     queueMicrotask(this.#flushNow)
   }

@@ -60,7 +60,7 @@ pub fn create_bridge(
     opts.validate(ublk_core::kernel_max_queues())
         .map_err(to_napi)?;
     let queues: Arc<OnceLock<Vec<Arc<QueueShared>>>> = Arc::new(OnceLock::new());
-    let inbound = Arc::new(Inbound::default());
+    let inbound = Arc::new(Inbound::new(capabilities.zero_copy));
     let func = batch_function(on_batch, queues.clone(), inbound.clone())?;
     let caps = Capabilities {
         read_only: capabilities.read_only,

@@ -15,6 +15,7 @@ use napi::bindgen_prelude::ToNapiValue;
 use napi::sys;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, Status};
+use ublk_core::bridge::tables::RowTables;
 use ublk_core::bridge::wire;
 use ublk_core::bridge::{Batch, BatchSink, QueueShared};
 use ublk_core::runtime::IoBuffers;
@@ -94,105 +95,27 @@ impl BatchSink for JsSink {
     }
 }
 
-/// Numbers a queue's table holds at first (8 KiB, the rows of 113 IOs);
-/// it grows to the next power of two when a hand-over needs more.
-const FIRST_TABLE_LEN: usize = 1024;
-
-/// Memory for one queue's table, which JavaScript sees as a Float64Array
-/// for as long as it keeps it; this addon rewrites it for each hand-over.
-struct TableMemory {
-    data: *mut f64,
-    len: usize,
-}
-
-// SAFETY: the memory is written only on the JavaScript thread that the
-// table was handed to (hand-overs run there), and freed once, on drop.
-unsafe impl Send for TableMemory {}
-// SAFETY: as above.
-unsafe impl Sync for TableMemory {}
-
-impl TableMemory {
-    fn new(len: usize) -> Arc<TableMemory> {
-        let data = Box::into_raw(vec![0.0f64; len].into_boxed_slice()).cast::<f64>();
-        Arc::new(TableMemory { data, len })
-    }
-
-    /// Copies `values` to the start of the table.
-    fn fill(&self, values: &[f64]) {
-        assert!(values.len() <= self.len, "a table too short for its rows");
-        // SAFETY: `data` holds `len` f64s, of which `values` fills the
-        // first; JavaScript, the only other user, runs on this very thread
-        // and is not running while this copies.
-        unsafe { ptr::copy_nonoverlapping(values.as_ptr(), self.data, values.len()) };
-    }
-}
-
-impl Drop for TableMemory {
-    fn drop(&mut self) {
-        // SAFETY: `data` and `len` come from the boxed slice leaked in `new`.
-        drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(self.data, self.len)) });
-    }
-}
-
-/// A queue's table, and how many calls of the handler may be reading it.
-#[derive(Default, Clone)]
-struct TableSlot {
-    memory: Option<Arc<TableMemory>>,
-    lent: u32,
-}
-
-/// The tables one JavaScript thread was handed for a device, by queue. A
-/// hand-over writes its rows into its queue's table, so the thread makes
-/// no new typed array per hand-over. A new table goes along when there was
-/// none yet, when the rows outgrew it, or when a call of the handler that
-/// may still read it is under way (a hand-over nested in another, as when
-/// the handler stops a device this thread serves).
+/// What one JavaScript thread's batch handler is given, for a device.
 #[derive(Default)]
 pub struct Inbound {
-    tables: Mutex<Vec<TableSlot>>,
-    /// The rows being encoded, kept to spare an allocation per hand-over.
-    rows: Mutex<Vec<f64>>,
+    /// The target declared zero copy: it never touches an IO's data, so
+    /// its IOs come without buffers, whether or not the kernel registers them.
+    zero_copy: bool,
+    /// Where the hand-overs' rows go, queue by queue.
+    tables: RowTables,
 }
 
 impl Inbound {
-    /// A new table for `len` numbers of queue `qid`, if its table cannot
-    /// take them now; `lend` installs it.
-    fn table_needed(&self, qid: usize, len: usize) -> Option<Arc<TableMemory>> {
-        let tables = self.tables.lock().unwrap();
-        match tables.get(qid) {
-            Some(TableSlot {
-                memory: Some(table),
-                lent: 0,
-            }) if table.len >= len => None,
-            _ => Some(TableMemory::new(
-                FIRST_TABLE_LEN.max(len.next_power_of_two()),
-            )),
+    pub fn new(zero_copy: bool) -> Inbound {
+        Inbound {
+            zero_copy,
+            tables: RowTables::default(),
         }
-    }
-
-    /// Writes `rows` into queue `qid`'s table (`fresh` from now on, if
-    /// given) and lends it to one call of the handler, until `give_back`.
-    fn lend(&self, qid: usize, rows: &[f64], fresh: Option<Arc<TableMemory>>) {
-        let mut tables = self.tables.lock().unwrap();
-        if tables.len() <= qid {
-            tables.resize(qid + 1, TableSlot::default());
-        }
-        let slot = &mut tables[qid];
-        if fresh.is_some() {
-            slot.memory = fresh;
-        }
-        slot.memory
-            .as_ref()
-            .expect("a table is made before the first hand-over")
-            .fill(rows);
-        slot.lent += 1;
     }
 
     /// A call of the handler with queue `qid`'s table returned.
     pub fn give_back(&self, qid: u16) {
-        if let Some(slot) = self.tables.lock().unwrap().get_mut(qid as usize) {
-            slot.lent = slot.lent.saturating_sub(1);
-        }
+        self.tables.give_back(qid);
     }
 }
 
@@ -208,7 +131,7 @@ pub fn batch_to_js(
     let queue = queues.get(qid);
     let io_buffers = queue
         .and_then(|q| q.buffers())
-        .filter(|bufs| !bufs.is_registered());
+        .filter(|bufs| !bufs.is_registered() && !inbound.zero_copy);
     let has_buffer =
         |io: &wire::IoRequest| io_buffers.is_some() && io.op.carries_data() && io.length > 0;
     let buffers = match io_buffers {
@@ -231,15 +154,10 @@ pub fn batch_to_js(
         }
         _ => null(raw_env)?,
     };
-    let mut rows = inbound.rows.lock().unwrap();
-    rows.clear();
-    wire::encode_ios(&batch.ios, &mut rows);
-    wire::encode_backend(&batch.backend, &mut rows);
-    wire::encode_events(&batch.events, &mut rows);
-    let fresh = inbound.table_needed(qid, rows.len());
+    let fresh = inbound.tables.prepare(&batch);
     let table = match &fresh {
         Some(memory) => {
-            let (data, len) = (memory.data, memory.len);
+            let (data, len) = (memory.as_mut_ptr(), memory.len());
             let buffer = external_array_buffer(
                 raw_env,
                 data.cast(),
@@ -273,7 +191,7 @@ pub fn batch_to_js(
         table,
     ]);
     // Nothing fails from here: the handler will be called with the table.
-    inbound.lend(qid, &rows, fresh);
+    inbound.tables.lend(batch.qid, fresh);
     Ok(args)
 }
 

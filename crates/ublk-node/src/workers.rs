@@ -84,7 +84,8 @@ pub fn attach_bridge_queue(
         })?;
     let queues = Arc::new(OnceLock::new());
     let _ = queues.set(target.queues().to_vec());
-    let inbound = Arc::new(Inbound::default());
+    let zero_copy = ublk_core::Target::capabilities(&*target).zero_copy;
+    let inbound = Arc::new(Inbound::new(zero_copy));
     let func = batch_function(on_batch, queues, inbound.clone())?;
     let sink: Arc<dyn BatchSink> = Arc::new(JsSink::new(func, inbound.clone()));
     target.attach_queue_sink(qid, sink).map_err(to_napi)?;

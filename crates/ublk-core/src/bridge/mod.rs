@@ -15,6 +15,7 @@ mod queue;
 mod route;
 mod sinks;
 mod synthetic;
+pub mod tables;
 pub mod wire;
 
 use std::rc::Rc;

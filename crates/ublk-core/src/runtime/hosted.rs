@@ -155,7 +155,16 @@ pub(crate) fn ring_ready<'a>(
     std::future::poll_fn(move |_| {
         let stopping = queue.is_stopping();
         let ready = libublk::io::with_task_io_ring_mut(|ring| {
-            ring.submit().map(|_| !ring.completion().is_empty())
+            // An enter with nothing to submit costs a syscall per poll and
+            // gives nothing: the host's own wait on the ring (epoll) runs
+            // the ring's pending task work as well.
+            let sq = ring.submission();
+            let idle = sq.is_empty() && !sq.cq_overflow() && !sq.taskrun();
+            drop(sq);
+            if !idle {
+                ring.submit()?;
+            }
+            Ok(!ring.completion().is_empty())
         });
         let nudged = NUDGED.with(|n| n.replace(false));
         match ready {
