@@ -90,22 +90,52 @@ impl QueueHandle {
 /// How long a stop on the thread that serves a queue serves it meanwhile.
 const HOSTED_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// How a queue's server ended: records what went wrong.
-fn queue_ended(
+/// What serving one queue takes, moved to the thread that serves it (its
+/// own, or its host's).
+struct QueueJob {
     id: u32,
     qid: u16,
-    control: &QueueControl,
-    errors: &Mutex<Option<Error>>,
-    outcome: std::thread::Result<Result<()>>,
-) {
-    let err = match outcome {
-        Ok(Ok(())) => return,
-        Ok(Err(e)) if control.aborted() && e.errno() == libc::ECANCELED => return,
-        Ok(Err(e)) => e,
-        Err(_) => Error::new(libc::EIO, format!("queue {qid} thread panicked")),
-    };
-    log::error!("ublk device {id}: {err}");
-    errors.lock().unwrap().get_or_insert(err);
+    dev: Arc<UblkDev>,
+    runtime: Arc<dyn Serve>,
+    buffers: Arc<IoBuffers>,
+    control: Arc<QueueControl>,
+    io_delay: Option<std::time::Duration>,
+    stats: Arc<StatsRegion>,
+    /// Tells the start which thread serves the queue.
+    started: mpsc::Sender<(u16, libc::pid_t)>,
+    /// The first error a queue of the device ended with.
+    errors: Arc<Mutex<Option<Error>>>,
+}
+
+impl QueueJob {
+    /// Makes this thread the queue's and tells the start so.
+    fn announce(&self) {
+        let _ = self.started.send((self.qid, UblkCtrl::init_queue_thread()));
+    }
+
+    fn args(&self) -> QueueArgs<'_> {
+        QueueArgs {
+            qid: self.qid,
+            dev: &self.dev,
+            buffers: &self.buffers,
+            control: &self.control,
+            io_delay: self.io_delay,
+            stats: &self.stats,
+        }
+    }
+
+    /// Records how serving the queue ended: an error (or a panic) but an
+    /// abort's cancellation is the device's first.
+    fn ended(&self, outcome: std::thread::Result<Result<()>>) {
+        let err = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) if self.control.aborted() && e.errno() == libc::ECANCELED => return,
+            Ok(Err(e)) => e,
+            Err(_) => Error::new(libc::EIO, format!("queue {} thread panicked", self.qid)),
+        };
+        log::error!("ublk device {}: {err}", self.id);
+        self.errors.lock().unwrap().get_or_insert(err);
+    }
 }
 
 /// Every device this process serves, by id.
@@ -631,46 +661,42 @@ fn start(
         } else {
             IoBuffers::new(opts.depth, opts.max_io_bytes)
         };
-        let (q_dev, q_runtime, q_tx, q_error, q_stats) = (
-            dev.clone(),
-            runtime.clone(),
-            tx.clone(),
-            queue_error.clone(),
-            stats.clone(),
-        );
-        let io_delay = opts.io_delay;
+        let job = QueueJob {
+            id,
+            qid,
+            dev: dev.clone(),
+            runtime: runtime.clone(),
+            buffers,
+            control,
+            io_delay: opts.io_delay,
+            stats: stats.clone(),
+            started: tx.clone(),
+            errors: queue_error.clone(),
+        };
         if let Some(host) = runtime.queue_host(qid) {
             hosted.push(qid);
             let finished = Arc::new(Finished::default());
             let done = finished.clone();
-            let job = HostedQueue::new(
+            let hosted_job = HostedQueue::new(
                 qid,
                 Box::new(move || {
                     Box::pin(async move {
                         done.started_here();
-                        let _ = q_tx.send((qid, UblkCtrl::init_queue_thread()));
-                        let args = QueueArgs {
-                            qid,
-                            dev: &q_dev,
-                            buffers: &buffers,
-                            control: &control,
-                            io_delay,
-                            stats: &q_stats,
-                        };
-                        let ring_entries = q_runtime.ring_depth(q_dev.dev_info.queue_depth);
+                        job.announce();
+                        let ring_entries = job.runtime.ring_depth(job.dev.dev_info.queue_depth);
                         let outcome = match crate::runtime::hosted::fresh_ring(ring_entries) {
-                            Ok(()) => q_runtime.serve_queue_hosted(args).await,
+                            Ok(()) => job.runtime.serve_queue_hosted(job.args()).await,
                             Err(e) => {
-                                q_dev.notify_buffer_registration_complete(true);
+                                job.dev.notify_buffer_registration_complete(true);
                                 Err(e)
                             }
                         };
-                        queue_ended(id, qid, &control, &q_error, Ok(outcome));
+                        job.ended(Ok(outcome));
                         done.finish();
                     })
                 }),
             );
-            match host.host(job) {
+            match host.host(hosted_job) {
                 Ok(()) => queues.push(QueueHandle::Hosted(finished)),
                 Err(e) => {
                     spawn_error = Some(e.context(format!("serve queue {qid} on its host")));
@@ -682,17 +708,10 @@ fn start(
         let spawned = std::thread::Builder::new()
             .name(queue_thread_name(id, qid))
             .spawn(move || {
-                let _ = q_tx.send((qid, UblkCtrl::init_queue_thread()));
-                let args = QueueArgs {
-                    qid,
-                    dev: &q_dev,
-                    buffers: &buffers,
-                    control: &control,
-                    io_delay,
-                    stats: &q_stats,
-                };
-                let outcome = catch_unwind(AssertUnwindSafe(|| q_runtime.serve_queue(args)));
-                queue_ended(id, qid, &control, &q_error, outcome);
+                job.announce();
+                let outcome =
+                    catch_unwind(AssertUnwindSafe(|| job.runtime.serve_queue(job.args())));
+                job.ended(outcome);
             });
         match spawned {
             Ok(handle) => queues.push(QueueHandle::Thread(handle)),
