@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs'
 
 import test from 'ava'
 
-import { createDevice, createRaid1, deleteDevice, deviceInfo, kernelFeatures, listDevices } from '../lib/index.ts'
+import { createDevice, createRaid1, deleteDevice, deviceInfo, kernelFeatures, listDevices, recoverDevice } from '../lib/index.ts'
 import type { DeviceOptions } from '../lib/index.ts'
 
 import { rejectsWithCode } from './helpers/errors.ts'
@@ -54,6 +54,9 @@ test('queueThreads: false is refused with EINVAL where no one thread can serve t
   await rejectsWithCode(t, createDevice({ target: ts, size: 1 << 20, queues: 2, queueThreads: false }), 'EINVAL', /one queue/)
   await rejectsWithCode(t, createDevice({ target: ts, size: 1 << 20, batchIo: true, queueThreads: false }), 'EINVAL', /batch IO/)
   await rejectsWithCode(t, createDevice({ target: ts, size: 1 << 20, queueThreads: 'no' as unknown as boolean }), 'EINVAL', /true or false/)
+  // recoverDevice checks the same before it claims anything (no such device is needed).
+  await rejectsWithCode(t, recoverDevice(9999, { target: 'null', queueThreads: false }), 'EINVAL', /built-in target/)
+  await rejectsWithCode(t, recoverDevice(9999, { target: ts, queueThreads: 0 as unknown as boolean }), 'EINVAL', /true or false/)
 })
 
 test('createDevice refuses a missing options object with EINVAL', async (t) => {

@@ -120,6 +120,8 @@ export interface RecoverOptions {
   target: BuiltinTarget | Target | TargetModule
   /** For a target given as a module: as `DeviceOptions.workers`. */
   workers?: boolean
+  /** TypeScript targets of one queue: as `DeviceOptions.queueThreads`. */
+  queueThreads?: boolean
   /** Backing file or block device of the built-in 'loop' target. */
   path?: string
   /** TypeScript targets: fail an IO not completed within this many ms (default 30000; 0: never). */
@@ -523,6 +525,10 @@ export async function recoverDevice(id: number, options: RecoverOptions): Promis
   if (typeof target !== 'string' && (typeof target !== 'object' || target === null)) {
     throw new UblkError('EINVAL', 'options.target must be a built-in target name ("null") or a target object')
   }
+  if (options.queueThreads !== undefined && typeof options.queueThreads !== 'boolean') throw new UblkError('EINVAL', 'queueThreads must be true or false')
+  if (options.queueThreads === false && typeof target === 'string') {
+    throw new UblkError('EINVAL', 'queueThreads: false is for TypeScript targets: a built-in target is served by its queue threads')
+  }
   // A standby may wait long for the claim: its workers start meanwhile.
   const unused =
     options.standby === true && options.claim === undefined && typeof target === 'object' && isTargetModule(target)
@@ -551,7 +557,9 @@ export async function recoverDevice(id: number, options: RecoverOptions): Promis
     }
     installProcessHooks()
     if (typeof target === 'object') {
-      return await createServedDevice({ ...geometry, target, ioTimeoutMs, ...(options.workers !== undefined ? { workers: options.workers } : {}) }, target, claim)
+      const { workers, queueThreads } = options
+      const modes = { ...(workers !== undefined ? { workers } : {}), ...(queueThreads !== undefined ? { queueThreads } : {}) }
+      return await createServedDevice({ ...geometry, target, ioTimeoutMs, ...modes }, target, claim)
     }
     const nativeDevice = await native(() => binding.recoverDevice({ ...geometry, target, path }, claim))
     return new Device(nativeDevice)

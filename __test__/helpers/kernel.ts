@@ -50,3 +50,8 @@ export function inFlight(devPath: string): number {
   const [reads, writes] = readFileSync(`/sys/block/${basename(devPath)}/inflight`, 'utf8').trim().split(/\s+/).map(Number)
   return (reads ?? 0) + (writes ?? 0)
 }
+
+/** The names of this process's threads, as the kernel lists them. */
+export function threadNames(): string[] {
+  return readdirSync('/proc/self/task').map((tid) => readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim())
+}

@@ -1,6 +1,6 @@
 // queueThreads: false, a TypeScript target's queue served by this
 // thread's event loop with no queue thread (run in ts-targets.test.js).
-import { readdirSync, readFileSync, unlinkSync } from 'node:fs'
+import { unlinkSync } from 'node:fs'
 
 import test from 'ava'
 
@@ -10,15 +10,10 @@ import { runFixture } from '../../helpers/child.ts'
 import { rejectsWithCode } from '../../helpers/errors.ts'
 import { scratchFile } from '../../helpers/files.ts'
 import { fio, verifyAgainstFile } from '../../helpers/fio.ts'
-import { deviceGone } from '../../helpers/kernel.ts'
+import { deviceGone, threadNames } from '../../helpers/kernel.ts'
 import { sh } from '../../helpers/shell.ts'
 
 const MiB = 1 << 20
-
-/** The names of this process's threads. */
-function threadNames(): string[] {
-  return readdirSync('/proc/self/task').map((tid) => readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim())
-}
 
 test.serial('queueThreads: false: a TypeScript ramdisk with no queue thread, fio crc32c verify at QD 1 and QD 32', async (t) => {
   const dev = await createDevice({ target: ramdiskTarget(), size: 64 * MiB, depth: 64, queueThreads: false })

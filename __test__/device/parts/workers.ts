@@ -11,7 +11,7 @@ import { fixture } from '../../helpers/child.ts'
 import { serve } from '../../helpers/cli.ts'
 import { scratchFile } from '../../helpers/files.ts'
 import { fio, verifyAgainstFile } from '../../helpers/fio.ts'
-import { deviceGone, inFlight } from '../../helpers/kernel.ts'
+import { deviceGone, inFlight, threadNames } from '../../helpers/kernel.ts'
 import { until } from '../../helpers/poll.ts'
 import { sh } from '../../helpers/shell.ts'
 
@@ -54,6 +54,29 @@ test.serial('workers: a worker that dies stops the device with an error event; i
   t.regex(err.message, /worker of queue \d exited \(code 7\)/)
   await dev.whenStopped()
   await until(() => deviceGone(dev.id), 'the device is gone')
+})
+
+test.serial('queueThreads: false: a module killed with -9 under fio verify is taken over by recoverDevice on this thread, with no queue thread; no IO fails', async (t) => {
+  const file = scratchFile('hosted-recover', 32 * MiB)
+  const loop = require.resolve('../../../lib/targets/loop.js')
+  const server = serve('serve', loop, '--size', '32M', '--queues', '1', '--recovery', 'reissue', '--', '--file', file)
+  const path = await server.path
+  const id = Number(path.replace('/dev/ublkb', ''))
+  const writes = fio(path, { rw: 'randwrite', bs: '4k', iodepth: 8, size: '8M', verify: 'crc32c', extra: ['--rate_iops=500'] })
+  await until(() => inFlight(path) > 0, 'fio has IO in flight', 60_000)
+  server.child.kill('SIGKILL')
+  await server.exited
+  const dev = await recoverDevice(id, { target: { module: loop, args: { file } }, queueThreads: false })
+  try {
+    t.false(threadNames().includes(`ublk${id}-q0`), 'no queue thread serves the recovered device')
+    const r = await writes
+    t.is(r.errors, 0, 'no IO failed across the kill and the takeover')
+    t.true(dev.stats().dispatch!.ios + dev.stats().dispatch!.routedWrites > 0, 'this thread served the IOs after the kill')
+  } finally {
+    await dev.stop()
+    unlinkSync(file)
+  }
+  t.true(deviceGone(id))
 })
 
 test.serial('workers: a module served with workers is killed with -9 under fio verify; recoverDevice takes it over with workers, and no IO fails', async (t) => {
