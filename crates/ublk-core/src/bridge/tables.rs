@@ -4,9 +4,9 @@
 //! allocates nothing per hand-over.
 //!
 //! A table is lent to one call of the application at a time: a hand-over
-//! made while a call may still read the table (one nested in another, as
-//! when the application stops a device its own thread serves) goes into a
-//! new table, and so does one that outgrows it.
+//! made while a call may still read the table (one nested in another,
+//! should the serving thread poll its queue from inside a call) goes into
+//! a new table, and so does one that outgrows it.
 
 use std::ptr;
 use std::sync::{Arc, Mutex};
