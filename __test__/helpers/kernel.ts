@@ -55,3 +55,16 @@ export function inFlight(devPath: string): number {
 export function threadNames(): string[] {
   return readdirSync('/proc/self/task').map((tid) => readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim())
 }
+
+/**
+ * Where a test's own reader reads, in 4 KiB blocks from the start of a
+ * device of at least 2 MiB: away from what the kernel's partition scan
+ * reads near the start and the end, which may still run after the device
+ * started (7.x).
+ */
+export const READER_SKIP = 256
+
+/** Whether an IO at `offset` is in the MiB a reader from `READER_SKIP` reads. */
+export function readersRange(offset: number): boolean {
+  return offset >= READER_SKIP * 4096 && offset < READER_SKIP * 4096 + (1 << 20)
+}

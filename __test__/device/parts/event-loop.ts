@@ -10,7 +10,7 @@ import { runFixture } from '../../helpers/child.ts'
 import { rejectsWithCode } from '../../helpers/errors.ts'
 import { scratchFile } from '../../helpers/files.ts'
 import { fio, verifyAgainstFile } from '../../helpers/fio.ts'
-import { deviceGone, threadNames } from '../../helpers/kernel.ts'
+import { deviceGone, READER_SKIP, readersRange, threadNames } from '../../helpers/kernel.ts'
 import { sh } from '../../helpers/shell.ts'
 
 const MiB = 1 << 20
@@ -48,17 +48,16 @@ test.serial('queueThreads: false: a TypeScript loop target (backend IO on the ho
 
 test.serial('queueThreads: false: stop() with IOs held by the target returns and fails them', async (t) => {
   let held = 0
-  let hold = false
   const target: Target = {
-    read() {
-      if (!hold) return
+    read(io) {
+      // Only the reader's IOs (see readersRange).
+      if (!readersRange(io.offset)) return
       held++
       return new Promise<void>(() => {})
     },
   }
   const dev = await createDevice({ target, size: 8 * MiB, ioTimeoutMs: 0, queueThreads: false })
-  hold = true
-  const reader = sh('dd', [`if=${dev.path}`, 'of=/dev/null', 'bs=4k', 'count=16', 'iflag=direct'])
+  const reader = sh('dd', [`if=${dev.path}`, 'of=/dev/null', 'bs=4k', `skip=${READER_SKIP}`, 'count=16', 'iflag=direct'])
   while (held === 0) await new Promise((r) => setTimeout(r, 20))
   await dev.stop()
   t.true(deviceGone(dev.id))
