@@ -16,11 +16,12 @@ import { until } from '../../helpers/poll.ts'
 import { sh } from '../../helpers/shell.ts'
 
 const MiB = 1 << 20
+const LOOP_MODULE = require.resolve('../../../lib/targets/loop.js')
 
 test.serial('workers: a TypeScript loop module on 2 queues, a worker each: fio crc32c verify from both CPUs, and the file matches', async (t) => {
   const file = scratchFile('workers-loop', 32 * MiB)
   // Routes off: every IO goes through a worker's JavaScript.
-  const target = { module: require.resolve('../../../lib/targets/loop.js'), args: { file, routeReads: false, routeWrites: false } }
+  const target = { module: LOOP_MODULE, args: { file, routeReads: false, routeWrites: false } }
   const dev = await createDevice({ target, size: 32 * MiB, queues: 2, depth: 32 })
   try {
     // One job per CPU, each on its own half: blk-mq sends each CPU's IO to its own queue.
@@ -56,17 +57,25 @@ test.serial('workers: a worker that dies stops the device with an error event; i
   await until(() => deviceGone(dev.id), 'the device is gone')
 })
 
-test.serial('queueThreads: false: a module killed with -9 under fio verify is taken over by recoverDevice on this thread, with no queue thread; no IO fails', async (t) => {
-  const file = scratchFile('hosted-recover', 32 * MiB)
-  const loop = require.resolve('../../../lib/targets/loop.js')
-  const server = serve('serve', loop, '--size', '32M', '--queues', '1', '--recovery', 'reissue', '--', '--file', file)
+/**
+ * A loop module served by `ublk-ts serve` with recovery on (its other
+ * arguments `serveArgs`), killed with -9 while fio's verified writes have
+ * IO in flight: the dead device's id, the file behind it and fio's run.
+ */
+async function killedUnderFio(name: string, ...serveArgs: string[]) {
+  const file = scratchFile(name, 32 * MiB)
+  const server = serve('serve', LOOP_MODULE, '--size', '32M', ...serveArgs, '--recovery', 'reissue', '--', '--file', file)
   const path = await server.path
-  const id = Number(path.replace('/dev/ublkb', ''))
   const writes = fio(path, { rw: 'randwrite', bs: '4k', iodepth: 8, size: '8M', verify: 'crc32c', extra: ['--rate_iops=500'] })
   await until(() => inFlight(path) > 0, 'fio has IO in flight', 60_000)
   server.child.kill('SIGKILL')
   await server.exited
-  const dev = await recoverDevice(id, { target: { module: loop, args: { file } }, queueThreads: false })
+  return { id: Number(path.replace('/dev/ublkb', '')), file, writes }
+}
+
+test.serial('queueThreads: false: a module killed with -9 under fio verify is taken over by recoverDevice on this thread, with no queue thread; no IO fails', async (t) => {
+  const { id, file, writes } = await killedUnderFio('hosted-recover', '--queues', '1')
+  const dev = await recoverDevice(id, { target: { module: LOOP_MODULE, args: { file } }, queueThreads: false })
   try {
     t.false(threadNames().includes(`ublk${id}-q0`), 'no queue thread serves the recovered device')
     const r = await writes
@@ -80,16 +89,8 @@ test.serial('queueThreads: false: a module killed with -9 under fio verify is ta
 })
 
 test.serial('workers: a module served with workers is killed with -9 under fio verify; recoverDevice takes it over with workers, and no IO fails', async (t) => {
-  const file = scratchFile('workers-recover', 32 * MiB)
-  const loop = require.resolve('../../../lib/targets/loop.js')
-  const server = serve('serve', loop, '--size', '32M', '--queues', '2', '--workers', '--recovery', 'reissue', '--', '--file', file)
-  const path = await server.path
-  const id = Number(path.replace('/dev/ublkb', ''))
-  const writes = fio(path, { rw: 'randwrite', bs: '4k', iodepth: 8, size: '8M', verify: 'crc32c', extra: ['--rate_iops=500'] })
-  await until(() => inFlight(path) > 0, 'fio has IO in flight', 60_000)
-  server.child.kill('SIGKILL')
-  await server.exited
-  const dev = await recoverDevice(id, { target: { module: loop, args: { file } }, workers: true })
+  const { id, file, writes } = await killedUnderFio('workers-recover', '--queues', '2', '--workers')
+  const dev = await recoverDevice(id, { target: { module: LOOP_MODULE, args: { file } }, workers: true })
   try {
     const r = await writes
     t.is(r.errors, 0, 'no IO failed across the kill and the takeover')
