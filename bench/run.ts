@@ -21,6 +21,7 @@ import {
   tsLoop,
   tsNull,
   tsNullNoQueueThread,
+  tsNullQueueThreads,
   type Prepared,
   type System,
 } from './systems.ts'
@@ -83,7 +84,7 @@ async function main(): Promise<void> {
   const queueCounts = opts.quick ? [1] : [1, 2]
   const loopSize = 256 * MiB
   const backing = await loopBackingFile(loopSize)
-  const systems: System[] = [kernelNull, rustNull, tsNull, tsNullNoQueueThread, kernelLoop(backing.file), rustLoop(backing.file, loopSize), tsLoop(backing.file, loopSize)]
+  const systems: System[] = [kernelNull, rustNull, tsNull, tsNullNoQueueThread, tsNullQueueThreads, kernelLoop(backing.file), rustLoop(backing.file, loopSize), tsLoop(backing.file, loopSize)]
   if (opts.rublk && existsSync(opts.rublk)) {
     systems.push(rublk(opts.rublk, 'null', 900), rublk(opts.rublk, 'loop', 901, ['-f', backing.file]))
   } else {
@@ -174,6 +175,7 @@ async function main(): Promise<void> {
     ts_null_vs_rust_null_qd1: ratio('TypeScript null', 'Rust null', 'randread', 1, 1),
     ts_null_no_queue_thread_vs_rust_null: ratio(tsNullNoQueueThread.name, 'Rust null'),
     ts_null_no_queue_thread_vs_rust_null_qd1: ratio(tsNullNoQueueThread.name, 'Rust null', 'randread', 1, 1),
+    ts_null_queue_threads_vs_rust_null_2q: ratio(tsNullQueueThreads.name, 'Rust null', 'randread', 32, 2),
     ts_loop_vs_rust_loop_randwrite: ratio('TypeScript loop', 'Rust loop', 'randwrite', 32, 1),
   }
 

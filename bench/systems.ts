@@ -75,10 +75,26 @@ function batchNote(dev: Device, name: string): void {
 export const tsNull: System = {
   name: 'TypeScript null',
   async prepare(queues) {
-    // As a module: with several queues, each is served by a worker thread of its own.
+    // As a module: with several queues, each is served by a worker thread
+    // of its own, which polls its queue's ring (no queue threads).
     const target = { module: require.resolve('../lib/targets/null.js') }
     const dev = await createDevice({ target, size: 1 << 30, queues, depth: DEPTH })
     return { path: dev.path, teardown: () => (batchNote(dev, 'TypeScript null'), dev.stop()) }
+  },
+}
+
+/**
+ * The TypeScript null module on several queues, each queue's worker fed by
+ * a queue thread of its own (`queueThreads: true`) instead of polling its
+ * ring: what `TypeScript null` was before workers polled their rings.
+ */
+export const tsNullQueueThreads: System = {
+  name: 'TS null, q threads',
+  queueCounts: [2],
+  async prepare(queues) {
+    const target = { module: require.resolve('../lib/targets/null.js') }
+    const dev = await createDevice({ target, size: 1 << 30, queues, depth: DEPTH, queueThreads: true })
+    return { path: dev.path, teardown: () => (batchNote(dev, 'TS null, q threads'), dev.stop()) }
   },
 }
 

@@ -57,14 +57,20 @@ export interface DeviceOptions {
    */
   workers?: boolean
   /**
-   * False: no queue thread. A TypeScript target's one queue is served by
-   * the event loop of the thread that creates the device, which polls the
-   * queue's io_uring itself, so each IO wakes this thread alone instead
-   * of a queue thread and then this one. That thread must never block
-   * (no `execFileSync`, `readFileSync` of the device, `Atomics.wait`):
-   * while it does, the device's IO waits. One queue only, served on this
-   * thread (no workers), without `batchIo`; a thread serves one such
-   * queue at a time. Default true.
+   * Whether a queue gets a thread of its own that hands its IOs to the
+   * JavaScript thread running its handler. Without one, that JavaScript
+   * thread's event loop polls the queue's io_uring itself, so each IO
+   * wakes it alone instead of a queue thread and then it; such a thread
+   * must never block (no `execFileSync`, `readFileSync` of the device,
+   * `Atomics.wait`), as its queue's IO waits meanwhile.
+   *
+   * Default: a queue served by a worker (see `workers`) has no queue
+   * thread, as that worker runs its queue's target and nothing else; a
+   * queue served on the thread that creates the device has one. True: a
+   * queue thread for every queue. False: none, also for a queue on this
+   * thread, which then serves one such queue at a time (`EBUSY`); several
+   * queues need workers. Without queue threads, no `batchIo` (`EINVAL`
+   * for false; the default keeps queue threads with it).
    */
   queueThreads?: boolean
   /** Capacity in bytes; a whole number of logical blocks. */
@@ -120,7 +126,7 @@ export interface RecoverOptions {
   target: BuiltinTarget | Target | TargetModule
   /** For a target given as a module: as `DeviceOptions.workers`. */
   workers?: boolean
-  /** TypeScript targets of one queue: as `DeviceOptions.queueThreads`. */
+  /** TypeScript targets: as `DeviceOptions.queueThreads`. */
   queueThreads?: boolean
   /** Backing file or block device of the built-in 'loop' target. */
   path?: string
@@ -456,12 +462,14 @@ export async function warmUpForRecovery(
   return warmUpWorkers(moduleSpec(target), device, options.ioTimeoutMs ?? DEFAULT_IO_TIMEOUT_MS, withPrimary)
 }
 
-/** What `queueThreads: false` needs: one queue, served on this thread. */
-function checkHostable(queues: number, batchIo: boolean | undefined, inWorker: boolean): void {
-  if (queues !== 1) {
-    throw new UblkError('EINVAL', `queueThreads: false serves one queue, on the thread that creates the device; this device has ${queues}`)
+/** What `queueThreads: false` needs: one queue per JavaScript thread. */
+function checkHostable(queues: number, batchIo: boolean | undefined, inWorkers: boolean): void {
+  if (queues !== 1 && !inWorkers) {
+    throw new UblkError(
+      'EINVAL',
+      `queueThreads: false serves each queue from a JavaScript thread of its own: this device has ${queues} queues on one thread (give the target as a module, served by workers)`,
+    )
   }
-  if (inWorker) throw new UblkError('EINVAL', 'queueThreads: false serves the queue on this thread, not in a worker')
   if (batchIo === true) throw new UblkError('EINVAL', 'queueThreads: false does not run the batch IO transport')
 }
 
@@ -477,7 +485,11 @@ async function createServedDevice(options: DeviceOptions, target: Target | Targe
   if (workers !== undefined && typeof workers !== 'boolean') throw new UblkError('EINVAL', 'workers must be true or false')
   if (queueThreads !== undefined && typeof queueThreads !== 'boolean') throw new UblkError('EINVAL', 'queueThreads must be true or false')
   const hostQueue = queueThreads === false
-  if (hostQueue) checkHostable(geometryOf(geometry).queues, geometry.batchIo, isTargetModule(target) && servedInWorkers(workers, 1, target.primary !== undefined))
+  const inWorkers = isTargetModule(target) && servedInWorkers(workers, geometryOf(geometry).queues, target.primary !== undefined)
+  if (hostQueue) checkHostable(geometryOf(geometry).queues, geometry.batchIo, inWorkers)
+  // A worker runs its queue's target and nothing else: unless told
+  // otherwise, it polls its queue's ring itself.
+  const hosting = { workers: hostQueue || (queueThreads === undefined && geometry.batchIo !== true), primary: hostQueue }
   let served: ServedDevice
   // A worker lost while the device starts fails the start; later ones stop the device.
   const started: { device?: Device } = {}
@@ -488,8 +500,8 @@ async function createServedDevice(options: DeviceOptions, target: Target | Targe
       throw new UblkError('EINVAL', 'target.primary must be a target with a connectQueue(queue, port) method')
     }
     const { file } = spec
-    if (servedInWorkers(workers, geometryOf(geometry).queues, primary !== undefined)) {
-      served = await serveInWorkers(spec, geometry, ioTimeoutMs, claim, (err) => started.device?.lost(err), primary)
+    if (inWorkers) {
+      served = await serveInWorkers(spec, geometry, ioTimeoutMs, claim, (err) => started.device?.lost(err), primary, hosting)
     } else if (primary) {
       served = await serve(primary, geometry, ioTimeoutMs, claim, hostQueue)
     } else {

@@ -6,7 +6,7 @@
 // through a port each.
 import binding = require('../binding.js')
 import { Dispatcher } from '../dispatch/index.js'
-import { native, UblkError } from '../errors.js'
+import { native, nativeSync, UblkError } from '../errors.js'
 import { Handles } from '../handles.js'
 import { capabilitiesOf, contextFor, geometryOf, startBridge, type Served, type ServedDevice } from '../served.js'
 import type { PrimaryTarget } from '../target.js'
@@ -16,6 +16,14 @@ import type { NativeCapabilities, NativeDeviceOptions, NativeRecoveryClaim } fro
 
 const same = (a: NativeCapabilities, b: NativeCapabilities): boolean => JSON.stringify(a) === JSON.stringify(b)
 
+/** Which queues have no queue thread: the thread that runs their handler polls their ring. */
+export interface QueueHosting {
+  /** The workers' queues, each on its worker. */
+  workers: boolean
+  /** A primary's queue 0, on this thread. */
+  primary: boolean
+}
+
 /**
  * Serves a device with one worker per queue (per queue but 0 with a
  * `primary`): each loads the module and reports what its target can do
@@ -23,7 +31,8 @@ const same = (a: NativeCapabilities, b: NativeCapabilities): boolean => JSON.str
  * device starts. A primary opens before the workers' instances do, and
  * closes alongside them. `onLost` hears of a worker that ends or fails while
  * the device runs: its queue's IOs fail with EIO from then on, so the
- * device should be stopped.
+ * device should be stopped. `hosting` says which queues have no queue
+ * thread.
  */
 export async function serveInWorkers(
   spec: WorkerTargetSpec,
@@ -32,6 +41,7 @@ export async function serveInWorkers(
   claim: NativeRecoveryClaim | undefined,
   onLost: (err: Error) => void,
   primary?: PrimaryTarget,
+  hosting: QueueHosting = { workers: false, primary: false },
 ): Promise<ServedDevice> {
   const device = geometryOf(geometry)
   const { workers, ports, counters } = takeWarm(spec, device, ioTimeoutMs, primary !== undefined) ?? spawnWorkers(spec, device, ioTimeoutMs, primary !== undefined)
@@ -59,11 +69,12 @@ export async function serveInWorkers(
     local.attach(bridge)
     const token = bridge.share()
     try {
+      if (hosting.primary && primary) nativeSync(() => bridge.hostQueue(0, local.onBatch))
       if (primary) {
         ports.forEach((port, i) => primary.connectQueue(i + 1, port))
         await primary.open?.(contextFor(bridge, local, handles, device.size))
       }
-      for (const w of workers) w.post({ kind: 'attach', token })
+      for (const w of workers) w.post({ kind: 'attach', token, hostQueue: hosting.workers })
       await Promise.all(workers.map((w) => w.next('ready')))
     } catch (err) {
       bridge.close()

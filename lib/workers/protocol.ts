@@ -50,6 +50,7 @@ export type WorkerMessage =
 
 /** To the worker. */
 export type ParentMessage =
-  | { kind: 'attach'; token: number }
+  /** `hostQueue`: serve the queue's ring from the worker's event loop (`queueThreads: false`). */
+  | { kind: 'attach'; token: number; hostQueue: boolean }
   | { kind: 'shutdown' }
   | { kind: 'close'; reason: CloseReason }

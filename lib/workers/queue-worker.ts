@@ -22,7 +22,7 @@ let dispatcher: Dispatcher | undefined
 let bridge: NativeBridge | undefined
 let opened = false
 
-async function attach(token: number): Promise<void> {
+async function attach(token: number, hostQueue: boolean): Promise<void> {
   const { geometry, queue } = data
   const handles = new Handles()
   const served = new Dispatcher(target!, { queues: geometry.queues, depth: geometry.depth, ioTimeoutMs: data.ioTimeoutMs, handles })
@@ -35,6 +35,7 @@ async function attach(token: number): Promise<void> {
   dispatcher = served
   bridge = binding.attachBridgeQueue(token, queue, onBatch)
   served.attach(bridge)
+  if (hostQueue) bridge.hostQueue(queue, onBatch)
   await target!.open?.(contextFor(bridge, served, handles, geometry.size, queue))
   opened = true
 }
@@ -51,7 +52,7 @@ async function close(reason: ParentMessage & { kind: 'close' }): Promise<void> {
 port.on('message', (message: ParentMessage) => {
   switch (message.kind) {
     case 'attach':
-      attach(message.token).then(
+      attach(message.token, message.hostQueue).then(
         () => send({ kind: 'ready' }),
         (err: unknown) => send({ kind: 'failed', error: toWire(err) }),
       )

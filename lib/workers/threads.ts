@@ -70,13 +70,24 @@ export class QueueWorker {
   /** Closes the target (if the worker got that far) and ends the worker. */
   async close(reason: CloseReason): Promise<void> {
     if (this.#gone) return
+    const onLost = this.onLost
     this.onLost = () => {}
     this.post({ kind: 'close', reason })
-    const timer = setTimeout(() => void this.#worker.terminate(), CLOSE_TIMEOUT_MS)
+    let terminated = false
+    const timer = setTimeout(() => {
+      terminated = true
+      void this.#worker.terminate()
+    }, CLOSE_TIMEOUT_MS)
     try {
       await this.next('closed')
-    } catch {
-      // A worker that failed to close, or was gone: it is ended below all the same.
+    } catch (err) {
+      // A worker that failed to close, or was gone: it is ended below all
+      // the same. One that ended on its own is still a loss: a worker that
+      // polls its queue's ring stops the device as it ends, so the close
+      // can come before its exit.
+      // (`#gone` is set meanwhile, by the worker's exit.)
+      const gone = this.#gone as Error | undefined
+      if (!terminated && gone !== undefined && err === gone) onLost(gone)
     } finally {
       clearTimeout(timer)
       this.#gone ??= new UblkError('ECANCELED', `the worker of queue ${this.queue} was closed`)

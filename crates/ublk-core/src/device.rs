@@ -677,11 +677,14 @@ fn start(
             hosted.push(qid);
             let finished = Arc::new(Finished::default());
             let done = finished.clone();
+            let hosted_control = job.control.clone();
             let hosted_job = HostedQueue::new(
+                id,
                 qid,
                 Box::new(move || {
                     Box::pin(async move {
                         done.started_here();
+                        crate::runtime::hosted::finish_on_exit(Some(done.clone()));
                         job.announce();
                         let ring_entries = job.runtime.ring_depth(job.dev.dev_info.queue_depth);
                         let outcome = match crate::runtime::hosted::fresh_ring(ring_entries) {
@@ -692,9 +695,12 @@ fn start(
                             }
                         };
                         job.ended(Ok(outcome));
+                        crate::runtime::hosted::finish_on_exit(None);
                         done.finish();
                     })
                 }),
+                hosted_control,
+                finished.clone(),
             );
             match host.host(hosted_job) {
                 Ok(()) => queues.push(QueueHandle::Hosted(finished)),

@@ -18,7 +18,7 @@ use napi::sys;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, Status};
 use ublk_core::bridge::{Batch, BridgeTarget};
-use ublk_core::runtime::hosted::{self, ring_fd, HostedQueue, QueueHost};
+use ublk_core::runtime::hosted::{self, ring_fd, HostedHandle, HostedQueue, QueueHost};
 
 use crate::handover::{batch_to_js, Inbound};
 
@@ -40,6 +40,8 @@ struct Direct {
     target: Arc<BridgeTarget>,
     /// Shared with the bridge's ThreadsafeFunction: one handler, one set of tables.
     inbound: Arc<Inbound>,
+    /// The thread's environment is shutting down: no more calls into it.
+    torn_down: AtomicBool,
 }
 
 // SAFETY: the env, reference and context are used only on the thread they
@@ -52,6 +54,11 @@ impl Direct {
     /// Calls the batch handler with `batch`, as a callback from the event
     /// loop: microtasks (the handler's answers) run before it returns.
     fn call(&self, batch: Batch) {
+        if self.torn_down.load(Ordering::SeqCst) {
+            // JavaScript cannot run any more: the queue is being aborted,
+            // and its IOs fail when the thread's ring goes.
+            return;
+        }
         let (env, qid) = (self.env, batch.qid);
         // SAFETY: napi calls on the env's own thread, inside a handle scope
         // opened and closed here; every value made lives in that scope.
@@ -81,9 +88,12 @@ impl Direct {
                     );
                     self.inbound.give_back(qid);
                     if status == sys::Status::napi_pending_exception {
+                        // The handler catches what targets throw: what is
+                        // left is the thread ending (`process.exit()` in a
+                        // worker terminates its JavaScript).
                         let mut error = std::ptr::null_mut();
                         sys::napi_get_and_clear_last_exception(env, &mut error);
-                        sys::napi_fatal_exception(env, error);
+                        log::debug!("the batch handler did not return: the thread is ending");
                     }
                 }
                 Ok(_) => {
@@ -96,8 +106,11 @@ impl Direct {
         }
     }
 
-    /// Lets go of the handler; on the env's thread.
+    /// Lets go of the handler; on the env's thread, unless it is gone.
     fn release(&self) {
+        if self.torn_down.load(Ordering::SeqCst) {
+            return;
+        }
         // SAFETY: both were made for this env and are released once.
         unsafe {
             sys::napi_delete_reference(self.env, self.func);
@@ -177,6 +190,16 @@ struct Hosted {
     direct: Arc<Direct>,
     /// The `uv_poll_t`, whose first field (`data`) points back here.
     handle: *mut c_void,
+    /// The queue, for the thread's teardown (registered with Node-API).
+    teardown: *mut Teardown,
+}
+
+/// What the thread's teardown needs: the queue, and the handler to stop
+/// calling.
+struct Teardown {
+    qid: u16,
+    queue: HostedHandle,
+    direct: Arc<Direct>,
 }
 
 impl Hosted {
@@ -248,6 +271,14 @@ unsafe extern "C" fn on_closed(handle: *mut c_void) {
     // SAFETY: libuv is done with the handle; both allocations are ours.
     unsafe {
         let hosted = Box::from_raw(*handle.cast::<*mut Hosted>());
+        if !hosted.direct.torn_down.load(Ordering::SeqCst) {
+            sys::napi_remove_env_cleanup_hook(
+                hosted.direct.env,
+                Some(on_teardown),
+                hosted.teardown.cast(),
+            );
+        }
+        drop(Box::from_raw(hosted.teardown));
         hosted.direct.release();
         let size = (uv().expect("found before").handle_size)(UV_POLL);
         let layout = std::alloc::Layout::from_size_align(size, 16).expect("a handle's layout");
@@ -255,19 +286,55 @@ unsafe extern "C" fn on_closed(handle: *mut c_void) {
     }
 }
 
+unsafe extern "C" fn on_teardown(arg: *mut c_void) {
+    // SAFETY: `arg` is the `Teardown` host_here registered, freed only
+    // after the hook is removed or has run.
+    let teardown = unsafe { &*arg.cast::<Teardown>() };
+    teardown.direct.torn_down.store(true, Ordering::SeqCst);
+    // What JavaScript held is failed first (the kernel would wait for it
+    // for ever once the ring is gone), then the device stops.
+    let target = &teardown.direct.target;
+    target.abandon_queue(teardown.qid);
+    if let Some(shared) = target.queue(teardown.qid) {
+        let answered = hosted::serve_here_until(
+            || shared.held() == 0 || teardown.queue.is_finished(),
+            std::time::Duration::from_secs(10),
+        );
+        if !answered {
+            log::error!(
+                "queue {}: IOs held by the JavaScript thread that went away were not answered",
+                teardown.qid
+            );
+        }
+    }
+    teardown.queue.stop_device_here();
+}
+
 /// Starts serving `queue` on this thread: polls it once (it makes its ring
 /// and fetches), then whenever the ring is readable.
 fn host_here(env: &Env, queue: HostedQueue, direct: Arc<Direct>) {
+    let (qid, queue_handle) = (queue.qid(), queue.handle());
     let mut hosted = Hosted {
         future: queue.run(),
         woken: Arc::new(Woken::default()),
         direct,
         handle: std::ptr::null_mut(),
+        teardown: std::ptr::null_mut(),
     };
     if hosted.serve() {
         hosted.direct.release();
         return;
     }
+    // A thread that ends with the queue still served (a worker exiting)
+    // takes it down first, or a stop would wait for it for ever.
+    hosted.teardown = Box::into_raw(Box::new(Teardown {
+        qid,
+        queue: queue_handle,
+        direct: hosted.direct.clone(),
+    }));
+    // SAFETY: a plain napi call on this env's thread; the argument lives
+    // until the hook is removed (on_closed) or has run.
+    unsafe { sys::napi_add_env_cleanup_hook(env.raw(), Some(on_teardown), hosted.teardown.cast()) };
     // Found when the host was made (JsQueueHost::new).
     let uv = uv().expect("libuv's functions were found before");
     let mut uv_loop = std::ptr::null_mut();
@@ -361,6 +428,7 @@ impl JsQueueHost {
             context,
             target,
             inbound,
+            torn_down: AtomicBool::new(false),
         });
         let noop = env.create_function_from_closure::<(), (), _>("hostQueue", |_| Ok(()))?;
         let func = noop

@@ -71,6 +71,10 @@ pub struct QueueShared {
     host: OnceLock<Arc<dyn QueueHost>>,
     /// That thread, once the queue started there.
     host_thread: OnceLock<std::thread::ThreadId>,
+    /// The application's thread for this queue is gone: its IOs fail.
+    abandoned: AtomicBool,
+    /// IOs handed to the application and not answered yet.
+    held: std::sync::atomic::AtomicU32,
 }
 
 impl QueueShared {
@@ -85,6 +89,11 @@ impl QueueShared {
         } else {
             self.inbox.post(results, requests, batch_taken);
         }
+    }
+
+    /// IOs handed to the application and not answered yet.
+    pub fn held(&self) -> u32 {
+        self.held.load(Ordering::SeqCst)
     }
 
     /// Whether this thread hosts the queue.
@@ -139,6 +148,8 @@ impl BridgeTarget {
                     buffers: OnceLock::new(),
                     host: OnceLock::new(),
                     host_thread: OnceLock::new(),
+                    abandoned: AtomicBool::new(false),
+                    held: std::sync::atomic::AtomicU32::new(0),
                 }))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -194,6 +205,15 @@ impl BridgeTarget {
             .host
             .set(host)
             .map_err(|_| Error::new(libc::EBUSY, format!("queue {qid} has a host already")))
+    }
+
+    /// The application's thread that served queue `qid` is going away:
+    /// the IOs it holds fail with EIO, and so does every later one.
+    pub fn abandon_queue(&self, qid: u16) {
+        if let Some(queue) = self.queues.get(qid as usize) {
+            queue.abandoned.store(true, Ordering::SeqCst);
+            queue.inbox.wake();
+        }
     }
 
     /// Lets go of queue `qid`'s own sink: its IOs fail with EIO from then

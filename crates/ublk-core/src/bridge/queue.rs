@@ -131,7 +131,9 @@ impl BridgeQueue {
         let seq = slot.seq.get().wrapping_add(1);
         slot.seq.set(seq);
         let taken_with_batch = slot.routed.take();
-        if self.device.stopping.load(Ordering::Relaxed) {
+        if self.device.stopping.load(Ordering::Relaxed)
+            || self.shared.abandoned.load(Ordering::Relaxed)
+        {
             return -libc::EIO;
         }
         let mut route_failure = None;
@@ -165,6 +167,7 @@ impl BridgeQueue {
         }
         slot.mailbox.borrow_mut().clear();
         slot.open.set(true);
+        self.shared.held.fetch_add(1, Ordering::SeqCst);
         self.out.borrow_mut().ios.push(IoRequest {
             tag: io.tag,
             seq,
@@ -178,6 +181,7 @@ impl BridgeQueue {
         });
         let result = Serving::new(self, &io, slot).await;
         slot.open.set(false);
+        self.shared.held.fetch_sub(1, Ordering::SeqCst);
         drop(held);
         result
     }
@@ -422,7 +426,9 @@ impl BridgeQueue {
                 },
             }
         }
-        if self.device.stopping.load(Ordering::SeqCst) && !self.cancelled.get() {
+        let stopping = self.device.stopping.load(Ordering::SeqCst)
+            || self.shared.abandoned.load(Ordering::SeqCst);
+        if stopping && !self.cancelled.get() {
             self.cancelled.set(true);
             // IOs not handed over yet are failed with the rest.
             self.out.borrow_mut().ios.clear();

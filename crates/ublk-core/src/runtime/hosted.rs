@@ -13,6 +13,8 @@ use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use libublk::io::UblkQueue;
+
+use super::QueueControl;
 use libublk::UblkError;
 
 /// A thread with an event loop that can serve a queue.
@@ -30,15 +32,82 @@ type Start = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
 pub struct HostedQueue {
     qid: u16,
     start: Start,
+    handle: HostedHandle,
+}
+
+/// What the host keeps of its queue: whether it ended, and a way to make
+/// it end now.
+#[derive(Clone)]
+pub struct HostedHandle {
+    /// The device's id.
+    device: u32,
+    control: Arc<QueueControl>,
+    finished: Arc<Finished>,
+}
+
+impl HostedHandle {
+    pub fn is_finished(&self) -> bool {
+        self.finished.is_finished()
+    }
+
+    /// The host's thread is going away (a worker ending) with the queue
+    /// still served: the device stops, as it would once the thread is
+    /// gone, with this thread serving its queue until then. The queue
+    /// must not merely leave: on 6.12 its ring cannot let go of the
+    /// device while the kernel holds its fetch commands, and the kernel
+    /// gives those back only when the device stops.
+    pub fn stop_device_here(&self) {
+        if self.is_finished() {
+            return;
+        }
+        match crate::device::stop_served(self.device) {
+            Ok(true) => {}
+            Ok(false) => self.abort_here(),
+            Err(e) => {
+                log::error!("ublk device {}: {e}", self.device);
+                self.abort_here();
+            }
+        }
+    }
+
+    /// Makes the queue leave at once, served here until it has; its IOs
+    /// in flight fail when the thread's ring goes.
+    fn abort_here(&self) {
+        if self.is_finished() {
+            return;
+        }
+        self.control.abort();
+        if !serve_here_until(|| self.is_finished(), HOST_STOP_TIMEOUT) {
+            log::error!("a hosted queue did not leave within {HOST_STOP_TIMEOUT:?} of its abort");
+        }
+    }
 }
 
 impl HostedQueue {
-    pub(crate) fn new(qid: u16, start: Start) -> HostedQueue {
-        HostedQueue { qid, start }
+    pub(crate) fn new(
+        device: u32,
+        qid: u16,
+        start: Start,
+        control: Arc<QueueControl>,
+        finished: Arc<Finished>,
+    ) -> HostedQueue {
+        HostedQueue {
+            qid,
+            start,
+            handle: HostedHandle {
+                device,
+                control,
+                finished,
+            },
+        }
     }
 
     pub fn qid(&self) -> u16 {
         self.qid
+    }
+
+    pub fn handle(&self) -> HostedHandle {
+        self.handle.clone()
     }
 
     /// The queue's whole life, on the thread that calls this: it creates
@@ -120,7 +189,7 @@ pub(crate) fn fresh_ring(entries: u16) -> crate::Result<()> {
 /// `done` or `timeout`: for a thread that waits on something the queue
 /// must serve (a stop, which waits for the IO in flight) while no event
 /// loop runs here.
-pub(crate) fn serve_here_until(done: impl Fn() -> bool, timeout: Duration) -> bool {
+pub fn serve_here_until(done: impl Fn() -> bool, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while !done() {
         if Instant::now() >= deadline {
@@ -184,6 +253,28 @@ pub(crate) struct Finished {
     cv: Condvar,
     /// The thread that serves the queue, once it started there.
     host: OnceLock<ThreadId>,
+}
+
+/// Says a hosted queue ended when its thread ends with it still served
+/// (a worker that exited without its environment's cleanup): the thread's
+/// ring goes with it, and the kernel takes back what it held.
+struct FinishOnExit(RefCell<Option<Arc<Finished>>>);
+
+impl Drop for FinishOnExit {
+    fn drop(&mut self) {
+        if let Some(finished) = self.0.borrow_mut().take() {
+            finished.finish();
+        }
+    }
+}
+
+std::thread_local! {
+    static FINISH_ON_EXIT: FinishOnExit = const { FinishOnExit(RefCell::new(None)) };
+}
+
+/// Sets (or clears) the queue this thread's end finishes.
+pub(crate) fn finish_on_exit(finished: Option<Arc<Finished>>) {
+    FINISH_ON_EXIT.with(|f| *f.0.borrow_mut() = finished);
 }
 
 /// How long a stop waits on the hosting thread itself for its queue.
