@@ -57,6 +57,8 @@ interface ServeOptions {
   ioTimeout?: number
   metrics?: number
   workers: boolean
+  /** Unset unless --queue-threads or --no-queue-threads was given. */
+  queueThreads?: boolean
 }
 
 interface Parsers {
@@ -82,6 +84,7 @@ async function serveModule(file: string, words: string[], opts: ServeOptions): P
     zeroCopy: opts.zeroCopy,
     recovery: opts.recovery,
     workers: opts.workers,
+    ...(opts.queueThreads !== undefined ? { queueThreads: opts.queueThreads } : {}),
     ...(opts.id !== undefined ? { id: opts.id } : {}),
     ...(opts.ioTimeout !== undefined ? { ioTimeoutMs: opts.ioTimeout } : {}),
   })
@@ -110,6 +113,8 @@ export function addServeCommand(cli: Command, parse: Parsers): void {
     .option('--no-zero-copy', 'copy IO data through user space even where the kernel has zero copy')
     .option('--recovery <mode>', 'when this process dies: none or reissue', parse.recovery, 'none')
     .option('--workers', "serve each queue in a worker thread with its own instance of the module (for targets whose instances share no state in memory)", false)
+    .option('--queue-threads', 'give every queue a thread that hands its IOs to JavaScript (default: only a queue served on the main thread has one; a worker polls its queue itself)')
+    .option('--no-queue-threads', "no queue threads: the JavaScript thread that serves a queue polls its ring (one queue on the main thread, or --workers)")
     .addOption(metricsPortOption())
     .action(serveModule)
 }

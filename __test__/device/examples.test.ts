@@ -9,7 +9,7 @@ import { deleteDevice } from '../../lib/index.ts'
 
 import { scratchFile } from '../helpers/files.ts'
 import { fio } from '../helpers/fio.ts'
-import { deviceGone, requireUblk } from '../helpers/kernel.ts'
+import { deviceGone, requireUblk, threadNames } from '../helpers/kernel.ts'
 import { sh } from '../helpers/shell.ts'
 
 // In this file's process (one test process fewer in the VM): the package as npm installs it serves a device.
@@ -35,7 +35,16 @@ const cli = join(__dirname, '../../lib/cli.js')
 const example = (name: string): string => join(__dirname, '../../examples', name)
 
 /** What each example runs, and whether what is written reads back. */
-const examples: Array<{ name: string; args: () => string[]; keepsData: boolean; fio?: boolean; stats?: boolean; says?: RegExp }> = [
+const examples: Array<{
+  name: string
+  args: () => string[]
+  keepsData: boolean
+  fio?: boolean
+  stats?: boolean
+  says?: RegExp
+  /** How many queue threads (`ublkN-qM`) the server runs. */
+  queueThreads?: number
+}> = [
   { name: 'ublk-ts serve examples/null.js', args: () => [cli, 'serve', example('null.js'), '--size', '64M'], keepsData: false },
   {
     // TypeScript loaded directly, with a filter from the command line.
@@ -51,11 +60,18 @@ const examples: Array<{ name: string; args: () => string[]; keepsData: boolean; 
     args: () => [cli, 'serve', example('loop.js'), '--size', '64M', '--queues', '2', '--workers', '--', '--file', backing],
     keepsData: true,
     says: /\(loop-example, a worker per queue, /,
+    queueThreads: 0,
+  },
+  {
+    name: 'ublk-ts serve examples/loop.js --queues 2 --workers --queue-threads -- --file FILE',
+    args: () => [cli, 'serve', example('loop.js'), '--size', '64M', '--queues', '2', '--workers', '--queue-threads', '--', '--file', backing],
+    keepsData: true,
+    queueThreads: 2,
   },
   { name: 'examples/rust-loop.js FILE', args: () => [example('rust-loop.js'), backing], keepsData: true },
 ]
 
-for (const { name, args, keepsData, fio: verify, stats, says } of examples) {
+for (const { name, args, keepsData, fio: verify, stats, says, queueThreads } of examples) {
   test.serial(`${name} serves a device${verify ? ' that fio verifies' : ''} and removes it on SIGINT`, async (t) => {
     scratchFile('example', 64 << 20)
     const child = spawn(process.execPath, args(), {
@@ -77,6 +93,10 @@ for (const { name, args, keepsData, fio: verify, stats, says } of examples) {
         })
         child.once('exit', () => reject(new Error(`exited early: ${out}`)))
       })
+      if (queueThreads !== undefined) {
+        const threads = threadNames(child.pid!).filter((n) => /^ublk\d+-q\d+$/.test(n))
+        t.is(threads.length, queueThreads, `queue threads: ${threads.join(', ')}`)
+      }
       if (verify) {
         const r = await fio(path, { rw: 'randwrite', bs: '4k', iodepth: 16, size: '8M', verify: 'crc32c' })
         t.is(r.errors, 0)

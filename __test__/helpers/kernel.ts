@@ -51,9 +51,9 @@ export function inFlight(devPath: string): number {
   return (reads ?? 0) + (writes ?? 0)
 }
 
-/** The names of this process's threads, as the kernel lists them. */
-export function threadNames(): string[] {
-  return readdirSync('/proc/self/task').map((tid) => readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim())
+/** The names of the threads of process `pid` (default: this one), as the kernel lists them. */
+export function threadNames(pid: number | 'self' = 'self'): string[] {
+  return readdirSync(`/proc/${pid}/task`).map((tid) => readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim())
 }
 
 /**

@@ -55,8 +55,8 @@ impl Direct {
     /// loop: microtasks (the handler's answers) run before it returns.
     fn call(&self, batch: Batch) {
         if self.torn_down.load(Ordering::SeqCst) {
-            // JavaScript cannot run any more: the queue is being aborted,
-            // and its IOs fail when the thread's ring goes.
+            // JavaScript cannot run any more: the queue is abandoned, and
+            // the bridge fails this batch's IOs with the rest it holds.
             return;
         }
         let (env, qid) = (self.env, batch.qid);
