@@ -77,7 +77,7 @@ interface ChurnReport {
 }
 
 const CHURN_PROCESSES = 8
-const CHURN_CYCLES = 25
+const CHURN_CYCLES = 16
 
 test.serial(`churn: ${CHURN_PROCESSES} processes create and delete ${CHURN_CYCLES} devices each at once; no device, open file or memory left behind`, async (t) => {
   const before = (await listDevices()).map((d) => d.id)
