@@ -37,16 +37,42 @@ export async function askForHandOver(id: number): Promise<{ pid: number; at: num
   return { pid: info.serverPid, at: Date.now() }
 }
 
+/** What ended serving, and how to let signals go once the device is dealt with. */
+export interface ServingEnd {
+  /**
+   * Ctrl-C or SIGTERM ('stop'), SIGUSR2 ('hand-over': a new server asked
+   * to take the device over), or the device itself stopping ('gone':
+   * deleted by another process).
+   */
+  how: 'stop' | 'hand-over' | 'gone'
+  /** The stop or hand-over is done: signals take their default action again. */
+  release(): void
+}
+
+const SERVING_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGUSR2'] as const
+
 /**
- * Resolves with what ended serving: Ctrl-C or SIGTERM ('stop'), SIGUSR2
- * ('hand-over': a new server asked to take the device over), or the
- * device itself stopping ('gone': deleted by another process).
+ * Waits for what ends serving. The signal listeners stay until `release`:
+ * a second Ctrl-C or SIGTERM while the device stops or is handed over is
+ * answered with a line instead of killing the process half way, which
+ * would leave the device behind with no server.
  */
-export function untilStopOrHandOver(device: Device): Promise<'stop' | 'hand-over' | 'gone'> {
+export function untilStopOrHandOver(device: Device): Promise<ServingEnd> {
   return new Promise((resolve) => {
-    process.once('SIGINT', () => resolve('stop'))
-    process.once('SIGTERM', () => resolve('stop'))
-    process.once('SIGUSR2', () => resolve('hand-over'))
-    void device.whenStopped().then(() => resolve('gone'))
+    let ended = false
+    const release = (): void => {
+      for (const signal of SERVING_SIGNALS) process.off(signal, onSignal)
+    }
+    const end = (how: ServingEnd['how']): void => {
+      if (ended) return
+      ended = true
+      resolve({ how, release })
+    }
+    function onSignal(signal: NodeJS.Signals): void {
+      if (ended) console.error(`${device.path}: ${signal} while it stops; still stopping (SIGKILL ends this process at once)`)
+      else end(signal === 'SIGUSR2' ? 'hand-over' : 'stop')
+    }
+    for (const signal of SERVING_SIGNALS) process.on(signal, onSignal)
+    void device.whenStopped().then(() => end('gone'))
   })
 }

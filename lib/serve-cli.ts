@@ -17,10 +17,14 @@ export async function serveUntilSignal(dev: Device, what: string): Promise<void>
   const path = info.zeroCopy ? 'zero copy' : info.batchIo ? 'copy path, batch IO' : 'copy path'
   const recovery = info.recovery === 'none' ? '' : `, recovery ${info.recovery}`
   console.log(`serving ${dev.path} (${what}, ${path}${recovery}); Ctrl-C or SIGTERM to stop`)
-  const how = await untilStopOrHandOver(dev)
-  if (how === 'hand-over') return handOverOrExit(dev, console.log)
-  await dev.stop()
-  console.log(how === 'gone' ? `${dev.path} was deleted by another process; nothing left to serve` : `${dev.path} removed`)
+  const { how, release } = await untilStopOrHandOver(dev)
+  try {
+    if (how === 'hand-over') return await handOverOrExit(dev, console.log)
+    await dev.stop()
+    console.log(how === 'gone' ? `${dev.path} was deleted by another process; nothing left to serve` : `${dev.path} removed`)
+  } finally {
+    release()
+  }
 }
 
 type FiltersModule = typeof import('./filters/index.js')

@@ -19,7 +19,7 @@ test.before(() => requireUblk())
 
 const serve = (...args: string[]) => serveCommand(...(args[0] === 'raid1' ? args : ['add', ...args]))
 
-test.serial('add serves until SIGTERM; list and info show it live', async (t) => {
+test.serial('add serves until SIGTERM; list and info show it live; a second signal while it stops does not kill it', async (t) => {
   const { child, path, output } = serve('null', '--size', '64M', '--ts')
   const dev = await path
   const id = Number(dev.replace('/dev/ublkb', ''))
@@ -28,9 +28,14 @@ test.serial('add serves until SIGTERM; list and info show it live', async (t) =>
   const info = JSON.parse((await ublkTs('info', String(id))).stdout)
   t.is(info.size, 64 * 2 ** 20)
   t.is(info.serverPid, child.pid)
-  const exited = new Promise<number | null>((r) => child.once('exit', r))
+  const exited = new Promise<number | string | null>((r) => child.once('exit', (code, signal) => r(code ?? signal)))
+  // An impatient second Ctrl-C: the stop it interrupts would leave the
+  // device behind with no server.
   child.kill('SIGTERM')
+  child.kill('SIGINT')
   t.is(await exited, 0, output())
+  t.regex(output(), /SIG(INT|TERM) while it stops; still stopping/)
+  t.regex(output(), new RegExp(`${dev} removed`))
   t.true(deviceGone(id))
 })
 

@@ -9,7 +9,7 @@ import { deleteDevice } from '../../lib/index.ts'
 
 import { scratchFile } from '../helpers/files.ts'
 import { fio } from '../helpers/fio.ts'
-import { deviceGone, requireUblk, threadNames } from '../helpers/kernel.ts'
+import { deviceGone, queueThreadNames, requireUblk } from '../helpers/kernel.ts'
 import { sh } from '../helpers/shell.ts'
 
 // In this file's process (one test process fewer in the VM): the package as npm installs it serves a device.
@@ -94,7 +94,7 @@ for (const { name, args, keepsData, fio: verify, stats, says, queueThreads } of 
         child.once('exit', () => reject(new Error(`exited early: ${out}`)))
       })
       if (queueThreads !== undefined) {
-        const threads = threadNames(child.pid!).filter((n) => /^ublk\d+-q\d+$/.test(n))
+        const threads = queueThreadNames(undefined, child.pid!)
         t.is(threads.length, queueThreads, `queue threads: ${threads.join(', ')}`)
       }
       if (verify) {

@@ -57,6 +57,16 @@ export function threadNames(pid: number | 'self' = 'self'): string[] {
 }
 
 /**
+ * The queue threads of a process, as the runtime names them
+ * (`ublk<device>-q<queue>`): of device `id`, or of any device.
+ */
+export function queueThreadNames(id?: number, pid: number | 'self' = 'self'): string[] {
+  const device = id === undefined ? '\\d+' : String(id)
+  const name = new RegExp(`^ublk${device}-q\\d+$`)
+  return threadNames(pid).filter((n) => name.test(n))
+}
+
+/**
  * Where a test's own reader reads, in 4 KiB blocks from the start of a
  * device of at least 2 MiB: away from what the kernel's partition scan
  * reads near the start and the end, which may still run after the device

@@ -80,12 +80,14 @@ async function serve(md: Raid1Array, exposed?: StatsSource[]): Promise<void> {
   const control = serveControl(md, stop)
   console.log(`serving ${md.path} (RAID1 ${md.status().state}); Ctrl-C, SIGTERM or \`ublk-ts raid1 stop ${md.id}\` to stop`)
   let handOver = false
-  void untilStopOrHandOver(md.device).then((how) => {
+  let finished = false
+  const ending = untilStopOrHandOver(md.device)
+  void ending.then(({ how }) => {
+    if (finished) return
     handOver = how === 'hand-over'
     if (how === 'gone') console.log(`${md.path} was deleted by another process; nothing left to serve`)
     stop()
   })
-  let finished = false
   const progress = followResync(
     () => md.status(),
     () => finished,
@@ -94,9 +96,14 @@ async function serve(md: Raid1Array, exposed?: StatsSource[]): Promise<void> {
   finished = true
   await progress
   control.close()
-  if (handOver) return handOverOrExit(md.device, console.log, () => md.handOver())
-  await md.stop()
-  console.log(`${md.path} stopped cleanly`)
+  try {
+    if (handOver) return await handOverOrExit(md.device, console.log, () => md.handOver())
+    await md.stop()
+    console.log(`${md.path} stopped cleanly`)
+  } finally {
+    // Stopped by `ublk-ts raid1 stop`, the signals were never taken: let them go.
+    void ending.then(({ release }) => release())
+  }
 }
 
 export interface Parsers {

@@ -3,15 +3,15 @@
 import { unlinkSync } from 'node:fs'
 import { once } from 'node:events'
 
-import test from 'ava'
+import test, { type ExecutionContext } from 'ava'
 
-import { createDevice, recoverDevice, type UblkError } from '../../../lib/index.ts'
+import { createDevice, recoverDevice, type RecoverOptions, type UblkError } from '../../../lib/index.ts'
 
 import { fixture } from '../../helpers/child.ts'
 import { serve } from '../../helpers/cli.ts'
 import { scratchFile } from '../../helpers/files.ts'
 import { fio, verifyAgainstFile } from '../../helpers/fio.ts'
-import { deviceGone, inFlight, threadNames } from '../../helpers/kernel.ts'
+import { deviceGone, inFlight, queueThreadNames } from '../../helpers/kernel.ts'
 import { until } from '../../helpers/poll.ts'
 import { sh } from '../../helpers/shell.ts'
 
@@ -28,8 +28,7 @@ for (const queueThreads of [undefined, true]) {
     const target = { module: LOOP_MODULE, args: { file, routeReads: false, routeWrites: false } }
     const dev = await createDevice({ target, size: 32 * MiB, queues: 2, depth: 32, queueThreads })
     try {
-      const queueThreadNames = threadNames().filter((name) => name.startsWith(`ublk${dev.id}-q`))
-      t.is(queueThreadNames.length, queueThreads ? 2 : 0, 'queue threads')
+      t.is(queueThreadNames(dev.id).length, queueThreads ? 2 : 0, 'queue threads')
       // One job per CPU, each on its own half: blk-mq sends each CPU's IO to its own queue.
       await verifyAgainstFile(t, dev.path, file, {
         rw: 'randwrite',
@@ -80,35 +79,31 @@ async function killedUnderFio(name: string, ...serveArgs: string[]) {
   return { id: Number(path.replace('/dev/ublkb', '')), file, writes }
 }
 
-test.serial('queueThreads: false: a module killed with -9 under fio verify is taken over by recoverDevice on this thread, with no queue thread; no IO fails', async (t) => {
-  const { id, file, writes } = await killedUnderFio('hosted-recover', '--queues', '1')
-  const dev = await recoverDevice(id, { target: { module: LOOP_MODULE, args: { file } }, queueThreads: false })
+/**
+ * Takes over a device `killedUnderFio` left, with the module again and
+ * `options`, and checks the take-over: no queue thread, no IO error in
+ * fio's verified run, IOs served by the new server, the device gone
+ * after its stop.
+ */
+async function takeOverWithoutQueueThreads(t: ExecutionContext, killed: Awaited<ReturnType<typeof killedUnderFio>>, options: Omit<RecoverOptions, 'target'>) {
+  const { id, file, writes } = killed
+  const dev = await recoverDevice(id, { target: { module: LOOP_MODULE, args: { file } }, ...options })
   try {
-    t.false(threadNames().includes(`ublk${id}-q0`), 'no queue thread serves the recovered device')
+    t.deepEqual(queueThreadNames(id), [], 'no queue thread serves the recovered device')
     const r = await writes
     t.is(r.errors, 0, 'no IO failed across the kill and the takeover')
-    t.true(dev.stats().dispatch!.ios + dev.stats().dispatch!.routedWrites > 0, 'this thread served the IOs after the kill')
+    t.true(dev.stats().dispatch!.ios + dev.stats().dispatch!.routedWrites > 0, 'the new server served the IOs after the kill')
   } finally {
     await dev.stop()
     unlinkSync(file)
   }
   t.true(deviceGone(id))
+}
+
+test.serial('queueThreads: false: a module killed with -9 under fio verify is taken over by recoverDevice on this thread, with no queue thread; no IO fails', async (t) => {
+  await takeOverWithoutQueueThreads(t, await killedUnderFio('hosted-recover', '--queues', '1'), { queueThreads: false })
 })
 
 test.serial('workers: a module served with workers is killed with -9 under fio verify; recoverDevice takes it over with workers polling their rings, and no IO fails', async (t) => {
-  const { id, file, writes } = await killedUnderFio('workers-recover', '--queues', '2', '--workers')
-  const dev = await recoverDevice(id, { target: { module: LOOP_MODULE, args: { file } }, workers: true })
-  try {
-    t.false(
-      threadNames().some((name) => name.startsWith(`ublk${id}-q`)),
-      'no queue thread: each worker polls its ring',
-    )
-    const r = await writes
-    t.is(r.errors, 0, 'no IO failed across the kill and the takeover')
-    t.true(dev.stats().dispatch!.ios + dev.stats().dispatch!.routedWrites > 0, 'the new workers served the IOs after the kill')
-  } finally {
-    await dev.stop()
-    unlinkSync(file)
-  }
-  t.true(deviceGone(id))
+  await takeOverWithoutQueueThreads(t, await killedUnderFio('workers-recover', '--queues', '2', '--workers'), { workers: true })
 })
