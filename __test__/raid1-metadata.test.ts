@@ -70,3 +70,32 @@ test('bits clear only after two idle sweeps, never while kept or written', async
   t.is(persists.length, 2, 'the clear is written')
   t.is(bitmap.isSet(0), false)
 })
+
+test('chunks marked ahead are durable with the write that marked them, count no write, and clear like any other once idle', async (t) => {
+  const { bitmap, persists } = bitmapWithStore()
+  const extents = [{ offset: 0, length: 65536 }]
+  const marked = bitmap.mark(extents, [1, 3])!
+  t.is(persists.length, 1, 'one flush carries the write and the chunks ahead')
+  let done = false
+  void marked.then(() => (done = true))
+  await new Promise((r) => setImmediate(r))
+  t.false(done, 'not before that flush')
+  persists[0]!.release()
+  await marked
+  t.deepEqual(bitmap.dirtyChunks(), [0, 1, 2, 3])
+  t.is(bitmap.mark([{ offset: 2 * 65536, length: 4096 }]), undefined, 'a chunk marked ahead needs no flush of its own')
+  t.is(bitmap.whenIdle(3), undefined, 'no write counted in a chunk only marked ahead')
+  const late = bitmap.mark([{ offset: 5 * 65536, length: 4096 }], [6, 6])!
+  t.is(persists.length, 2)
+  persists[1]!.release()
+  await late
+  t.true(bitmap.isSet(6), 'a chunk ahead new to this flush waits for it too')
+  bitmap.unmark(extents)
+  bitmap.unmark([{ offset: 2 * 65536, length: 4096 }])
+  bitmap.unmark([{ offset: 5 * 65536, length: 4096 }])
+  bitmap.sweep()
+  bitmap.sweep()
+  t.is(bitmap.dirtyCount, 0, 'two idle sweeps clear them all')
+  void bitmap.mark([{ offset: 1023 * 65536, length: 4096 }], [1024, 1030])
+  t.deepEqual(bitmap.dirtyChunks(), [1023], 'a range past the last chunk marks nothing past it')
+})

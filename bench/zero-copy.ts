@@ -3,7 +3,7 @@
 // both ways back to back on the same backing files. On a kernel without
 // UBLK_F_AUTO_BUF_REG both runs take the copy path and nothing is compared.
 import { createDevice, createRaid1, loopTarget } from '../lib/index.ts'
-import { fioRun, type Raid1Workload } from './raid1.ts'
+import { fioRun, writeWhole, type Raid1Workload } from './raid1.ts'
 import { DEPTH, type Prepared } from './systems.ts'
 
 export const ZC_WORKLOADS: Array<Pick<Raid1Workload, 'name' | 'rw' | 'bs' | 'qd'>> = [
@@ -53,6 +53,11 @@ export function zeroCopySystems(loopFile: string, members: [string, string], siz
       key: 'raid1',
       async prepare(zeroCopy) {
         const md = await createRaid1({ members, size, chunkSize: '1M', force: true, depth: DEPTH, zeroCopy })
+        // Its members start as holes; measured, like the loops' file, with their blocks in place.
+        await writeWhole(md.path, size).catch(async (err: unknown) => {
+          await md.stop()
+          throw err
+        })
         return { path: md.path, zeroCopy: (await md.device.info()).zeroCopy, teardown: () => md.stop() }
       },
     },

@@ -102,31 +102,39 @@ export class WriteIntentBitmap {
   }
 
   /**
-   * Counts the extents' writes in and sets their chunks' bits; resolves
-   * once every one of those bits is on disk (at once if they already are).
+   * Counts the extents' writes in and sets their chunks' bits, and those
+   * of the chunks `ahead` (first to last) with no write counted: where a
+   * sequential writer goes next. Resolves once every one of those bits is
+   * on disk (at once if they already are).
    */
-  mark(extents: readonly Extent[]): Promise<void> | undefined {
+  mark(extents: readonly Extent[], ahead?: readonly [number, number]): Promise<void> | undefined {
     let needed = 0
     for (const e of extents) {
       const [first, last] = this.chunksOf(e)
       for (let c = first; c <= last; c++) {
         this.#inflight[c]!++
-        this.#touched[c] = this.#tick
-        if (this.persistent && !this.isSet(c)) {
-          this.bits[c >> 3]! |= 1 << (c & 7)
-          this.#set.add(c)
-          this.#needs[c] = this.#started + 1
-          this.#pageChanged(c)
-        }
-        needed = Math.max(needed, this.#needs[c]!)
+        needed = Math.max(needed, this.#touch(c))
       }
     }
+    if (ahead) for (let c = ahead[0]; c <= Math.min(ahead[1], this.chunks - 1); c++) needed = Math.max(needed, this.#touch(c))
     if (this.#broken) return Promise.reject(this.#broken)
     if (needed <= this.#durable) return undefined
     return new Promise<void>((resolve, reject) => {
       this.#waiters.push({ generation: needed, resolve, reject })
       this.#kick()
     })
+  }
+
+  /** Sets a chunk's bit for a write about to start; the flush generation that makes it durable. */
+  #touch(c: number): number {
+    this.#touched[c] = this.#tick
+    if (this.persistent && !this.isSet(c)) {
+      this.bits[c >> 3]! |= 1 << (c & 7)
+      this.#set.add(c)
+      this.#needs[c] = this.#started + 1
+      this.#pageChanged(c)
+    }
+    return this.#needs[c]!
   }
 
   /** Counts the extents' writes out (after `mark`, whatever the writes' outcome). */

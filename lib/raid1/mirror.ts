@@ -25,6 +25,9 @@ import { BITMAP_OFFSET, encodeSuperblock, SUPERBLOCK_BYTES, type SlotState, type
 const READ_STRIPE = 1 << 20
 /** Resync copies chunks in pieces of at most this many bytes. */
 const COPY_PIECE = 1 << 20
+/** How far past a sequential writer's chunk its next chunks are marked (see `#aheadOf`), in bytes and at most in chunks. */
+const MARK_AHEAD_BYTES = 8 << 20
+const MARK_AHEAD_CHUNKS = 64
 
 
 /** What `Mirror.onChange` reports, as `Raid1Array` emits it. */
@@ -441,25 +444,54 @@ export class Mirror implements PrimaryTarget {
     return this.#mark(extents, onMarked)
   }
 
-  /** Marks the writes' chunks; once their bits are durable, later writes to them may bypass us. */
+  /**
+   * Marks the writes' chunks, and the chunks a sequential writer reaches
+   * next; once their bits are durable, later writes to them may bypass us.
+   */
   #mark(extents: Extent[], onMarked: () => void): Promise<void> | undefined {
     onMarked()
-    const durable = this.#bitmap.mark(extents)
+    const ahead = this.#aheadOf(extents)
+    const durable = this.#bitmap.mark(extents, ahead)
     if (!durable) {
-      this.#openChunksOf(extents)
+      this.#openChunksOf(extents, ahead)
       return undefined
     }
-    return durable.then(() => this.#openChunksOf(extents))
+    return durable.then(() => this.#openChunksOf(extents, ahead))
   }
 
-  /** Opens the extents' chunks in the gate, all but those a resync or repair holds. */
-  #openChunksOf(extents: Extent[]): void {
+  /**
+   * The chunks after a large write that ends near its chunk's end (the
+   * next such write crosses into the next chunk): a sequential writer's
+   * next chunks, marked and opened in the same flush as its current one,
+   * so that its writes go on routed instead of each chunk costing a trip
+   * here and a flush of its own. A bit set for a chunk that is never
+   * written only costs its copy in a resync. Stops at a locked chunk.
+   */
+  #aheadOf(extents: readonly Extent[]): [number, number] | undefined {
+    const { chunkSize, chunks } = this.#bitmap
+    let first = -1
+    for (const e of extents) {
+      const end = e.offset + e.length
+      const next = Math.ceil(end / chunkSize)
+      if (e.length * 4 >= chunkSize && next * chunkSize - end < e.length) first = Math.max(first, next)
+    }
+    if (first < 0 || first >= chunks) return undefined
+    const limit = Math.min(chunks - 1, first + Math.min(MARK_AHEAD_CHUNKS, Math.ceil(MARK_AHEAD_BYTES / chunkSize)) - 1)
+    let last = first - 1
+    while (last < limit && !this.#locks.has(last + 1)) last++
+    return last >= first ? [first, last] : undefined
+  }
+
+  /** Opens the extents' chunks and those `ahead` in the gate, all but those a resync or repair holds. */
+  #openChunksOf(extents: Extent[], ahead?: [number, number]): void {
     const open = this.#openChunks
     if (!open) return
+    const held = (c: number): boolean => this.#locks.has(c)
     for (const e of extents) {
       const [first, last] = this.#bitmap.chunksOf(e)
-      open.open(first, last, (c) => this.#locks.has(c))
+      open.open(first, last, held)
     }
+    if (ahead) open.open(ahead[0], ahead[1], held)
   }
 
   /**
