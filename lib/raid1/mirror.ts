@@ -16,6 +16,7 @@ import {
   type TargetContext,
 } from '../target.js'
 import { WriteIntentBitmap, type Extent } from './bitmap.js'
+import { ChunkGuard } from './chunk-guard.js'
 import { OpenChunks } from './open-chunks.js'
 import { QueueLinks } from './queue-links.js'
 import { Resync, type ResyncKind, type ResyncProgress, type ResyncSpeed } from './resync.js'
@@ -25,9 +26,6 @@ import { BITMAP_OFFSET, encodeSuperblock, SUPERBLOCK_BYTES, type SlotState, type
 const READ_STRIPE = 1 << 20
 /** Resync copies chunks in pieces of at most this many bytes. */
 const COPY_PIECE = 1 << 20
-/** How far past a sequential writer's chunk its next chunks are marked (see `#aheadOf`), in bytes and at most in chunks. */
-const MARK_AHEAD_BYTES = 8 << 20
-const MARK_AHEAD_CHUNKS = 64
 
 
 /** What `Mirror.onChange` reports, as `Raid1Array` emits it. */
@@ -92,6 +90,8 @@ export class Mirror implements PrimaryTarget {
   readonly chunks: number
   #ctx!: TargetContext
   #bitmap!: WriteIntentBitmap
+  /** Marks writes' chunks before they start, and locks chunks for copies. */
+  #guard!: ChunkGuard
   /** Chunks whose bits are durable, which the queue threads write without us. */
   #openChunks: OpenChunks | undefined
   readonly #bitmapEnabled: boolean
@@ -100,8 +100,6 @@ export class Mirror implements PrimaryTarget {
   #copyBuffer?: StagingBuffer
   #active: Member[] = []
   #writable: Member[] = []
-  /** Chunks a resync or a read repair holds: writes to them wait. */
-  readonly #locks = new Map<number, Promise<void>>()
   readonly #marked = new WeakMap<readonly Io[], Extent[]>()
   #needsDirtyResync: boolean
   /** A write to the members was cancelled part way (the device stopping). */
@@ -124,7 +122,7 @@ export class Mirror implements PrimaryTarget {
   readonly #links = new QueueLinks({
     members: () => this.members,
     dataOffset: () => this.sb.dataOffset,
-    mark: (extents, onMarked) => this.#markExtents(extents, onMarked),
+    mark: (extents, onMarked) => this.#guard.mark(extents, onMarked),
     unmark: (extents) => this.#bitmap.unmark(extents),
     judge: (targets, wasActive, what, errors) => this.#judge(targets, wasActive, what, errors),
     reader: (offset) => this.#reader(offset),
@@ -164,6 +162,7 @@ export class Mirror implements PrimaryTarget {
     const open = this.#openChunks
     this.#bitmap.takeRoutedWrites = () => open.takeTouched()
     this.#bitmap.closeForClearing = (chunk) => open.closeIfIdle(chunk)
+    this.#guard = new ChunkGuard(this.#bitmap, open)
     this.#copyBuffer = ctx.allocBuffer(Math.min(this.sb.chunkSize, COPY_PIECE))
     this.#sweeper = setInterval(() => this.#bitmap.sweep(), this.#clearDelayMs)
     this.#sweeper.unref()
@@ -219,7 +218,7 @@ export class Mirror implements PrimaryTarget {
 
   beforeWrites(ios: readonly Io[]): Promise<void> | undefined {
     const extents = ios.map((io) => ({ offset: io.offset, length: io.length }))
-    return this.#markExtents(extents, () => this.#marked.set(ios, extents))
+    return this.#guard.mark(extents, () => this.#marked.set(ios, extents))
   }
 
   afterWrites(ios: readonly Io[]): void {
@@ -417,7 +416,7 @@ export class Mirror implements PrimaryTarget {
   async #repair(io: Extent & { queue?: number }, failed: Member, good: Member, reread?: () => Promise<unknown>): Promise<void> {
     const [first, last] = this.#bitmap.chunksOf(io)
     const releases = []
-    for (let c = first; c <= last; c++) releases.push(await this.#lockChunk(c))
+    for (let c = first; c <= last; c++) releases.push(await this.#guard.lock(c))
     // The repair copies through a staging buffer of its own: a read's data
     // may stay in the kernel (zero copy), where it can be read into but
     // not written from.
@@ -435,101 +434,6 @@ export class Mirror implements PrimaryTarget {
     } finally {
       staging.free()
       for (const release of releases) release()
-    }
-  }
-
-  /** Marks writes once no chunk they touch is locked (`onMarked` when they are counted in). */
-  #markExtents(extents: Extent[], onMarked: () => void): Promise<void> | undefined {
-    if (this.#locks.size > 0) return this.#markWhenUnlocked(extents, onMarked)
-    return this.#mark(extents, onMarked)
-  }
-
-  /**
-   * Marks the writes' chunks, and the chunks a sequential writer reaches
-   * next; once their bits are durable, later writes to them may bypass us.
-   */
-  #mark(extents: Extent[], onMarked: () => void): Promise<void> | undefined {
-    onMarked()
-    const ahead = this.#aheadOf(extents)
-    const durable = this.#bitmap.mark(extents, ahead)
-    if (!durable) {
-      this.#openChunksOf(extents, ahead)
-      return undefined
-    }
-    return durable.then(() => this.#openChunksOf(extents, ahead))
-  }
-
-  /**
-   * The chunks after a large write that ends near its chunk's end (the
-   * next such write crosses into the next chunk): a sequential writer's
-   * next chunks, marked and opened in the same flush as its current one,
-   * so that its writes go on routed instead of each chunk costing a trip
-   * here and a flush of its own. A bit set for a chunk that is never
-   * written only costs its copy in a resync. Stops at a locked chunk.
-   */
-  #aheadOf(extents: readonly Extent[]): [number, number] | undefined {
-    const { chunkSize, chunks } = this.#bitmap
-    let first = -1
-    for (const e of extents) {
-      const end = e.offset + e.length
-      const next = Math.ceil(end / chunkSize)
-      if (e.length * 4 >= chunkSize && next * chunkSize - end < e.length) first = Math.max(first, next)
-    }
-    if (first < 0 || first >= chunks) return undefined
-    const limit = Math.min(chunks - 1, first + Math.min(MARK_AHEAD_CHUNKS, Math.ceil(MARK_AHEAD_BYTES / chunkSize)) - 1)
-    let last = first - 1
-    while (last < limit && !this.#locks.has(last + 1)) last++
-    return last >= first ? [first, last] : undefined
-  }
-
-  /** Opens the extents' chunks and those `ahead` in the gate, all but those a resync or repair holds. */
-  #openChunksOf(extents: Extent[], ahead?: [number, number]): void {
-    const open = this.#openChunks
-    if (!open) return
-    const held = (c: number): boolean => this.#locks.has(c)
-    for (const e of extents) {
-      const [first, last] = this.#bitmap.chunksOf(e)
-      open.open(first, last, held)
-    }
-    if (ahead) open.open(ahead[0], ahead[1], held)
-  }
-
-  /**
-   * Marks the writes once no chunk they touch is locked. The check and the
-   * mark happen in one synchronous step: a chunk lock taken in between
-   * (a resync copy, a read repair) would otherwise find the chunk idle and
-   * copy it while these writes land on it.
-   */
-  async #markWhenUnlocked(extents: Extent[], onMarked: () => void): Promise<void> {
-    for (;;) {
-      const held = this.#lockOn(extents)
-      if (!held) return this.#mark(extents, onMarked)
-      await held
-    }
-  }
-
-  /** A lock held on a chunk the extents touch, if any. */
-  #lockOn(extents: Extent[]): Promise<void> | undefined {
-    for (const e of extents) {
-      const [first, last] = this.#bitmap.chunksOf(e)
-      for (let c = first; c <= last; c++) {
-        const held = this.#locks.get(c)
-        if (held) return held
-      }
-    }
-    return undefined
-  }
-
-  /** Holds writes off a chunk and waits for those in flight; returns the release. */
-  async #lockChunk(chunk: number): Promise<() => void> {
-    for (let held = this.#locks.get(chunk); held; held = this.#locks.get(chunk)) await held
-    let release!: () => void
-    this.#locks.set(chunk, new Promise<void>((resolve) => (release = resolve)))
-    await this.#openChunks?.closeAndDrain(chunk)
-    await this.#bitmap.whenIdle(chunk)
-    return () => {
-      this.#locks.delete(chunk)
-      release()
     }
   }
 
@@ -740,7 +644,7 @@ export class Mirror implements PrimaryTarget {
     const start = chunk * this.sb.chunkSize
     const end = Math.min(this.sb.size, start + this.sb.chunkSize)
     const buffer = this.#copyBuffer!
-    const release = await this.#lockChunk(chunk)
+    const release = await this.#guard.lock(chunk)
     try {
       for (let offset = start; offset < end; offset += buffer.bytes.byteLength) {
         const length = Math.min(buffer.bytes.byteLength, end - offset)
