@@ -27,6 +27,7 @@ import {
 } from './systems.ts'
 import { fioRun, mdRaid1, RAID1_CHUNK, RAID1_WORKLOADS, tsRaid1, writeWhole } from './raid1.ts'
 import { runBatchIo, type BatchPoint } from './batch-io.ts'
+import { runPaired, type PairedRatio } from './paired.ts'
 import { runZeroCopy, ZC_RATIO_WORKLOAD, ZC_WORKLOADS, zeroCopySystems, type ZcPoint } from './zero-copy.ts'
 
 const run = promisify(execFile)
@@ -78,12 +79,20 @@ async function loopBackingFile(size: number): Promise<{ file: string; mnt: strin
 
 const RUST_LOOP_ONE_FILE = 'Rust loop (one file)'
 
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = sorted.length >> 1
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
+}
+
 function fmt(iops: number | undefined): string {
   return iops === undefined ? '-' : `${(iops / 1000).toFixed(1)}k`
 }
 
 async function main(): Promise<void> {
   const runtime = Number(opts.runtime)
+  const raid1Rounds = opts.quick ? 1 : 3
+  const pairedRounds = opts.quick ? 1 : 3
   const qds = opts.quick ? [32] : [1, 32, 128]
   const queueCounts = opts.quick ? [1] : [1, 2]
   const loopSize = 256 * MiB
@@ -97,9 +106,12 @@ async function main(): Promise<void> {
 
   const points: Point[] = []
   const failures: string[] = []
-  const raid1: Array<{ system: string; workload: string; iops: number; bw: number }> = []
+  /** Per system and workload: the medians over the rounds, and each round's bytes per second. */
+  const raid1: Array<{ system: string; workload: string; iops: number; bw: number; rounds: number[] }> = []
+  const raid1Runs: Array<{ system: string; workload: string; round: number; iops: number; bw: number }> = []
   let zeroCopy: { points: ZcPoint[]; ratios: Record<string, number | null> } = { points: [], ratios: {} }
   let batchIo: { points: BatchPoint[]; ratios: Record<string, number | null> } | undefined
+  let paired: PairedRatio[] | undefined
   try {
     // RAID1 first: md and ours over the same two files, one workload at a time.
     const raidSize = 128 * MiB
@@ -108,23 +120,34 @@ async function main(): Promise<void> {
     // mirror's writes are measured against (a mirror writes twice as much).
     const single = `${backing.mnt}/single.img`
     for (const m of [...members, single]) await run('truncate', ['-s', String(raidSize + 4 * MiB), m])
-    for (const w of RAID1_WORKLOADS) {
-      const contenders = [mdRaid1(members), tsRaid1(members, raidSize, true)]
-      if (w.rw === 'randwrite') contenders.push(tsRaid1(members, raidSize, false))
-      if (w.rw !== 'randread') contenders.push({ ...rustLoop(single, raidSize), name: RUST_LOOP_ONE_FILE })
-      for (const system of contenders) {
-        let dev: Prepared | undefined
-        try {
-          dev = await system.prepare(1)
-          await writeWhole(dev.path, raidSize)
-          const r = await fioRun(dev.path, w, raidSize, runtime)
-          raid1.push({ system: system.name, workload: w.name, ...r })
-          process.stderr.write(`  ${system.name.padEnd(28)} ${w.name}: ${fmt(r.iops)} IOPS, ${(r.bw / MiB).toFixed(1)} MiB/s\n`)
-        } catch (err) {
-          failures.push(`${system.name} ${w.name}: ${String(err).split('\n')[0]}`)
-        } finally {
-          await dev?.teardown()
+    // Rounds of every contender back to back: this test bed's speed drifts
+    // by a third within minutes, so each ratio is the median of the
+    // rounds' ratios, each taken between runs a few seconds apart.
+    for (let round = 0; round < raid1Rounds; round++) {
+      for (const w of RAID1_WORKLOADS) {
+        const contenders = [mdRaid1(members), tsRaid1(members, raidSize, true)]
+        if (w.rw === 'randwrite') contenders.push(tsRaid1(members, raidSize, false))
+        if (w.rw !== 'randread') contenders.push({ ...rustLoop(single, raidSize), name: RUST_LOOP_ONE_FILE })
+        for (const system of contenders) {
+          let dev: Prepared | undefined
+          try {
+            dev = await system.prepare(1)
+            await writeWhole(dev.path, raidSize)
+            const r = await fioRun(dev.path, w, raidSize, runtime)
+            raid1Runs.push({ system: system.name, workload: w.name, round, ...r })
+            process.stderr.write(`  round ${round + 1}: ${system.name.padEnd(28)} ${w.name}: ${fmt(r.iops)} IOPS, ${(r.bw / MiB).toFixed(1)} MiB/s\n`)
+          } catch (err) {
+            failures.push(`${system.name} ${w.name} round ${round + 1}: ${String(err).split('\n')[0]}`)
+          } finally {
+            await dev?.teardown()
+          }
         }
+      }
+    }
+    for (const w of RAID1_WORKLOADS) {
+      for (const system of new Set(raid1Runs.filter((r) => r.workload === w.name).map((r) => r.system))) {
+        const runs = raid1Runs.filter((r) => r.workload === w.name && r.system === system)
+        raid1.push({ system, workload: w.name, iops: median(runs.map((r) => r.iops)), bw: median(runs.map((r) => r.bw)), rounds: runs.map((r) => r.bw) })
       }
     }
 
@@ -157,6 +180,20 @@ async function main(): Promise<void> {
         }
       }
     }
+
+    // The bars' ratios again, in paired rounds (see ./paired.ts).
+    paired = await runPaired(
+      [
+        { key: 'ts_null_vs_rust_null_qd1', a: tsNull, b: rustNull, rw: 'randread', qd: 1, queues: 1 },
+        { key: 'ts_null_no_queue_thread_vs_rust_null_qd1', a: tsNullNoQueueThread, b: rustNull, rw: 'randread', qd: 1, queues: 1 },
+        { key: 'ts_null_vs_rust_null_2q', a: tsNull, b: rustNull, rw: 'randread', qd: 32, queues: 2 },
+        { key: 'ts_loop_vs_rust_loop_randwrite', a: tsLoop(backing.file, loopSize), b: rustLoop(backing.file, loopSize), rw: 'randwrite', qd: 32, queues: 1 },
+      ],
+      pairedRounds,
+      (path, rw, qd, queues) => fioIops(path, rw, qd, queues, runtime),
+      (l) => process.stderr.write(`${l}\n`),
+      failures,
+    )
   } finally {
     await backing.teardown()
   }
@@ -184,11 +221,16 @@ async function main(): Promise<void> {
     ts_loop_vs_rust_loop_randwrite: ratio('TypeScript loop', 'Rust loop', 'randwrite', 32, 1),
   }
 
-  const raidBw = (system: string, workload: string) => raid1.find((r) => r.system === system && r.workload === workload)?.bw
+  /** The median over the rounds of `a`'s bandwidth over `b`'s in the same round. */
   const raidRatio = (a: string, b: string, workload: string): number | null => {
-    const x = raidBw(a, workload)
-    const y = raidBw(b, workload)
-    return x !== undefined && y ? Number((x / y).toFixed(3)) : null
+    const bw = (system: string, round: number) => raid1Runs.find((r) => r.system === system && r.workload === workload && r.round === round)?.bw
+    const each: number[] = []
+    for (let round = 0; round < raid1Rounds; round++) {
+      const x = bw(a, round)
+      const y = bw(b, round)
+      if (x !== undefined && y) each.push(x / y)
+    }
+    return each.length > 0 ? Number(median(each).toFixed(3)) : null
   }
   Object.assign(ratios, {
     raid1_randwrite_vs_md: raidRatio('TypeScript RAID1', 'md raid1', '4k randwrite QD32'),
@@ -200,6 +242,8 @@ async function main(): Promise<void> {
   })
 
   Object.assign(ratios, zeroCopy.ratios, batchIo?.ratios)
+  // The paired rounds' medians stand for their keys; the big table's single points stay in `points`.
+  for (const p of paired ?? []) Object.assign(ratios, { [p.key]: p.ratio })
 
   const names = systems.map((s) => s.name)
   console.log(`\n4 KiB random IO, fio io_uring direct, ${runtime} s per point, kernel ${release()}; IOPS`)
@@ -212,7 +256,7 @@ async function main(): Promise<void> {
       }
     }
   }
-  console.log(`\nRAID1 over two files on ext4 (md: loop dio members), bitmap chunk ${RAID1_CHUNK}, 1 queue, each device written whole first; MiB/s (IOPS)`)
+  console.log(`\nRAID1 over two files on ext4 (md: loop dio members), bitmap chunk ${RAID1_CHUNK}, 1 queue, each device written whole first; median of ${raid1Rounds} rounds, MiB/s (IOPS)`)
   const raidSystems = ['md raid1', 'TypeScript RAID1', 'TypeScript RAID1 (no bitmap)', RUST_LOOP_ONE_FILE]
   console.log(['workload'.padEnd(22), ...raidSystems.map((n) => n.padStart(30))].join(''))
   for (const w of RAID1_WORKLOADS) {
@@ -234,11 +278,13 @@ async function main(): Promise<void> {
   }
   console.log(`\nBatch IO vs one command per IO, copy path, 1 queue, depth ${DEPTH}, 4k randread QD32; IOPS`)
   for (const p of batchIo?.points ?? []) console.log(`  ${p.system.padEnd(18)} ${p.batchIo ? 'batch IO' : 'per-IO  '} ${fmt(p.iops)}`)
-  console.log('\nratios (4k randread, QD32, 1 queue, unless named; *_zc_vs_copy: 128k randwrite QD8):')
+  console.log(`\nPaired rounds (median of ${pairedRounds} rounds' ratios; IOPS a / b per round):`)
+  for (const p of paired ?? []) console.log(`  ${p.key.padEnd(42)} ${p.ratio ?? '-'}   ${p.rounds.map((r) => `${fmt(r.a)}/${fmt(r.b)}`).join(', ')}`)
+  console.log('\nratios (4k randread, QD32, 1 queue, unless named; *_zc_vs_copy: 128k randwrite QD8; raid1_* and the paired keys: median of the rounds\' ratios):')
   for (const [k, v] of Object.entries(ratios)) console.log(`  ${k.padEnd(26)} ${v ?? '-'}`)
   for (const f of failures) console.log(`failed: ${f}`)
 
-  const result = { kernel: release(), depth: DEPTH, runtime, points, raid1, zeroCopy: zeroCopy.points, batchIo: batchIo?.points ?? [], ratios, failures }
+  const result = { kernel: release(), depth: DEPTH, runtime, points, raid1, paired: paired ?? [], zeroCopy: zeroCopy.points, batchIo: batchIo?.points ?? [], ratios, failures }
   if (opts.out) writeFileSync(opts.out, JSON.stringify(result, null, 2) + '\n')
 }
 
