@@ -54,13 +54,15 @@ export async function runPaired(
       result.rounds.push({ a, b })
       log(`  ${pair.key} round ${round + 1}: ${Math.round(a)} / ${Math.round(b)} IOPS = ${(a / b).toFixed(3)}`)
     }
-    const each = result.rounds.map((r) => r.a / r.b).sort((x, y) => x - y)
-    if (each.length > 0) {
-      const mid = each.length >> 1
-      const median = each.length % 2 === 1 ? each[mid]! : (each[mid - 1]! + each[mid]!) / 2
-      result.ratio = Number(median.toFixed(3))
-    }
+    if (result.rounds.length > 0) result.ratio = Number(median(result.rounds.map((r) => r.a / r.b)).toFixed(3))
     results.push(result)
   }
   return results
+}
+
+/** The middle value, or the mean of the two middle ones. */
+export function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = sorted.length >> 1
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
 }

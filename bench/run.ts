@@ -27,7 +27,7 @@ import {
 } from './systems.ts'
 import { fioRun, mdRaid1, RAID1_CHUNK, RAID1_WORKLOADS, tsRaid1, writeWhole } from './raid1.ts'
 import { runBatchIo, type BatchPoint } from './batch-io.ts'
-import { runPaired, type PairedRatio } from './paired.ts'
+import { median, runPaired, type PairedRatio } from './paired.ts'
 import { runZeroCopy, ZC_RATIO_WORKLOAD, ZC_WORKLOADS, zeroCopySystems, type ZcPoint } from './zero-copy.ts'
 
 const run = promisify(execFile)
@@ -78,12 +78,6 @@ async function loopBackingFile(size: number): Promise<{ file: string; mnt: strin
 }
 
 const RUST_LOOP_ONE_FILE = 'Rust loop (one file)'
-
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b)
-  const mid = sorted.length >> 1
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
-}
 
 function fmt(iops: number | undefined): string {
   return iops === undefined ? '-' : `${(iops / 1000).toFixed(1)}k`
