@@ -91,7 +91,9 @@ async function main(): Promise<void> {
   const queueCounts = opts.quick ? [1] : [1, 2]
   const loopSize = 256 * MiB
   const backing = await loopBackingFile(loopSize)
-  const systems: System[] = [kernelNull, rustNull, tsNull, tsNullNoQueueThread, tsNullQueueThreads, kernelLoop(backing.file), rustLoop(backing.file, loopSize), tsLoop(backing.file, loopSize)]
+  const rustLoopOfFile = rustLoop(backing.file, loopSize)
+  const tsLoopOfFile = tsLoop(backing.file, loopSize)
+  const systems: System[] = [kernelNull, rustNull, tsNull, tsNullNoQueueThread, tsNullQueueThreads, kernelLoop(backing.file), rustLoopOfFile, tsLoopOfFile]
   if (opts.rublk && existsSync(opts.rublk)) {
     systems.push(rublk(opts.rublk, 'null', 900), rublk(opts.rublk, 'loop', 901, ['-f', backing.file]))
   } else {
@@ -181,7 +183,7 @@ async function main(): Promise<void> {
         { key: 'ts_null_vs_rust_null_qd1', a: tsNull, b: rustNull, rw: 'randread', qd: 1, queues: 1 },
         { key: 'ts_null_no_queue_thread_vs_rust_null_qd1', a: tsNullNoQueueThread, b: rustNull, rw: 'randread', qd: 1, queues: 1 },
         { key: 'ts_null_vs_rust_null_2q', a: tsNull, b: rustNull, rw: 'randread', qd: 32, queues: 2 },
-        { key: 'ts_loop_vs_rust_loop_randwrite', a: tsLoop(backing.file, loopSize), b: rustLoop(backing.file, loopSize), rw: 'randwrite', qd: 32, queues: 1 },
+        { key: 'ts_loop_vs_rust_loop_randwrite', a: tsLoopOfFile, b: rustLoopOfFile, rw: 'randwrite', qd: 32, queues: 1 },
       ],
       pairedRounds,
       (path, rw, qd, queues) => fioIops(path, rw, qd, queues, runtime),
