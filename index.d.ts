@@ -59,11 +59,12 @@ export declare class NativeBridge {
    * `files` at `fileOffset` plus the device offset, and completes when
    * all copies landed. A write that fails there reaches JavaScript with
    * the failure attached. `gated`: only writes to chunks open in the
-   * device's write gate. `null` sends every write to JavaScript again.
-   * EINVAL for an ungated route on a target with batch hooks. Takes
+   * device's write gate. `offload`: the copies run on io_uring's worker
+   * threads (`IOSQE_ASYNC`) instead of the queue thread. `null` sends
+   * every write to JavaScript again. EINVAL for an ungated route on a target with batch hooks. Takes
    * effect for writes that arrive after it returns.
    */
-  setWriteRoute(files: Array<number> | null, fileOffset: number, gated: boolean): void
+  setWriteRoute(files: Array<number> | null, fileOffset: number, gated: boolean, offload: boolean): void
   /**
    * Gives the device its write gate: chunks of `chunkBytes` over the
    * device, all closed. Once per device (EBUSY after that), except that

@@ -180,12 +180,15 @@ export function contextFor(bridge: NativeBridge, dispatcher: Dispatcher, handles
       return bridge.routedReads()
     },
     routeWrites(route) {
-      if (route === undefined) return nativeSync(() => bridge.setWriteRoute(null, 0, false))
+      if (route === undefined) return nativeSync(() => bridge.setWriteRoute(null, 0, false, false))
       if ((route.file === undefined) === (route.files === undefined)) {
         throw new UblkError('EINVAL', 'a write route names either file or files')
       }
       const files = (route.files ?? [route.file!]).map((f) => handles.handleOf(f, 'write route'))
-      nativeSync(() => bridge.setWriteRoute(files, route.fileOffset ?? 0, route.gated ?? false))
+      if (route.offload !== undefined && typeof route.offload !== 'boolean') {
+        throw new UblkError('EINVAL', `a write route's offload must be true or false, got ${String(route.offload)}`)
+      }
+      nativeSync(() => bridge.setWriteRoute(files, route.fileOffset ?? 0, route.gated ?? false, route.offload ?? false))
     },
     writeGate(chunkBytes) {
       return writeGateOf(nativeSync(() => bridge.createWriteGate(chunkBytes)))

@@ -168,6 +168,15 @@ export interface WriteRoute {
   readonly fileOffset?: number
   /** Take only writes whose every chunk is open in the write gate (default false). */
   readonly gated?: boolean
+  /**
+   * Run the writes on io_uring's worker threads instead of the queue
+   * thread (`IOSQE_ASYNC`; default false), so that the copies of a
+   * mirrored write run side by side on other cores. Worth it where a write
+   * costs its submitter CPU (a RAM disk, the page cache, emulated
+   * hardware); where the backend takes writes without blocking (a fast
+   * device with O_DIRECT) it adds a hop between threads to each.
+   */
+  readonly offload?: boolean
 }
 
 /**

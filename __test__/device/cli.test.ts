@@ -73,13 +73,15 @@ test.serial('a server killed with -9 leaves a dead device, listed as such; delet
   t.regex(again.stderr, /no ublk device with id \d+ \(ENODEV\)/)
 })
 
-test.serial('raid1: create, status, fail, add with --watch, stop from another process', async (t) => {
+test.serial('raid1: create with --offload-writes, status, fail, add with --watch, stop from another process', async (t) => {
   const members = [0, 1].map((i) => scratchFile(`cli-raid1-${i}`, 24 << 20))
-  const server = serve('raid1', 'create', ...members, '--chunk', '64k')
+  const server = serve('raid1', 'create', ...members, '--chunk', '64k', '--offload-writes')
   const path = await server.path
   const id = path.replace('/dev/ublkb', '')
-  const status = async () => JSON.parse((await ublkTs('raid1', 'status', id, '--json')).stdout) as { state: string; members: Array<{ state: string }> }
+  const status = async () => JSON.parse((await ublkTs('raid1', 'status', id, '--json')).stdout) as { state: string; offloadWrites: boolean; members: Array<{ state: string }> }
   t.is((await status()).state, 'optimal')
+  t.true((await status()).offloadWrites)
+  t.regex((await ublkTs('raid1', 'status', id)).stdout, /member writes run on io_uring's worker threads/)
   const write = await sh('dd', ['if=/dev/urandom', `of=${path}`, 'bs=1M', 'count=8', 'oflag=direct', 'conv=nocreat'])
   t.is(write.code, 0, write.stderr)
   const failed = await ublkTs('raid1', 'fail', id, '1')

@@ -108,6 +108,31 @@ test.serial('sequential writes: the chunks ahead of the writer are marked with i
   for (const f of [a!, b!, data]) unlinkSync(f)
 })
 
+test.serial("offloadWrites: the copies run on io_uring's worker threads; fio crc32c verify, members identical", async (t) => {
+  const [a, b] = members('offload')
+  const md = await createRaid1({ members: [a!, b!], chunkSize: '64k', depth: 64, offloadWrites: true })
+  try {
+    t.true(md.status().offloadWrites)
+    for (const job of [
+      { rw: 'randwrite', bs: '4k', iodepth: 32, size: '8M' },
+      { rw: 'write', bs: '1M', iodepth: 4, size: '16M' },
+    ] as const) {
+      const r = await fio(md.path, { ...job, verify: 'crc32c' })
+      t.is(r.errors, 0, `${job.rw} ${job.bs}`)
+      t.true(r.writeIos > 0 && r.readIos > 0)
+    }
+    const routedWrites = md.device.stats().dispatch?.routedWrites ?? 0
+    t.true(routedWrites > 0, `offloaded writes are routed writes: ${routedWrites}`)
+  } finally {
+    await md.stop()
+  }
+  identical(t, a!, b!)
+  const before = digestRange(a!, 0, MEMBER)
+  await rejectsWithCode(t, createRaid1({ members: [a!, b!], force: true, offloadWrites: 'yes' as unknown as boolean }), 'EINVAL', /offloadWrites must be true or false/)
+  t.is(digestRange(a!, 0, MEMBER), before, 'refused before a member was touched')
+  for (const f of [a!, b!]) unlinkSync(f)
+})
+
 test.serial('kill -9 during random writes: only dirty chunks are resynced, earlier data verifies', async (t) => {
   const [a, b] = members('crash')
   const options = { members: [a, b], chunkSize: CHUNK, bitmapClearDelayMs: 300, queues: 2 }

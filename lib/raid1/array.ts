@@ -27,6 +27,14 @@ export interface AssembleRaid1Options extends DeviceGeometry {
   bitmapClearDelayMs?: number
   resync?: ResyncSpeed
   /**
+   * Write the members from io_uring's worker threads (`WriteRoute.offload`;
+   * default false): the copies run side by side on other cores instead of
+   * one after another on the queue thread. Worth it where a member write
+   * costs CPU (files over a RAM disk or the page cache, emulated
+   * hardware); a hop between threads per write on fast devices.
+   */
+  offloadWrites?: boolean
+  /**
    * Take over device `recover`, whose server died (an array served with
    * `recovery: 'reissue'`), instead of adding a new one: the same
    * `/dev/ublkbN` comes back with the IOs it held, after the crash
@@ -87,6 +95,8 @@ export interface Raid1Status {
   lastResync?: ResyncProgress
   /** Queues served by worker threads: all but queue 0, or none (one thread serves them all). */
   queueWorkers: number
+  /** Member writes run on io_uring's worker threads (`offloadWrites`). */
+  offloadWrites: boolean
 }
 
 /** What each worker loads to serve a queue of the array. */
@@ -199,6 +209,7 @@ export class Raid1Array extends EventEmitter<Raid1Events> {
       bitmapSweeps: m.bitmap.sweeps,
       events: m.sb.events,
       queueWorkers: m.queueWorkers,
+      offloadWrites: m.offloadWrites,
       ...(resync ? { resync } : {}),
       ...(m.lastResync ? { lastResync: m.lastResync } : {}),
     }
@@ -312,6 +323,7 @@ export async function createRaid1(options: CreateRaid1Options): Promise<Raid1Arr
   if (options.recover !== undefined) {
     throw new UblkError('EINVAL', 'createRaid1 makes a new array: to take over the device of an existing one, use assembleRaid1 with recover')
   }
+  checkServing(options)
   const paths = checkMemberList(options.members, 2)
   const chunkSize = chunkSizeOf(options.chunkSize)
   const capacities = await Promise.all(paths.map((p) => memberCapacity(p)))
@@ -360,6 +372,7 @@ export async function createRaid1(options: CreateRaid1Options): Promise<Raid1Arr
  */
 export async function assembleRaid1(options: AssembleRaid1Options): Promise<Raid1Array> {
   if (typeof options !== 'object' || options === null) throw new UblkError('EINVAL', 'assembleRaid1 needs options')
+  checkServing(options)
   const paths = checkMemberList(options.members, 1)
   if (options.recover === undefined) return assembleFrom(paths, options)
   // A standby may wait long for the claim: the workers for queues 1 and up start meanwhile.
@@ -430,10 +443,7 @@ async function start(
   unclean: boolean,
   claim?: RecoveryClaim,
 ): Promise<Raid1Array> {
-  const clearDelay = options.bitmapClearDelayMs ?? 5000
-  if (!(typeof clearDelay === 'number' && clearDelay >= 10)) {
-    throw new UblkError('EINVAL', `bitmapClearDelayMs must be at least 10, got ${String(clearDelay)}`)
-  }
+  const clearDelay = clearDelayOf(options)
   // Running: not clean until stopped cleanly, one event later on every member.
   const running: Superblock = { ...superblock, events: superblock.events + 1, clean: false }
   for (const m of members) running.slots[m.slot] = m.state
@@ -445,11 +455,11 @@ async function start(
     bitmap,
     unclean,
     bitmapClearDelayMs: clearDelay,
+    offloadWrites: options.offloadWrites ?? false,
     resync: options.resync ?? {},
     afterStop: recordStop,
   })
-  const { members: _members, bitmapClearDelayMs: _delay, resync: _resync, recover: _recover, standby: _standby, workers, ...geometry } = options
-  if (workers !== undefined && typeof workers !== 'boolean') throw new UblkError('EINVAL', 'workers must be true or false')
+  const { members: _members, bitmapClearDelayMs: _delay, resync: _resync, recover: _recover, standby: _standby, offloadWrites: _offload, workers, ...geometry } = options
   // The mirror serves every queue, or queue 0 with a worker's instance on each of the others.
   const target: TargetModule = { module: QUEUE_TARGET, primary: mirror }
   let device: Device
@@ -465,6 +475,23 @@ async function start(
   const array = new Raid1Array(device, mirror)
   void mirror.startResync()
   return array
+}
+
+/** The serving options, checked before a member is read or written. */
+function checkServing(options: AssembleRaid1Options): void {
+  clearDelayOf(options)
+  if (options.offloadWrites !== undefined && typeof options.offloadWrites !== 'boolean') {
+    throw new UblkError('EINVAL', `offloadWrites must be true or false, got ${String(options.offloadWrites)}`)
+  }
+  if (options.workers !== undefined && typeof options.workers !== 'boolean') throw new UblkError('EINVAL', 'workers must be true or false')
+}
+
+function clearDelayOf(options: AssembleRaid1Options): number {
+  const clearDelay = options.bitmapClearDelayMs ?? 5000
+  if (!(typeof clearDelay === 'number' && clearDelay >= 10)) {
+    throw new UblkError('EINVAL', `bitmapClearDelayMs must be at least 10, got ${String(clearDelay)}`)
+  }
+  return clearDelay
 }
 
 /** The array's device, taken over from its dead server under `claim` (its size checked before). */

@@ -21,6 +21,7 @@ interface ServeOptions {
   depth: number
   zeroCopy: boolean
   workers: boolean
+  offloadWrites?: boolean
   recovery: Recovery
   recover?: number
   standby?: boolean
@@ -36,6 +37,7 @@ function summary(s: Raid1Status): string {
     ),
   ]
   if (s.queueWorkers > 0) lines.push(`  queues 1 to ${s.queueWorkers} served by worker threads`)
+  if (s.offloadWrites) lines.push("  member writes run on io_uring's worker threads")
   if (s.resync) lines.push(`  ${s.resync.kind} resync: ${s.resync.done}/${s.resync.total} chunks`)
   return lines.join('\n')
 }
@@ -121,6 +123,7 @@ export function addRaid1Commands(cli: Command, parse: Parsers): void {
       .option('-d, --depth <n>', 'IOs in flight per queue', parseCount, 128)
       .option('--no-zero-copy', 'copy IO data through user space even where the kernel has zero copy')
       .option('--no-workers', 'serve every queue on this thread (by default each queue but queue 0 gets a worker thread)')
+      .option('--offload-writes', "write the members from io_uring's worker threads, side by side (for members whose writes cost CPU: RAM disks, emulation)")
       .option('--recovery <mode>', "when this process dies: none (the device dies too) or reissue (it waits for 'raid1 assemble --recover')", parse.recovery, 'none')
       .addOption(metricsPortOption())
   geometry(
@@ -146,6 +149,7 @@ export function addRaid1Commands(cli: Command, parse: Parsers): void {
         workers: o.workers,
         recovery: o.recovery,
         bitmap: o.bitmap,
+        ...(o.offloadWrites ? { offloadWrites: true } : {}),
         ...(o.chunk !== undefined ? { chunkSize: o.chunk } : {}),
         ...(o.size !== undefined ? { size: o.size } : {}),
         ...(o.force ? { force: true } : {}),
@@ -171,7 +175,7 @@ export function addRaid1Commands(cli: Command, parse: Parsers): void {
     const handOver = o.takeOver ? await askForHandOver(o.recover!) : undefined
     if (o.standby) console.log(`standing by for /dev/ublkb${o.recover}: taking it over when its server dies`)
     const recover = o.recover !== undefined ? { recover: o.recover, standby: o.standby === true || handOver !== undefined } : {}
-    const md = await assembleRaid1({ members, queues: o.queues, depth: o.depth, zeroCopy: o.zeroCopy, workers: o.workers, recovery: o.recovery, ...recover })
+    const md = await assembleRaid1({ members, queues: o.queues, depth: o.depth, zeroCopy: o.zeroCopy, workers: o.workers, recovery: o.recovery, ...(o.offloadWrites ? { offloadWrites: true } : {}), ...recover })
     if (handOver) console.log(`took /dev/ublkb${md.id} over from pid ${handOver.pid}: its IO waited at most ${Date.now() - handOver.at} ms`)
     await serve(md, exposed)
     await metrics?.close()

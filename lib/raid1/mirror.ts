@@ -62,6 +62,8 @@ export interface MirrorSettings {
   /** The last run did not stop cleanly: chunks marked in the bitmap may differ. */
   unclean: boolean
   bitmapClearDelayMs: number
+  /** The write route's copies run on io_uring's worker threads (`WriteRoute.offload`). */
+  offloadWrites?: boolean
   resync: ResyncSpeed
   /** Runs once the device has stopped (records the clean stop on the members). */
   afterStop?: (mirror: Mirror) => Promise<void>
@@ -112,6 +114,7 @@ export class Mirror implements PrimaryTarget {
   #foreground = 0
   #sweeper: NodeJS.Timeout | undefined
   readonly #clearDelayMs: number
+  readonly #offloadWrites: boolean
   #committing: Promise<void> | undefined
   #commitAgain = false
   #closing = false
@@ -138,6 +141,7 @@ export class Mirror implements PrimaryTarget {
     this.#needsDirtyResync = settings.unclean
     this.#speed = settings.resync
     this.#clearDelayMs = settings.bitmapClearDelayMs
+    this.#offloadWrites = settings.offloadWrites ?? false
     this.#afterStop = settings.afterStop
     this.#refresh()
   }
@@ -269,6 +273,10 @@ export class Mirror implements PrimaryTarget {
     return this.#links.count
   }
 
+  get offloadWrites(): boolean {
+    return this.#offloadWrites
+  }
+
   get bitmapEnabled(): boolean {
     return this.#bitmapEnabled
   }
@@ -318,7 +326,7 @@ export class Mirror implements PrimaryTarget {
     else this.#ctx.routeReads({ files: readers.map((m) => m.file!), fileOffset: this.sb.dataOffset, stripeBytes: READ_STRIPE })
     const writers = this.#writable
     if (writers.length === 0 || this.#closing || !this.#openChunks) this.#ctx.routeWrites(undefined)
-    else this.#ctx.routeWrites({ files: writers.map((m) => m.file!), fileOffset: this.sb.dataOffset, gated: true })
+    else this.#ctx.routeWrites({ files: writers.map((m) => m.file!), fileOffset: this.sb.dataOffset, gated: true, offload: this.#offloadWrites })
   }
 
   async #attach(m: Member): Promise<void> {

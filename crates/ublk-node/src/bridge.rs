@@ -334,15 +334,19 @@ impl NativeBridge {
     /// `files` at `fileOffset` plus the device offset, and completes when
     /// all copies landed. A write that fails there reaches JavaScript with
     /// the failure attached. `gated`: only writes to chunks open in the
-    /// device's write gate. `null` sends every write to JavaScript again.
-    /// EINVAL for an ungated route on a target with batch hooks. Takes
+    /// device's write gate. `offload`: the copies run on io_uring's worker
+    /// threads (`IOSQE_ASYNC`) instead of the queue thread. `null` sends
+    /// every write to JavaScript again. EINVAL for an ungated route on a target with batch hooks. Takes
     /// effect for writes that arrive after it returns.
-    #[napi(ts_args_type = "files: Array<number> | null, fileOffset: number, gated: boolean")]
+    #[napi(
+        ts_args_type = "files: Array<number> | null, fileOffset: number, gated: boolean, offload: boolean"
+    )]
     pub fn set_write_route(
         &self,
         files: Option<Vec<f64>>,
         file_offset: f64,
         gated: bool,
+        offload: bool,
     ) -> napi::Result<()> {
         let route = match files {
             None => None,
@@ -350,6 +354,7 @@ impl NativeBridge {
                 files: route_files(files)?,
                 file_offset: route_offset(file_offset)?,
                 gated,
+                offload,
             }),
         };
         self.target.set_write_route(route).map_err(to_napi)

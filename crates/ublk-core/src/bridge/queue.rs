@@ -308,7 +308,7 @@ impl BridgeQueue {
             .map(|(handle, file)| {
                 (
                     *handle,
-                    io.write_from(file, file_offset, 0, io.len, rw_flags),
+                    io.write_issued(file, file_offset, 0, io.len, rw_flags, route.issue),
                 )
             })
             .collect();

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use super::gate::WriteGate;
 use crate::error::{Error, Result};
 use crate::files::{BackingFile, BackingFiles};
+use crate::runtime::ops::Issue;
 
 /// Most files a route spreads reads over.
 pub const MAX_ROUTE_FILES: usize = 64;
@@ -46,6 +47,8 @@ pub struct WriteRoute {
     pub files: Vec<u32>,
     pub file_offset: u64,
     pub gated: bool,
+    /// Run the copies on io_uring's worker threads (see [`Issue::Worker`]).
+    pub offload: bool,
 }
 
 /// A checked write route, holding its files open.
@@ -53,6 +56,7 @@ pub(crate) struct ResolvedWrite {
     pub files: Vec<(u32, Arc<BackingFile>)>,
     pub file_offset: u64,
     pub gate: Option<Arc<WriteGate>>,
+    pub issue: Issue,
 }
 
 /// A checked route, holding its files open.
@@ -204,6 +208,11 @@ fn resolve_write(
         files: resolve_files(files, &route.files, "write")?,
         file_offset: route.file_offset,
         gate,
+        issue: if route.offload {
+            Issue::Worker
+        } else {
+            Issue::Inline
+        },
     })
 }
 
@@ -318,6 +327,7 @@ mod tests {
             files: indexes.clone(),
             file_offset: 4096,
             gated: false,
+            offload: false,
         };
         table.set_write(&files, Some(write.clone())).unwrap();
         let routes = table.load(&mut cache);
@@ -325,6 +335,7 @@ mod tests {
         let w = routes.write.clone().unwrap();
         assert_eq!((w.files[0].0, w.file_offset), (indexes[0], 4096));
         assert!(w.gate.is_none());
+        assert_eq!(w.issue, Issue::Inline);
         for (bad, code) in [
             (
                 WriteRoute {
@@ -378,12 +389,14 @@ mod tests {
             files: indexes.clone(),
             file_offset: 0,
             gated: true,
+            offload: true,
         };
         table.set_write(&files, Some(route)).unwrap();
         let mut cache = RouteCache::default();
         let w = table.load(&mut cache).write.clone().unwrap();
         assert_eq!(w.files.len(), 2);
         assert!(Arc::ptr_eq(w.gate.as_ref().unwrap(), &gate));
+        assert_eq!(w.issue, Issue::Worker);
     }
 
     #[test]
