@@ -105,11 +105,13 @@ export function mdRaid1(files: [string, string]): System {
   }
 }
 
-export function tsRaid1(files: [string, string], size: number, bitmap: boolean): System {
+export const TS_RAID1_OFFLOADED = 'TypeScript RAID1 (offloaded writes)'
+
+export function tsRaid1(files: [string, string], size: number, bitmap: boolean, offloadWrites = false): System {
   return {
-    name: bitmap ? 'TypeScript RAID1' : 'TypeScript RAID1 (no bitmap)',
+    name: offloadWrites ? TS_RAID1_OFFLOADED : bitmap ? 'TypeScript RAID1' : 'TypeScript RAID1 (no bitmap)',
     async prepare(): Promise<Prepared> {
-      const md = await createRaid1({ members: files, size, chunkSize: RAID1_CHUNK, bitmap, force: true, depth: DEPTH })
+      const md = await createRaid1({ members: files, size, chunkSize: RAID1_CHUNK, bitmap, force: true, depth: DEPTH, offloadWrites })
       return { path: md.path, teardown: () => md.stop() }
     },
   }

@@ -25,7 +25,7 @@ import {
   type Prepared,
   type System,
 } from './systems.ts'
-import { fioRun, mdRaid1, RAID1_CHUNK, RAID1_WORKLOADS, tsRaid1, writeWhole } from './raid1.ts'
+import { fioRun, mdRaid1, RAID1_CHUNK, RAID1_WORKLOADS, TS_RAID1_OFFLOADED, tsRaid1, writeWhole } from './raid1.ts'
 import { runBatchIo, type BatchPoint } from './batch-io.ts'
 import { median, runPaired, type PairedRatio } from './paired.ts'
 import { runZeroCopy, ZC_RATIO_WORKLOAD, ZC_WORKLOADS, zeroCopySystems, type ZcPoint } from './zero-copy.ts'
@@ -123,6 +123,8 @@ async function main(): Promise<void> {
       for (const w of RAID1_WORKLOADS) {
         const contenders = [mdRaid1(members), tsRaid1(members, raidSize, true)]
         if (w.rw === 'randwrite') contenders.push(tsRaid1(members, raidSize, false))
+        // The copies on io_uring's worker threads (offloadWrites), beside the default.
+        if (w.rw !== 'randread') contenders.push(tsRaid1(members, raidSize, true, true))
         if (w.rw !== 'randread') contenders.push({ ...rustLoop(single, raidSize), name: RUST_LOOP_ONE_FILE })
         for (const system of contenders) {
           let dev: Prepared | undefined
@@ -235,6 +237,8 @@ async function main(): Promise<void> {
     raid1_bitmap_cost: raidRatio('TypeScript RAID1', 'TypeScript RAID1 (no bitmap)', '4k randwrite QD32'),
     raid1_randwrite_vs_rust_loop: raidRatio('TypeScript RAID1', RUST_LOOP_ONE_FILE, '4k randwrite QD32'),
     raid1_seqwrite_vs_rust_loop: raidRatio('TypeScript RAID1', RUST_LOOP_ONE_FILE, '1M seq write QD4'),
+    raid1_offload_randwrite_vs_rust_loop: raidRatio(TS_RAID1_OFFLOADED, RUST_LOOP_ONE_FILE, '4k randwrite QD32'),
+    raid1_offload_seqwrite_vs_rust_loop: raidRatio(TS_RAID1_OFFLOADED, RUST_LOOP_ONE_FILE, '1M seq write QD4'),
   })
 
   Object.assign(ratios, zeroCopy.ratios, batchIo?.ratios)
@@ -253,7 +257,7 @@ async function main(): Promise<void> {
     }
   }
   console.log(`\nRAID1 over two files on ext4 (md: loop dio members), bitmap chunk ${RAID1_CHUNK}, 1 queue, each device written whole first; median of ${raid1Rounds} rounds, MiB/s (IOPS)`)
-  const raidSystems = ['md raid1', 'TypeScript RAID1', 'TypeScript RAID1 (no bitmap)', RUST_LOOP_ONE_FILE]
+  const raidSystems = ['md raid1', 'TypeScript RAID1', 'TypeScript RAID1 (no bitmap)', TS_RAID1_OFFLOADED, RUST_LOOP_ONE_FILE]
   console.log(['workload'.padEnd(22), ...raidSystems.map((n) => n.padStart(30))].join(''))
   for (const w of RAID1_WORKLOADS) {
     const cells = raidSystems.map((n) => {
