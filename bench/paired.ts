@@ -54,10 +54,15 @@ export async function runPaired(
       result.rounds.push({ a, b })
       log(`  ${pair.key} round ${round + 1}: ${Math.round(a)} / ${Math.round(b)} IOPS = ${(a / b).toFixed(3)}`)
     }
-    if (result.rounds.length > 0) result.ratio = Number(median(result.rounds.map((r) => r.a / r.b)).toFixed(3))
+    result.ratio = medianRatio(result.rounds)
     results.push(result)
   }
   return results
+}
+
+/** The median of the rounds' a/b, to three places; null without a round. */
+export function medianRatio(rounds: ReadonlyArray<{ a: number; b: number }>): number | null {
+  return rounds.length > 0 ? Number(median(rounds.map((r) => r.a / r.b)).toFixed(3)) : null
 }
 
 /** The middle value, or the mean of the two middle ones. */

@@ -27,7 +27,7 @@ import {
 } from './systems.ts'
 import { fioRun, mdRaid1, RAID1_CHUNK, RAID1_WORKLOADS, TS_RAID1_OFFLOADED, tsRaid1, writeWhole } from './raid1.ts'
 import { runBatchIo, type BatchPoint } from './batch-io.ts'
-import { median, runPaired, type PairedRatio } from './paired.ts'
+import { median, medianRatio, runPaired, type PairedRatio } from './paired.ts'
 import { runZeroCopy, ZC_RATIO_WORKLOAD, ZC_WORKLOADS, zeroCopySystems, type ZcPoint } from './zero-copy.ts'
 
 const run = promisify(execFile)
@@ -222,13 +222,13 @@ async function main(): Promise<void> {
   /** The median over the rounds of `a`'s bandwidth over `b`'s in the same round. */
   const raidRatio = (a: string, b: string, workload: string): number | null => {
     const bw = (system: string, round: number) => raid1Runs.find((r) => r.system === system && r.workload === workload && r.round === round)?.bw
-    const each: number[] = []
+    const rounds: Array<{ a: number; b: number }> = []
     for (let round = 0; round < raid1Rounds; round++) {
       const x = bw(a, round)
       const y = bw(b, round)
-      if (x !== undefined && y) each.push(x / y)
+      if (x !== undefined && y) rounds.push({ a: x, b: y })
     }
-    return each.length > 0 ? Number(median(each).toFixed(3)) : null
+    return medianRatio(rounds)
   }
   Object.assign(ratios, {
     raid1_randwrite_vs_md: raidRatio('TypeScript RAID1', 'md raid1', '4k randwrite QD32'),
