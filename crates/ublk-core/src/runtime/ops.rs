@@ -635,12 +635,26 @@ pub(crate) mod tests {
         }
     }
 
+    /// An IO of `len` bytes at offset 0.
+    fn io_desc(op: IoOp, len: u32) -> IoDesc {
+        IoDesc {
+            op,
+            flags: 0,
+            offset: 0,
+            len,
+        }
+    }
+
+    /// A file opened as a backend opens it.
+    fn open(scratch: &tempfile::NamedTempFile, read_only: bool) -> Arc<BackingFile> {
+        Arc::new(BackingFile::open(scratch.path().to_str().unwrap(), false, read_only).unwrap())
+    }
+
     #[test]
     fn ops_move_data_and_checks_refuse_bad_numbers() {
         with_ring();
         let scratch = scratch_file(8192);
-        let file =
-            Arc::new(BackingFile::open(scratch.path().to_str().unwrap(), false, false).unwrap());
+        let file = open(&scratch, false);
         let staging = Arc::new(StagingBuffer::new(4096).unwrap());
         // SAFETY: 4096 bytes were allocated; no operation is in flight.
         unsafe { std::slice::from_raw_parts_mut(staging.as_mut_ptr(), 4096) }.fill(7);
@@ -650,12 +664,7 @@ pub(crate) mod tests {
         );
         let buffers = IoBuffers::new(1, 8192);
         let lends = Rc::new(Lends::default());
-        let desc = IoDesc {
-            op: IoOp::Read,
-            flags: 0,
-            offset: 0,
-            len: 8192,
-        };
+        let desc = io_desc(IoOp::Read, 8192);
         let mut io = Io::new(0, 0, desc, &buffers, &lends);
         assert_eq!(run(io.read_into(&file, 0, 0, 8192).unwrap()), 8192);
         let data = io.data().unwrap();
@@ -693,8 +702,7 @@ pub(crate) mod tests {
             code(fallocate(&file, falloc::ZERO_RANGE, 0, 0)),
             Some("EINVAL")
         );
-        let read_only =
-            Arc::new(BackingFile::open(scratch.path().to_str().unwrap(), false, true).unwrap());
+        let read_only = open(&scratch, true);
         assert_eq!(
             run(fsync(&read_only, true).unwrap()),
             0,
@@ -710,16 +718,10 @@ pub(crate) mod tests {
     fn a_write_issued_on_a_worker_lands_like_an_inline_one() {
         with_ring();
         let scratch = scratch_file(8192);
-        let file =
-            Arc::new(BackingFile::open(scratch.path().to_str().unwrap(), false, false).unwrap());
+        let file = open(&scratch, false);
         let buffers = IoBuffers::new(1, 4096);
         let lends = Rc::new(Lends::default());
-        let desc = IoDesc {
-            op: IoOp::Write,
-            flags: 0,
-            offset: 0,
-            len: 4096,
-        };
+        let desc = io_desc(IoOp::Write, 4096);
         let mut io = Io::new(0, 0, desc, &buffers, &lends);
         io.data().unwrap().fill(0x5a);
         for (at, issue) in [(0, Issue::Inline), (4096, Issue::Worker)] {
@@ -743,16 +745,10 @@ pub(crate) mod tests {
         with_ring();
         let buffers = IoBuffers::new(1, 4096);
         let lends = Rc::new(Lends::default());
-        let desc = IoDesc {
-            op: IoOp::Write,
-            flags: 0,
-            offset: 0,
-            len: 4096,
-        };
+        let desc = io_desc(IoOp::Write, 4096);
         let mut io = Io::new(0, 0, desc, &buffers, &lends);
         let scratch = scratch_file(4096);
-        let file =
-            Arc::new(BackingFile::open(scratch.path().to_str().unwrap(), false, false).unwrap());
+        let file = open(&scratch, false);
         let write = io.write_from(&file, 0, 0, 4096, 0).unwrap();
         let sleeping = timeout(Duration::from_millis(20)).unwrap();
         drop(write);
@@ -770,16 +766,9 @@ pub(crate) mod tests {
         let buffers = IoBuffers::registered(1, 4096);
         let lends = Rc::new(Lends::default());
         let scratch = scratch_file(4096);
-        let file =
-            Arc::new(BackingFile::open(scratch.path().to_str().unwrap(), false, false).unwrap());
+        let file = open(&scratch, false);
         for (op, refused) in [(IoOp::Read, "a read's"), (IoOp::Write, "a write's")] {
-            let desc = IoDesc {
-                op,
-                flags: 0,
-                offset: 0,
-                len: 4096,
-            };
-            let io = Io::new(0, 0, desc, &buffers, &lends);
+            let io = Io::new(0, 0, io_desc(op, 4096), &buffers, &lends);
             let wrong_way = if op == IoOp::Read {
                 io.write_from(&file, 0, 0, 4096, 0)
             } else {
