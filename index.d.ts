@@ -61,8 +61,9 @@ export declare class NativeBridge {
    * the failure attached. `gated`: only writes to chunks open in the
    * device's write gate. `offload`: the copies run on io_uring's worker
    * threads (`IOSQE_ASYNC`) instead of the queue thread. `null` sends
-   * every write to JavaScript again. EINVAL for an ungated route on a target with batch hooks. Takes
-   * effect for writes that arrive after it returns.
+   * every write to JavaScript again. EINVAL for an ungated route on a
+   * target with batch hooks. Takes effect for writes that arrive after
+   * it returns.
    */
   setWriteRoute(files: Array<number> | null, fileOffset: number, gated: boolean, offload: boolean): void
   /**

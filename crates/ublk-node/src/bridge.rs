@@ -336,8 +336,9 @@ impl NativeBridge {
     /// the failure attached. `gated`: only writes to chunks open in the
     /// device's write gate. `offload`: the copies run on io_uring's worker
     /// threads (`IOSQE_ASYNC`) instead of the queue thread. `null` sends
-    /// every write to JavaScript again. EINVAL for an ungated route on a target with batch hooks. Takes
-    /// effect for writes that arrive after it returns.
+    /// every write to JavaScript again. EINVAL for an ungated route on a
+    /// target with batch hooks. Takes effect for writes that arrive after
+    /// it returns.
     #[napi(
         ts_args_type = "files: Array<number> | null, fileOffset: number, gated: boolean, offload: boolean"
     )]
