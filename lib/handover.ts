@@ -45,6 +45,8 @@ export interface ServingEnd {
    * deleted by another process).
    */
   how: 'stop' | 'hand-over' | 'gone'
+  /** The signal that ended serving, if one did. */
+  signal?: NodeJS.Signals
   /** The stop or hand-over is done: signals take their default action again. */
   release(): void
 }
@@ -63,14 +65,14 @@ export function untilStopOrHandOver(device: Device): Promise<ServingEnd> {
     const release = (): void => {
       for (const signal of SERVING_SIGNALS) process.off(signal, onSignal)
     }
-    const end = (how: ServingEnd['how']): void => {
+    const end = (how: ServingEnd['how'], signal?: NodeJS.Signals): void => {
       if (ended) return
       ended = true
-      resolve({ how, release })
+      resolve({ how, release, ...(signal ? { signal } : {}) })
     }
     function onSignal(signal: NodeJS.Signals): void {
       if (ended) console.error(`${device.path}: ${signal} while it stops; still stopping (SIGKILL ends this process at once)`)
-      else end(signal === 'SIGUSR2' ? 'hand-over' : 'stop')
+      else end(signal === 'SIGUSR2' ? 'hand-over' : 'stop', signal)
     }
     for (const signal of SERVING_SIGNALS) process.on(signal, onSignal)
     void device.whenStopped().then(() => end('gone'))

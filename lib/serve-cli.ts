@@ -17,9 +17,10 @@ export async function serveUntilSignal(dev: Device, what: string): Promise<void>
   const path = info.zeroCopy ? 'zero copy' : info.batchIo ? 'copy path, batch IO' : 'copy path'
   const recovery = info.recovery === 'none' ? '' : `, recovery ${info.recovery}`
   console.log(`serving ${dev.path} (${what}, ${path}${recovery}); Ctrl-C or SIGTERM to stop`)
-  const { how, release } = await untilStopOrHandOver(dev)
+  const { how, signal, release } = await untilStopOrHandOver(dev)
   try {
     if (how === 'hand-over') return await handOverOrExit(dev, console.log)
+    if (signal) console.log(`${signal}: stopping ${dev.path}`)
     await dev.stop()
     console.log(how === 'gone' ? `${dev.path} was deleted by another process; nothing left to serve` : `${dev.path} removed`)
   } finally {

@@ -16,7 +16,7 @@ export interface Server {
   child: ChildProcess
   /** The block device, once the server says it serves it. */
   path: Promise<string>
-  /** Resolves with the exit code (or the signal's name) when the server ends. */
+  /** Resolves with the exit code (or the signal's name) when the server has ended and its output is read. */
   exited: Promise<number | string>
   output(): string
 }
@@ -26,7 +26,8 @@ export function serve(...args: string[]): Server {
   const child = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
   let out = ''
   child.stderr!.on('data', (d: Buffer) => (out += d.toString()))
-  const exited = new Promise<number | string>((resolve) => child.once('exit', (code, signal) => resolve(code ?? signal ?? -1)))
+  // 'close', not 'exit': by then all it printed has been read, so output() is complete.
+  const exited = new Promise<number | string>((resolve) => child.once('close', (code, signal) => resolve(code ?? signal ?? -1)))
   const path = new Promise<string>((resolve, reject) => {
     child.stdout!.on('data', (d: Buffer) => {
       out += d.toString()

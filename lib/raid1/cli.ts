@@ -84,10 +84,11 @@ async function serve(md: Raid1Array, exposed?: StatsSource[]): Promise<void> {
   let handOver = false
   let finished = false
   const ending = untilStopOrHandOver(md.device)
-  void ending.then(({ how }) => {
+  void ending.then(({ how, signal }) => {
     if (finished) return
     handOver = how === 'hand-over'
     if (how === 'gone') console.log(`${md.path} was deleted by another process; nothing left to serve`)
+    else if (how === 'stop' && signal) console.log(`${signal}: stopping ${md.path}`)
     stop()
   })
   const progress = followResync(
