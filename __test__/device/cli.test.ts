@@ -20,7 +20,7 @@ test.before(() => requireUblk())
 const serve = (...args: string[]) => serveCommand(...(args[0] === 'raid1' ? args : ['add', ...args]))
 
 test.serial('add serves until SIGTERM; list and info show it live; a second signal while it stops does not kill it', async (t) => {
-  const { child, path, output } = serve('null', '--size', '64M', '--ts')
+  const { child, path, exited, output } = serve('null', '--size', '64M', '--ts')
   const dev = await path
   const id = Number(dev.replace('/dev/ublkb', ''))
   const list = await ublkTs('list')
@@ -28,7 +28,6 @@ test.serial('add serves until SIGTERM; list and info show it live; a second sign
   const info = JSON.parse((await ublkTs('info', String(id))).stdout)
   t.is(info.size, 64 * 2 ** 20)
   t.is(info.serverPid, child.pid)
-  const exited = new Promise<number | string | null>((r) => child.once('exit', (code, signal) => r(code ?? signal)))
   // An impatient second Ctrl-C: the stop it interrupts would leave the
   // device behind with no server.
   child.kill('SIGTERM')
@@ -96,7 +95,7 @@ test.serial('raid1: create with --offload-writes, status, fail, add with --watch
   t.regex(watched.stdout, /member writes run on io_uring's worker threads/)
   t.is((await status()).members[1]?.state, 'active')
   t.is((await ublkTs('raid1', 'stop', id)).code, 0)
-  t.is(await new Promise((resolve) => server.child.once('exit', resolve)), 0, server.output())
+  t.is(await server.exited, 0, server.output())
   t.regex(server.output(), /stopped cleanly/)
   t.true(deviceGone(Number(id)))
   t.is(digestRange(members[0]!, DATA_OFFSET, 23 << 20), digestRange(members[1]!, DATA_OFFSET, 23 << 20))
