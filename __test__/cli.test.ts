@@ -1,4 +1,4 @@
-// The CLI's parsing and error reporting; the device paths are in device/cli.test.ts.
+// The CLI's parsing and error reporting; the device paths are in device/parts/cli.ts.
 import { execFile } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'

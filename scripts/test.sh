@@ -42,6 +42,13 @@ cargo fmt --all --check
 step "build the addon and the TypeScript layer"
 bash scripts/build.sh
 
+# The journaled loop example (the device tests run this Rust-only
+# target): built beside the TypeScript checks below, which use one core.
+journaled_log=$(mktemp /tmp/ublk-ts-journaled-build.XXXXXX)
+cargo build -p ublk-core --example journaled_loop --quiet >"$journaled_log" 2>&1 &
+journaled_build=$!
+trap 'kill "$journaled_build" 2>/dev/null || true; rm -f "$run_log" "$journaled_log"' EXIT
+
 step "generated files are up to date"
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
   if ! git diff --exit-code -- index.js index.d.ts lib/wire.ts; then
@@ -62,11 +69,17 @@ step "eslint (typescript-eslint)"
 npx eslint .
 
 step "npm pack the root and x86_64 packages, install them with no toolchain (.packed-install/)"
-# The device test parts/packed-install.ts (in examples.test.js) serves a device from there.
+# The device test parts/packed-install.ts (in lifecycle.test.js) serves a device from there.
 node scripts/pack.js
 
-step "the journaled loop example (the device tests run this Rust-only target)"
-cargo build -p ublk-core --example journaled_loop --quiet
+step "the journaled loop example, built in the background since the addon was"
+if ! wait "$journaled_build"; then
+  cat "$journaled_log"
+  echo "building the journaled loop example failed (above)" >&2
+  exit 1
+fi
+cat "$journaled_log"
+rm -f "$journaled_log"
 
 step "Rust checks (clippy, cargo test x20): started in the background at low priority, while the device tests run"
 # The emulated VM keeps about two thirds of the two cores busy: the checks

@@ -13,11 +13,18 @@ import { fio } from '../helpers/fio.ts'
 import { deviceGone, requireUblk, sysfsBlock } from '../helpers/kernel.ts'
 import { until } from '../helpers/poll.ts'
 
-// In this file's process (one test process fewer, ~6 s of start-up each in the VM): what crosses the napi boundary is checked request by request.
+// In this file's process (each test file costs its own ava worker, 6 to
+// 7 s of start-up in the VM): what crosses the napi boundary, checked
+// request by request; the Rust core's batch hook, through the journaled
+// loop example; zero copy; the CLI and the examples; the package as npm
+// installs it; IO figures, ublk-ts stats and the metrics endpoint.
 import './parts/boundary.ts'
-// The Rust core's batch hook, through the journaled loop example.
 import './parts/rust-batch-hook.ts'
 import './parts/zero-copy.ts'
+import './parts/cli.ts'
+import './parts/examples.ts'
+import './parts/packed-install.ts'
+import './parts/metrics.ts'
 
 const MiB = 1 << 20
 const GiB = 1 << 30

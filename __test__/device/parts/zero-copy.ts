@@ -5,7 +5,7 @@
 // where the kernel has it; where the kernel lacks one, asking for it falls
 // back to one command per IO on the copy path. The device info names the
 // path, and agrees with the flags the kernel reports for the device.
-// (Run as part of lifecycle.test.ts: each test file costs its own start.)
+// (Run in lifecycle.test.ts's process.)
 import { unlinkSync } from 'node:fs'
 
 import test, { type ExecutionContext } from 'ava'

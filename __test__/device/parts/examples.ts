@@ -5,17 +5,12 @@ import { join } from 'node:path'
 
 import test from 'ava'
 
-import { deleteDevice } from '../../lib/index.ts'
+import { deleteDevice } from '../../../lib/index.ts'
 
-import { scratchFile } from '../helpers/files.ts'
-import { fio } from '../helpers/fio.ts'
-import { deviceGone, queueThreadNames, requireUblk } from '../helpers/kernel.ts'
-import { sh } from '../helpers/shell.ts'
-
-// In this file's process (one test process fewer in the VM): the package as npm installs it serves a device.
-import './parts/packed-install.ts'
-
-test.before(() => requireUblk())
+import { scratchFile } from '../../helpers/files.ts'
+import { fio } from '../../helpers/fio.ts'
+import { deviceGone, queueThreadNames } from '../../helpers/kernel.ts'
+import { sh } from '../../helpers/shell.ts'
 
 /** Where `scratchFile('example', ...)` puts the examples' backing file. */
 const backing = `/tmp/ublk-example-${process.pid}.img`
@@ -31,8 +26,8 @@ async function stopChild(child: ChildProcess): Promise<number | null> {
   return code
 }
 
-const cli = join(__dirname, '../../lib/cli.js')
-const example = (name: string): string => join(__dirname, '../../examples', name)
+const cli = join(__dirname, '../../../lib/cli.js')
+const example = (name: string): string => join(__dirname, '../../../examples', name)
 
 /** What each example runs, and whether what is written reads back. */
 const examples: Array<{
@@ -127,7 +122,7 @@ for (const { name, args, keepsData, fio: verify, stats, says, queueThreads } of 
 }
 
 test.serial('examples/raid1-demo.ts (the README demo) verifies every file and ends with identical members', async (t) => {
-  const r = await sh(process.execPath, [join(__dirname, '../../examples/raid1-demo.js')], 240_000)
+  const r = await sh(process.execPath, [join(__dirname, '../../../examples/raid1-demo.js')], 240_000)
   t.is(r.code, 0, r.stdout + r.stderr)
   t.is((r.stdout.match(/: OK$/gm) ?? []).length, 16, 'every checksum verified')
   t.regex(r.stdout, /recovery resync copied \d+ of 64 chunks/)

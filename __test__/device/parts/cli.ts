@@ -4,18 +4,13 @@ import { existsSync, unlinkSync } from 'node:fs'
 
 import test from 'ava'
 
-import { createDevice } from '../../lib/index.ts'
+import { createDevice } from '../../../lib/index.ts'
 
-import { serve as serveCommand, ublkTs } from '../helpers/cli.ts'
-import { scratchFile } from '../helpers/files.ts'
-import { deviceGone, requireUblk } from '../helpers/kernel.ts'
-import { DATA_OFFSET, digestRange } from '../helpers/raid1.ts'
-import { sh } from '../helpers/shell.ts'
-
-// In this file's process (one test process fewer in the VM): IO figures, ublk-ts stats and the metrics endpoint.
-import './parts/metrics.ts'
-
-test.before(() => requireUblk())
+import { serve as serveCommand, ublkTs } from '../../helpers/cli.ts'
+import { scratchFile } from '../../helpers/files.ts'
+import { deviceGone } from '../../helpers/kernel.ts'
+import { DATA_OFFSET, digestRange } from '../../helpers/raid1.ts'
+import { sh } from '../../helpers/shell.ts'
 
 const serve = (...args: string[]) => serveCommand(...(args[0] === 'raid1' ? args : ['add', ...args]))
 
