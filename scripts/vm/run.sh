@@ -8,7 +8,7 @@
 # Environment: UBLK_VM_KERNEL, UBLK_VM_CACHE, ... (setup.sh), and
 #   UBLK_VM_TIMEOUT  wall-clock seconds before qemu is killed (default 1500)
 #   UBLK_VM_BOOT_TIMEOUT  seconds a boot may take to start CMD before it is tried again
-#                    (default 300)
+#                    (default 120; a boot takes 7 to 10 s under TCG)
 #   UBLK_VM_MEM      guest memory (default 4G)      UBLK_VM_CPUS  guest CPUs (default 2)
 #   UBLK_VM_ACCEL    kvm | tcg (default: kvm when /dev/kvm boots a guest, else tcg)
 #   UBLK_VM_OUT_DIR  a host directory shared writable at the same path in the guest
@@ -29,7 +29,7 @@ fi
 
 timeout_s=${UBLK_VM_TIMEOUT:-1500}
 [[ $timeout_s =~ ^[0-9]+$ ]] || { echo "[vm] error: UBLK_VM_TIMEOUT must be seconds" >&2; exit 2; }
-boot_timeout_s=${UBLK_VM_BOOT_TIMEOUT:-300}
+boot_timeout_s=${UBLK_VM_BOOT_TIMEOUT:-120}
 [[ $boot_timeout_s =~ ^[0-9]+$ ]] || { echo "[vm] error: UBLK_VM_BOOT_TIMEOUT must be seconds" >&2; exit 2; }
 
 kdir=$(bash "$here/setup.sh" | tail -n1)
