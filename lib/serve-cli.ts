@@ -16,8 +16,10 @@ export async function serveUntilSignal(dev: Device, what: string): Promise<void>
   const info = await dev.info()
   const path = info.zeroCopy ? 'zero copy' : info.batchIo ? 'copy path, batch IO' : 'copy path'
   const recovery = info.recovery === 'none' ? '' : `, recovery ${info.recovery}`
+  // Listening before saying so: whoever reads the line may signal at once.
+  const ending = untilStopOrHandOver(dev)
   console.log(`serving ${dev.path} (${what}, ${path}${recovery}); Ctrl-C or SIGTERM to stop`)
-  const { how, signal, release } = await untilStopOrHandOver(dev)
+  const { how, signal, release } = await ending
   try {
     if (how === 'hand-over') return await handOverOrExit(dev, console.log)
     if (signal) console.log(`${signal}: stopping ${dev.path}`)

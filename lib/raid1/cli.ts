@@ -80,10 +80,11 @@ async function serve(md: Raid1Array, exposed?: StatsSource[]): Promise<void> {
   let stop!: () => void
   const stopped = new Promise<void>((resolve) => (stop = resolve))
   const control = serveControl(md, stop)
+  // Listening before saying so: whoever reads the line may signal at once.
+  const ending = untilStopOrHandOver(md.device)
   console.log(`serving ${md.path} (RAID1 ${md.status().state}); Ctrl-C, SIGTERM or \`ublk-ts raid1 stop ${md.id}\` to stop`)
   let handOver = false
   let finished = false
-  const ending = untilStopOrHandOver(md.device)
   void ending.then(({ how, signal }) => {
     if (finished) return
     handOver = how === 'hand-over'

@@ -33,6 +33,16 @@ test.serial('add serves until SIGTERM; list and info show it live; a second sign
   t.true(deviceGone(id))
 })
 
+test.serial('a SIGTERM sent the moment the serving line appears stops the device cleanly: the line is printed once signals are handled', async (t) => {
+  const { child, path, exited, output } = serve('null', '--size', '16M', '--ts')
+  const dev = await path
+  child.kill('SIGTERM')
+  t.is(await exited, 0, output())
+  t.regex(output(), new RegExp(`SIGTERM: stopping ${dev}`))
+  t.regex(output(), new RegExp(`${dev} removed`))
+  t.true(deviceGone(Number(dev.replace('/dev/ublkb', ''))))
+})
+
 test.serial('a server killed with -9 leaves a dead device, listed as such; delete --dead removes it and only it', async (t) => {
   const { child, path } = serve('null', '--size', '64M')
   const id = Number((await path).replace('/dev/ublkb', ''))
